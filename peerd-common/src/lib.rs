@@ -1,0 +1,211 @@
+//! Types shared by the eBPF datapath and the daemon.
+//!
+//! Every map key and value is `#[repr(C)]`, `Copy`, free of implicit padding, and has the same
+//! layout on the BPF target and on the host (checked at compile time below).
+#![cfg_attr(target_arch = "bpf", no_std)]
+
+/// Why the datapath dropped a packet. The discriminant is the counter slot.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum DropReason {
+    /// Truncated headers, bad version, IHL, length or IPv4 header checksum.
+    Malformed = 0,
+    /// Broadcast or multicast, or a link-local destination.
+    NotUnicast = 1,
+    /// Not IPv4, IPv6, or ARP for the gateway.
+    UnsupportedProtocol = 2,
+    /// The source address is not in the source VPC's CIDRs.
+    SpoofedSource = 3,
+    /// No route in the applicable table matches the destination.
+    NoRoute = 4,
+    /// The route names a peering that is not active.
+    Blackhole = 5,
+    /// The destination is not in the CIDRs of the peering's other VPC.
+    NotPeerDestination = 6,
+    /// TTL / hop limit would reach zero.
+    TtlExceeded = 7,
+    /// The destination VPC's link is missing or the redirect failed.
+    RedirectFailed = 8,
+    /// The packet arrived on an interface that belongs to no VPC.
+    UnknownInterface = 9,
+}
+
+impl DropReason {
+    pub const ALL: [DropReason; 10] = [
+        DropReason::Malformed,
+        DropReason::NotUnicast,
+        DropReason::UnsupportedProtocol,
+        DropReason::SpoofedSource,
+        DropReason::NoRoute,
+        DropReason::Blackhole,
+        DropReason::NotPeerDestination,
+        DropReason::TtlExceeded,
+        DropReason::RedirectFailed,
+        DropReason::UnknownInterface,
+    ];
+
+    /// The name operators see (status, metrics, explain).
+    pub const fn name(self) -> &'static str {
+        match self {
+            DropReason::Malformed => "malformed",
+            DropReason::NotUnicast => "not-unicast",
+            DropReason::UnsupportedProtocol => "unsupported-protocol",
+            DropReason::SpoofedSource => "spoofed-source",
+            DropReason::NoRoute => "no-route",
+            DropReason::Blackhole => "blackhole",
+            DropReason::NotPeerDestination => "not-peer-destination",
+            DropReason::TtlExceeded => "ttl-exceeded",
+            DropReason::RedirectFailed => "redirect-failed",
+            DropReason::UnknownInterface => "unknown-interface",
+        }
+    }
+
+    pub fn from_u32(v: u32) -> Option<DropReason> {
+        DropReason::ALL.iter().copied().find(|r| *r as u32 == v)
+    }
+}
+
+/// Counter slots reserved per VPC in [`DROPS`](map names) (room for new reasons).
+pub const DROP_SLOTS: u32 = 16;
+/// VPC slots. Slot 0 is reserved for packets from interfaces that belong to no VPC.
+pub const MAX_VPCS: u32 = 4096;
+/// Peering slots. Slot 0 is never used.
+pub const MAX_PEERINGS: u32 = 16384;
+/// Route table slots (one `main` per VPC plus named tables).
+pub const MAX_TABLES: u32 = 65536;
+/// Entries per LPM trie (addresses of VPCs and subnets; routes).
+pub const MAX_PREFIXES: u32 = 262_144;
+/// Table id meaning "this source has no route table" (explicit VPC without `main`).
+pub const TABLE_NONE: u32 = u32::MAX;
+
+/// Map names, shared so the daemon finds what the datapath declares.
+pub mod maps {
+    pub const IFACES: &str = "PEERD_IFACES";
+    pub const VPCS: &str = "PEERD_VPCS";
+    pub const PEERINGS: &str = "PEERD_PEERINGS";
+    pub const SRC_V4: &str = "PEERD_SRC_V4";
+    pub const SRC_V6: &str = "PEERD_SRC_V6";
+    pub const ROUTES_V4: &str = "PEERD_ROUTES_V4";
+    pub const ROUTES_V6: &str = "PEERD_ROUTES_V6";
+    pub const DROPS: &str = "PEERD_DROPS";
+    pub const FWD: &str = "PEERD_FWD";
+}
+
+/// `PEERD_IFACES` value, keyed by the ifindex of a VPC's host-side veth.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct IfaceInfo {
+    pub vpc: u32,
+    pub _pad: u32,
+}
+
+/// `PEERD_VPCS` value, indexed by VPC slot.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct VpcInfo {
+    /// Host-side veth; packets for this VPC are redirected to its peer.
+    pub host_ifindex: u32,
+    /// `VPC_PRESENT` when the slot is in use.
+    pub flags: u32,
+    /// MAC of the VPC-side veth (destination of delivered frames).
+    pub ns_mac: [u8; 6],
+    /// MAC of the gateway as the VPC sees it (the host-side veth).
+    pub gw_mac: [u8; 6],
+}
+pub const VPC_PRESENT: u32 = 1;
+
+/// `PEERD_PEERINGS` value, indexed by peering slot.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct PeeringInfo {
+    /// `PEERING_ACTIVE` or 0: only active peerings carry traffic.
+    pub state: u32,
+    /// VPC slots of the two ends; forwarded bytes from `vpc_a` count as direction 0.
+    pub vpc_a: u32,
+    pub vpc_b: u32,
+    pub _pad: u32,
+}
+pub const PEERING_ACTIVE: u32 = 1;
+
+/// `PEERD_ROUTES_*` value: where a route sends traffic.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct RouteTarget {
+    pub peering: u32,
+    /// VPC slot of the peering's other end, seen from the table's VPC.
+    pub dst_vpc: u32,
+}
+
+/// `PEERD_SRC_*` value: the route table that applies to sources in this prefix
+/// (a VPC CIDR or a subnet); `TABLE_NONE` when none does.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SrcInfo {
+    pub table: u32,
+}
+
+/// Data part of an IPv4 LPM key: an id (VPC slot or table id, big-endian) then the address.
+/// The trie's prefix length is `32 + prefix`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct KeyV4 {
+    pub id: [u8; 4],
+    pub addr: [u8; 4],
+}
+
+/// Data part of an IPv6 LPM key: id (big-endian), then the address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct KeyV6 {
+    pub id: [u8; 4],
+    pub addr: [u8; 16],
+}
+
+/// Packets and bytes (per CPU in the maps; summed by the daemon).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Counter {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// Index into `PEERD_DROPS`.
+#[inline(always)]
+pub const fn drop_index(vpc: u32, reason: DropReason) -> u32 {
+    vpc * DROP_SLOTS + reason as u32
+}
+
+/// Index into `PEERD_FWD`: direction 0 is from the peering's `vpc_a`.
+#[inline(always)]
+pub const fn fwd_index(peering: u32, dir: u32) -> u32 {
+    peering * 2 + dir
+}
+
+macro_rules! assert_layout {
+    ($t:ty, $size:expr, $align:expr) => {
+        const _: () = assert!(core::mem::size_of::<$t>() == $size);
+        const _: () = assert!(core::mem::align_of::<$t>() == $align);
+    };
+}
+assert_layout!(IfaceInfo, 8, 4);
+assert_layout!(VpcInfo, 20, 4);
+assert_layout!(PeeringInfo, 16, 4);
+assert_layout!(RouteTarget, 8, 4);
+assert_layout!(SrcInfo, 4, 4);
+assert_layout!(KeyV4, 8, 1);
+assert_layout!(KeyV6, 20, 1);
+assert_layout!(Counter, 16, 8);
+
+#[cfg(feature = "user")]
+mod user {
+    use super::*;
+    // SAFETY: all of these are repr(C), Copy, and have no padding (asserted above).
+    unsafe impl aya::Pod for IfaceInfo {}
+    unsafe impl aya::Pod for VpcInfo {}
+    unsafe impl aya::Pod for PeeringInfo {}
+    unsafe impl aya::Pod for RouteTarget {}
+    unsafe impl aya::Pod for SrcInfo {}
+    unsafe impl aya::Pod for KeyV4 {}
+    unsafe impl aya::Pod for KeyV6 {}
+    unsafe impl aya::Pod for Counter {}
+}

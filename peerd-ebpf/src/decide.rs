@@ -1,0 +1,219 @@
+//! The forwarding decision (SPEC §5), independent of the attach point.
+//!
+//! Input: the frame and the interface it arrived on. Output: deliver to a VPC's link (the frame
+//! already rewritten: TTL / hop limit decremented, MACs set), reply out of the same link (ARP
+//! for the gateway), or drop (already counted by reason).
+use peerd_common::{
+    fwd_index, DropReason, RouteTarget, SrcInfo, PEERING_ACTIVE, TABLE_NONE, VPC_PRESENT,
+};
+
+use crate::{
+    arp::{self, Arp},
+    maps::{self, count_drop},
+    parse::{ptr_at, EthHdr, Ipv4Hdr, Ipv6Hdr, ETH_LEN, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6},
+};
+
+pub enum Verdict {
+    Deliver { ifindex: u32, fwd_slot: u32 },
+    Reply,
+    Drop,
+}
+
+/// Counts a drop and returns the verdict.
+#[inline(always)]
+fn drop(vpc: u32, reason: DropReason, len: u32) -> Verdict {
+    count_drop(vpc, reason, len);
+    Verdict::Drop
+}
+
+/// The redirect helper refused: counted against the source VPC.
+#[inline(always)]
+pub fn drop_redirect_failed(ifindex: u32, len: u32) {
+    // SAFETY: map lookup result is valid for the program's run.
+    let vpc = unsafe { maps::IFACES.get(&ifindex) }.map(|i| i.vpc).unwrap_or(0);
+    count_drop(vpc, DropReason::RedirectFailed, len);
+}
+
+#[inline(always)]
+pub fn process(data: usize, data_end: usize, ifindex: u32, len: u32) -> Verdict {
+    // SAFETY: map lookup result is valid for the program's run.
+    let Some(iface) = (unsafe { maps::IFACES.get(&ifindex) }) else {
+        return drop(0, DropReason::UnknownInterface, len);
+    };
+    let vpc = iface.vpc;
+    let Some(eth) = ptr_at::<EthHdr>(data, data_end, 0) else {
+        return drop(vpc, DropReason::Malformed, len);
+    };
+    // SAFETY: bounds-checked by ptr_at.
+    let (proto, dst_mac0) = unsafe { (u16::from_be_bytes((*eth).proto), (*eth).dst[0]) };
+    match proto {
+        ETH_P_IP | ETH_P_IPV6 if dst_mac0 & 1 != 0 => drop(vpc, DropReason::NotUnicast, len),
+        ETH_P_IP => ipv4(data, data_end, vpc, len),
+        ETH_P_IPV6 => ipv6(data, data_end, vpc, len),
+        ETH_P_ARP => {
+            let Some(me) = maps::VPCS.get(vpc) else {
+                return drop(vpc, DropReason::RedirectFailed, len);
+            };
+            match arp::answer(data, data_end, &me.gw_mac) {
+                Arp::Replied => Verdict::Reply,
+                Arp::NotForUs => drop(vpc, DropReason::UnsupportedProtocol, len),
+                Arp::Malformed => drop(vpc, DropReason::Malformed, len),
+            }
+        }
+        _ => drop(vpc, DropReason::UnsupportedProtocol, len),
+    }
+}
+
+/// Steps 3–5 of the decision, shared by both families once the lookups are done.
+#[inline(always)]
+fn choose(
+    src_vpc: u32,
+    src: Option<&SrcInfo>,
+    route: impl FnOnce(u32) -> Option<&'static RouteTarget>,
+    dst_in: impl FnOnce(u32) -> bool,
+    len: u32,
+) -> Result<(u32, u32, u32), Verdict> {
+    let Some(src) = src else {
+        return Err(drop(src_vpc, DropReason::SpoofedSource, len));
+    };
+    if src.table == TABLE_NONE {
+        return Err(drop(src_vpc, DropReason::NoRoute, len));
+    }
+    let Some(target) = route(src.table) else {
+        return Err(drop(src_vpc, DropReason::NoRoute, len));
+    };
+    let (peering, dst_vpc) = (target.peering, target.dst_vpc);
+    let Some(p) = maps::PEERINGS.get(peering) else {
+        return Err(drop(src_vpc, DropReason::Blackhole, len));
+    };
+    if p.state != PEERING_ACTIVE {
+        return Err(drop(src_vpc, DropReason::Blackhole, len));
+    }
+    let dir = if p.vpc_a == src_vpc { 0 } else { 1 };
+    if !dst_in(dst_vpc) {
+        return Err(drop(src_vpc, DropReason::NotPeerDestination, len));
+    }
+    Ok((peering, dir, dst_vpc))
+}
+
+/// Rewrites the MACs for delivery into `dst_vpc` and returns the verdict.
+#[inline(always)]
+fn deliver(eth: *mut EthHdr, src_vpc: u32, dst_vpc: u32, fwd_slot: u32, len: u32) -> Verdict {
+    let Some(d) = maps::VPCS.get(dst_vpc) else {
+        return drop(src_vpc, DropReason::RedirectFailed, len);
+    };
+    if d.flags & VPC_PRESENT == 0 {
+        return drop(src_vpc, DropReason::RedirectFailed, len);
+    }
+    // SAFETY: `eth` was bounds-checked by the caller. Byte by byte: a slice copy would become
+    // a memmove call, which BPF cannot link.
+    unsafe {
+        let e = &mut *eth;
+        for i in 0..6 {
+            e.dst[i] = d.ns_mac[i];
+            e.src[i] = d.gw_mac[i];
+        }
+    }
+    Verdict::Deliver { ifindex: d.host_ifindex, fwd_slot }
+}
+
+#[inline(always)]
+fn ipv4(data: usize, data_end: usize, vpc: u32, len: u32) -> Verdict {
+    let Some(ip) = ptr_at::<Ipv4Hdr>(data, data_end, ETH_LEN) else {
+        return drop(vpc, DropReason::Malformed, len);
+    };
+    // SAFETY: bounds-checked by ptr_at.
+    let h = unsafe { &mut *ip };
+    let ihl = (h.ver_ihl & 0x0f) as u32;
+    if h.ver_ihl >> 4 != 4 || ihl < 5 {
+        return drop(vpc, DropReason::Malformed, len);
+    }
+    let tot_len = u16::from_be_bytes(h.tot_len) as u32;
+    if tot_len < ihl * 4 || tot_len + ETH_LEN as u32 > len {
+        return drop(vpc, DropReason::Malformed, len);
+    }
+    if !ipv4_checksum_ok(data, data_end, ihl) {
+        return drop(vpc, DropReason::Malformed, len);
+    }
+    let (src, dst) = (h.src, h.dst);
+    if dst[0] & 0xf0 == 0xe0 || dst == [255, 255, 255, 255] {
+        return drop(vpc, DropReason::NotUnicast, len);
+    }
+    let chosen = choose(
+        vpc,
+        maps::src_v4(vpc, src),
+        |table| maps::route_v4(table, dst),
+        |dst_vpc| maps::src_v4(dst_vpc, dst).is_some(),
+        len,
+    );
+    let (peering, dir, dst_vpc) = match chosen {
+        Ok(c) => c,
+        Err(v) => return v,
+    };
+    if h.ttl <= 1 {
+        return drop(vpc, DropReason::TtlExceeded, len);
+    }
+    // RFC 1624 incremental update, as the kernel's ip_decrease_ttl.
+    let mut check = u16::from_be_bytes(h.check) as u32 + 0x0100;
+    check += (check >= 0xffff) as u32;
+    h.check = (check as u16).to_be_bytes();
+    h.ttl -= 1;
+    deliver(data as *mut EthHdr, vpc, dst_vpc, fwd_index(peering, dir), len)
+}
+
+/// Verifies the IPv4 header checksum over `ihl` 32-bit words (bounded loop).
+#[inline(always)]
+fn ipv4_checksum_ok(data: usize, data_end: usize, ihl: u32) -> bool {
+    let mut sum: u32 = 0;
+    let words = ihl * 2;
+    for i in 0..30u32 {
+        if i >= words {
+            break;
+        }
+        let Some(w) = ptr_at::<[u8; 2]>(data, data_end, ETH_LEN + (i as usize) * 2) else {
+            return false;
+        };
+        // SAFETY: bounds-checked by ptr_at.
+        sum += u16::from_be_bytes(unsafe { *w }) as u32;
+    }
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum == 0xffff
+}
+
+#[inline(always)]
+fn ipv6(data: usize, data_end: usize, vpc: u32, len: u32) -> Verdict {
+    let Some(ip) = ptr_at::<Ipv6Hdr>(data, data_end, ETH_LEN) else {
+        return drop(vpc, DropReason::Malformed, len);
+    };
+    // SAFETY: bounds-checked by ptr_at.
+    let h = unsafe { &mut *ip };
+    if h.ver_tc_flow[0] >> 4 != 6 {
+        return drop(vpc, DropReason::Malformed, len);
+    }
+    let payload = u16::from_be_bytes(h.payload_len) as u32;
+    if payload == 0 || payload + 40 + ETH_LEN as u32 > len {
+        return drop(vpc, DropReason::Malformed, len);
+    }
+    let (src, dst) = (h.src, h.dst);
+    // Multicast (ff00::/8) and link-local (fe80::/10) destinations are never forwarded.
+    if dst[0] == 0xff || (dst[0] == 0xfe && dst[1] & 0xc0 == 0x80) {
+        return drop(vpc, DropReason::NotUnicast, len);
+    }
+    let chosen = choose(
+        vpc,
+        maps::src_v6(vpc, src),
+        |table| maps::route_v6(table, dst),
+        |dst_vpc| maps::src_v6(dst_vpc, dst).is_some(),
+        len,
+    );
+    let (peering, dir, dst_vpc) = match chosen {
+        Ok(c) => c,
+        Err(v) => return v,
+    };
+    if h.hop_limit <= 1 {
+        return drop(vpc, DropReason::TtlExceeded, len);
+    }
+    h.hop_limit -= 1;
+    deliver(data as *mut EthHdr, vpc, dst_vpc, fwd_index(peering, dir), len)
+}

@@ -1,0 +1,78 @@
+//! The datapath's maps (pinned by name under the daemon's pin dir) and counter helpers.
+use aya_ebpf::{
+    macros::map,
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, PerCpuArray},
+};
+use peerd_common::{
+    drop_index, Counter, DropReason, IfaceInfo, KeyV4, KeyV6, PeeringInfo, RouteTarget, SrcInfo,
+    VpcInfo, DROP_SLOTS, MAX_PEERINGS, MAX_PREFIXES, MAX_VPCS,
+};
+
+#[map(name = "PEERD_IFACES")]
+pub static IFACES: HashMap<u32, IfaceInfo> = HashMap::pinned(MAX_VPCS, 0);
+
+#[map(name = "PEERD_VPCS")]
+pub static VPCS: Array<VpcInfo> = Array::pinned(MAX_VPCS, 0);
+
+#[map(name = "PEERD_PEERINGS")]
+pub static PEERINGS: Array<PeeringInfo> = Array::pinned(MAX_PEERINGS, 0);
+
+#[map(name = "PEERD_SRC_V4")]
+pub static SRC_V4: LpmTrie<KeyV4, SrcInfo> = LpmTrie::pinned(MAX_PREFIXES, 0);
+
+#[map(name = "PEERD_SRC_V6")]
+pub static SRC_V6: LpmTrie<KeyV6, SrcInfo> = LpmTrie::pinned(MAX_PREFIXES, 0);
+
+#[map(name = "PEERD_ROUTES_V4")]
+pub static ROUTES_V4: LpmTrie<KeyV4, RouteTarget> = LpmTrie::pinned(MAX_PREFIXES, 0);
+
+#[map(name = "PEERD_ROUTES_V6")]
+pub static ROUTES_V6: LpmTrie<KeyV6, RouteTarget> = LpmTrie::pinned(MAX_PREFIXES, 0);
+
+#[map(name = "PEERD_DROPS")]
+pub static DROPS: PerCpuArray<Counter> = PerCpuArray::pinned(MAX_VPCS * DROP_SLOTS, 0);
+
+#[map(name = "PEERD_FWD")]
+pub static FWD: PerCpuArray<Counter> = PerCpuArray::pinned(MAX_PEERINGS * 2, 0);
+
+#[inline(always)]
+fn bump(map: &PerCpuArray<Counter>, index: u32, len: u32) {
+    if let Some(c) = map.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+        unsafe {
+            (*c).packets += 1;
+            (*c).bytes += len as u64;
+        }
+    }
+}
+
+/// Every drop goes through here: counted per source VPC and reason.
+#[inline(always)]
+pub fn count_drop(vpc: u32, reason: DropReason, len: u32) {
+    bump(&DROPS, drop_index(vpc, reason), len);
+}
+
+#[inline(always)]
+pub fn count_fwd(slot: u32, len: u32) {
+    bump(&FWD, slot, len);
+}
+
+#[inline(always)]
+pub fn src_v4(id: u32, addr: [u8; 4]) -> Option<&'static SrcInfo> {
+    SRC_V4.get(Key::new(64, KeyV4 { id: id.to_be_bytes(), addr }))
+}
+
+#[inline(always)]
+pub fn src_v6(id: u32, addr: [u8; 16]) -> Option<&'static SrcInfo> {
+    SRC_V6.get(Key::new(160, KeyV6 { id: id.to_be_bytes(), addr }))
+}
+
+#[inline(always)]
+pub fn route_v4(table: u32, addr: [u8; 4]) -> Option<&'static RouteTarget> {
+    ROUTES_V4.get(Key::new(64, KeyV4 { id: table.to_be_bytes(), addr }))
+}
+
+#[inline(always)]
+pub fn route_v6(table: u32, addr: [u8; 16]) -> Option<&'static RouteTarget> {
+    ROUTES_V6.get(Key::new(160, KeyV6 { id: table.to_be_bytes(), addr }))
+}

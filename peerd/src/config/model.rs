@@ -1,0 +1,159 @@
+//! The validated configuration model.
+use std::{
+    fmt,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use ipnet::IpNet;
+
+/// Where something was written: 1-based line and column.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Location {
+    pub file: PathBuf,
+    pub line: usize,
+    pub column: usize,
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}", self.file.display(), self.line, self.column)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum DatapathMode {
+    #[default]
+    Tc,
+    Xdp,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DaemonConfig {
+    pub netns_prefix: String,
+    pub datapath: DatapathMode,
+    pub state_dir: PathBuf,
+    pub pin_dir: PathBuf,
+    pub socket: PathBuf,
+    pub metrics: Option<SocketAddr>,
+    pub flow_log: Option<PathBuf>,
+    pub pending_expiry: Duration,
+    pub max_active_peerings_per_vpc: u32,
+    pub max_pending_peerings_per_vpc: u32,
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        Self {
+            netns_prefix: "vpc-".into(),
+            datapath: DatapathMode::Tc,
+            state_dir: "/var/lib/peerd".into(),
+            pin_dir: "/sys/fs/bpf/peerd".into(),
+            socket: "/run/peerd/peerd.sock".into(),
+            metrics: None,
+            flow_log: None,
+            pending_expiry: Duration::from_secs(168 * 3600),
+            max_active_peerings_per_vpc: 50,
+            max_pending_peerings_per_vpc: 25,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeeringEnd {
+    pub id: String,
+    pub peer: String,
+    pub reject: bool,
+    pub location: Location,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Subnet {
+    pub cidr: IpNet,
+    pub route_table: String,
+    pub location: Location,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Route {
+    pub destination: IpNet,
+    pub peering: String,
+    pub location: Location,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RouteTable {
+    pub name: String,
+    pub routes: Vec<Route>,
+    pub location: Location,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Vpc {
+    pub name: String,
+    pub cidrs: Vec<IpNet>,
+    pub mtu: Option<u32>,
+    pub peerings: Vec<PeeringEnd>,
+    pub subnets: Vec<Subnet>,
+    pub route_tables: Vec<RouteTable>,
+    pub location: Location,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Config {
+    pub daemon: DaemonConfig,
+    pub vpcs: Vec<Vpc>,
+    /// Every file read, the main one first.
+    pub files: Vec<PathBuf>,
+}
+
+/// One problem, where it is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Diagnostic {
+    pub location: Option<Location>,
+    pub message: String,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.location {
+            Some(l) => write!(f, "{l}: {}", self.message),
+            None => write!(f, "{}", self.message),
+        }
+    }
+}
+
+/// A configuration that cannot be used, with every problem found.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError {
+    pub errors: Vec<Diagnostic>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, d) in self.errors.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{d}")?;
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// Reads `path` and its includes, parses and validates.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        super::parse::load(path, None)
+    }
+
+    /// The same for one in-memory main file (includes resolve relative to `file`'s directory).
+    pub fn from_str(text: &str, file: &Path) -> Result<Config, ConfigError> {
+        super::parse::load(file, Some(text))
+    }
+
+    pub fn vpc(&self, name: &str) -> Option<&Vpc> {
+        self.vpcs.iter().find(|v| v.name == name)
+    }
+}

@@ -1,0 +1,317 @@
+//! The daemon: holds the last good configuration, reconciles host and datapath to it, and
+//! answers the control socket.
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant, SystemTime},
+};
+
+use serde::Serialize;
+use tracing::{error, info, warn};
+
+use crate::{
+    compile::{self, Plan},
+    config::{self, Config, PeeringState},
+    datapath::{self, Datapath},
+    netns,
+    state::{self, State},
+    tables::Tables,
+};
+use peerd_common::{IfaceInfo, VpcInfo, VPC_PRESENT};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error(transparent)]
+    Datapath(#[from] datapath::Error),
+    #[error(transparent)]
+    State(#[from] state::Error),
+    #[error("another peerd is already running on {0}")]
+    AlreadyRunning(PathBuf),
+    #[error("{op} {path}: {source}")]
+    Io { op: &'static str, path: PathBuf, source: std::io::Error },
+}
+
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct CounterJson {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct VpcStatus {
+    pub name: String,
+    pub netns: String,
+    pub ready: bool,
+    pub host_if: String,
+    pub error: Option<String>,
+    /// Drops of traffic from this VPC, by reason (only reasons that happened).
+    pub drops: BTreeMap<&'static str, CounterJson>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct PeeringStatus {
+    pub id: String,
+    pub vpcs: [String; 2],
+    pub state: PeeringState,
+    pub reason: Option<String>,
+    pub first_seen: Option<u64>,
+    pub activated_at: Option<u64>,
+    /// Forwarded from vpcs[0] to vpcs[1], and back.
+    pub forwarded: [CounterJson; 2],
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ReconcileReport {
+    /// Host changes (namespaces, links, neighbours, routes) and datapath changes (map entries,
+    /// links), one line each. Empty: the host already was as configured.
+    pub actions: Vec<String>,
+    pub duration_ms: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Status {
+    pub generation: u64,
+    pub config_error: Option<String>,
+    pub datapath: &'static str,
+    pub vpcs: Vec<VpcStatus>,
+    pub peerings: Vec<PeeringStatus>,
+    pub last_reconcile: ReconcileReport,
+}
+
+pub struct Daemon {
+    pub config_path: PathBuf,
+    pub cfg: Config,
+    pub state: State,
+    pub datapath: Datapath,
+    pub plan: Plan,
+    pub generation: u64,
+    pub config_error: Option<String>,
+    pub vpc_errors: BTreeMap<String, String>,
+    pub last_reconcile: ReconcileReport,
+}
+
+pub type Shared = Arc<Mutex<Daemon>>;
+
+impl Daemon {
+    /// Loads config, state and datapath and converges once.
+    pub fn start(config_path: &Path) -> Result<Daemon, Error> {
+        let cfg = Config::load(config_path)?;
+        let (st, warning) = State::load(&cfg.daemon.state_dir);
+        if let Some(w) = warning {
+            warn!("{w}");
+        }
+        let dp = Datapath::load(&cfg.daemon.pin_dir)?;
+        let mut d = Daemon {
+            config_path: config_path.to_owned(),
+            cfg,
+            state: st,
+            datapath: dp,
+            plan: Plan::default(),
+            generation: 0,
+            config_error: None,
+            vpc_errors: BTreeMap::new(),
+            last_reconcile: ReconcileReport::default(),
+        };
+        d.reconcile()?;
+        Ok(d)
+    }
+
+    /// Re-reads the configuration. A bad one is reported and changes nothing.
+    pub fn reload(&mut self) -> Result<(), Error> {
+        match Config::load(&self.config_path) {
+            Ok(cfg) => {
+                if cfg.daemon.pin_dir != self.cfg.daemon.pin_dir
+                    || cfg.daemon.netns_prefix != self.cfg.daemon.netns_prefix
+                    || cfg.daemon.state_dir != self.cfg.daemon.state_dir
+                {
+                    warn!("pin_dir, netns_prefix and state_dir changes apply at the next restart");
+                }
+                self.config_error = None;
+                let daemon = self.cfg.daemon.clone();
+                self.cfg = cfg;
+                self.cfg.daemon.pin_dir = daemon.pin_dir;
+                self.cfg.daemon.netns_prefix = daemon.netns_prefix;
+                self.cfg.daemon.state_dir = daemon.state_dir;
+                self.reconcile()
+            }
+            Err(e) => {
+                error!(error = %e, "configuration rejected; the last good one stays in force");
+                self.config_error = Some(e.to_string());
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Makes host and datapath match the last good configuration; changes only the difference.
+    pub fn reconcile(&mut self) -> Result<(), Error> {
+        let started = Instant::now();
+        let now = SystemTime::now();
+        let mut actions = Vec::new();
+        let st = &mut self.state;
+        let first_seen = |id: &str| st.peerings.get(id).map(|r| state::from_unix(r.first_seen));
+        let mut peerings = config::evaluate_peerings(&self.cfg, &first_seen);
+        compile::apply_lifecycle(&self.cfg, &mut peerings, &mut self.state, now)?;
+        for p in &peerings {
+            let prev = self.plan.peerings.iter().find(|q| q.id == p.id).map(|q| q.state);
+            if prev != Some(p.state) {
+                info!(peering = %p.id, vpcs = ?p.vpcs, state = %p.state, reason = ?p.reason, "peering state");
+            }
+        }
+        let old_vpcs: BTreeSet<String> = self.state.vpcs.keys().cloned().collect();
+        let mut plan = compile::compile(&self.cfg, peerings, &mut self.state)?;
+
+        // Host: namespaces, links, neighbours, routes.
+        let mut tables = std::mem::take(&mut plan.tables);
+        self.vpc_errors.clear();
+        let mut attach = Vec::new();
+        for v in &plan.vpcs {
+            let spec = netns::VpcHostSpec {
+                netns: v.netns.clone(),
+                host_if: v.host_if.clone(),
+                mtu: v.mtu,
+                routes: v.ns_routes.clone(),
+            };
+            match netns::ensure_vpc(&spec) {
+                Ok((host, changes)) => {
+                    actions.extend(changes.actions);
+                    tables.ifaces.insert(host.host_ifindex, IfaceInfo { vpc: v.slot, _pad: 0 });
+                    tables.vpcs.insert(
+                        v.slot,
+                        VpcInfo {
+                            host_ifindex: host.host_ifindex,
+                            flags: VPC_PRESENT,
+                            ns_mac: host.ns_mac,
+                            gw_mac: host.host_mac,
+                        },
+                    );
+                    attach.push((v.name.clone(), v.host_if.clone(), host.host_ifindex));
+                }
+                Err(e) => {
+                    error!(vpc = %v.name, error = %e, "VPC host state not ready");
+                    self.vpc_errors.insert(v.name.clone(), e.to_string());
+                }
+            }
+        }
+
+        // Datapath: new entries first, then removals; then attach to new links.
+        let st = self.datapath.sync(&tables)?;
+        if st.written > 0 {
+            actions.push(format!("wrote {} datapath map entries", st.written));
+        }
+        if st.removed > 0 {
+            actions.push(format!("removed {} datapath map entries", st.removed));
+        }
+        let mut keep = BTreeSet::new();
+        for (vpc, ifname, ifindex) in &attach {
+            match self.datapath.attach(ifname, *ifindex) {
+                Ok(datapath::Attach::Created) => actions.push(format!("attached datapath to {ifname}")),
+                Ok(datapath::Attach::Replaced) => actions.push(format!("replaced datapath program on {ifname}")),
+                Ok(datapath::Attach::Unchanged) => {}
+                Err(e) => {
+                    error!(vpc = %vpc, error = %e, "attaching datapath");
+                    self.vpc_errors.insert(vpc.clone(), e.to_string());
+                }
+            }
+            keep.insert((ifname.clone(), *ifindex));
+        }
+
+        // VPCs peerd created that are no longer configured.
+        let new_vpcs: BTreeSet<String> = plan.vpcs.iter().map(|v| v.name.clone()).collect();
+        for gone in old_vpcs.difference(&new_vpcs) {
+            let ns = format!("{}{}", self.cfg.daemon.netns_prefix, gone);
+            match netns::remove_vpc(&ns, &netns::host_ifname(&ns)) {
+                Ok(changes) => actions.extend(changes.actions),
+                Err(e) => error!(vpc = %gone, error = %e, "removing VPC"),
+            }
+        }
+        let pruned = self.datapath.prune_links(&keep)?;
+        if pruned > 0 {
+            actions.push(format!("removed {pruned} stale datapath links"));
+        }
+
+        self.state.save(&self.cfg.daemon.state_dir)?;
+        plan.tables = tables;
+        self.plan = plan;
+        self.generation += 1;
+        let duration_ms = started.elapsed().as_millis() as u64;
+        if actions.is_empty() {
+            info!(generation = self.generation, duration_ms, "reconciled: nothing to change");
+        } else {
+            for a in &actions {
+                info!(generation = self.generation, "{a}");
+            }
+            info!(generation = self.generation, duration_ms, changes = actions.len(), "reconciled");
+        }
+        self.last_reconcile = ReconcileReport { actions, duration_ms };
+        Ok(())
+    }
+
+    pub fn tables(&self) -> &Tables {
+        &self.plan.tables
+    }
+
+    pub fn status(&self) -> Status {
+        let vpcs = self
+            .plan
+            .vpcs
+            .iter()
+            .map(|v| {
+                let error = self.vpc_errors.get(&v.name).cloned();
+                let drops = self
+                    .datapath
+                    .drops(v.slot)
+                    .into_iter()
+                    .filter(|(_, c)| c.packets > 0)
+                    .map(|(r, c)| (r.name(), CounterJson { packets: c.packets, bytes: c.bytes }))
+                    .collect();
+                VpcStatus {
+                    name: v.name.clone(),
+                    netns: v.netns.clone(),
+                    ready: error.is_none() && self.plan.tables.vpcs.contains_key(&v.slot),
+                    host_if: v.host_if.clone(),
+                    error,
+                    drops,
+                }
+            })
+            .collect();
+        let peerings = self
+            .plan
+            .peerings
+            .iter()
+            .map(|p| {
+                let rec = self.state.peerings.get(&p.id);
+                let slot = self.plan.peering_slots.get(&p.id).copied().unwrap_or(0);
+                let fwd = |dir| {
+                    let c = self.datapath.forwarded(slot, dir);
+                    CounterJson { packets: c.packets, bytes: c.bytes }
+                };
+                PeeringStatus {
+                    id: p.id.clone(),
+                    vpcs: p.vpcs.clone(),
+                    state: p.state,
+                    reason: p.reason.clone(),
+                    first_seen: rec.map(|r| r.first_seen),
+                    activated_at: rec.and_then(|r| r.activated_at),
+                    forwarded: [fwd(0), fwd(1)],
+                }
+            })
+            .collect();
+        Status {
+            generation: self.generation,
+            config_error: self.config_error.clone(),
+            datapath: match self.cfg.daemon.datapath {
+                config::DatapathMode::Tc => "tc",
+                config::DatapathMode::Xdp => "xdp",
+            },
+            vpcs,
+            peerings,
+            last_reconcile: self.last_reconcile.clone(),
+        }
+    }
+}
+
+/// How often the daemon re-checks the host against the configuration (drift, expiry).
+pub const RESYNC: Duration = Duration::from_secs(30);

@@ -1,0 +1,455 @@
+//! The eBPF datapath seen from userspace: load (reusing pinned maps), keep the maps equal to a
+//! [`Tables`], attach to host-side veths through pinned TCX links, read counters.
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fs, io,
+    net::IpAddr,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    maps::{
+        lpm_trie::{Key, LpmTrie},
+        Array, HashMap, MapData, MapError, PerCpuArray,
+    },
+    programs::{
+        links::{FdLink, LinkOrder, PinnedLink},
+        tc::{SchedClassifierLink, TcAttachOptions},
+        ProgramError, SchedClassifier, TcAttachType,
+    },
+    Ebpf, EbpfLoader,
+};
+use ipnet::IpNet;
+use peerd_common::{
+    maps as names, Counter, DropReason, IfaceInfo, KeyV4, KeyV6, PeeringInfo, RouteTarget,
+    SrcInfo, VpcInfo, DROP_SLOTS,
+};
+use tracing::{debug, info};
+
+use crate::tables::Tables;
+
+/// The datapath object, built from `peerd-ebpf` by build.rs.
+pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/peerd"));
+pub const TC_PROGRAM: &str = "peerd_tc";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("the eBPF object is empty: peerd was built with AYA_BUILD_SKIP")]
+    NoObject,
+    #[error("mounting bpffs at {path}: {source}")]
+    MountBpffs { path: PathBuf, source: nix::Error },
+    #[error("{op} {path}: {source}")]
+    Io { op: &'static str, path: PathBuf, source: io::Error },
+    #[error("loading the eBPF datapath (pins under {path}): {source}")]
+    Load { path: PathBuf, source: Box<aya::EbpfError> },
+    #[error("eBPF program {0} missing from the object")]
+    MissingProgram(&'static str),
+    #[error("eBPF map {0} missing from the object")]
+    MissingMap(&'static str),
+    #[error("program {op}: {source}")]
+    Program { op: &'static str, source: Box<ProgramError> },
+    #[error("link {op} {path}: {source}")]
+    Link { op: &'static str, path: PathBuf, source: Box<dyn std::error::Error + Send + Sync> },
+    #[error("map {map}: {op}: {source}")]
+    Map { map: &'static str, op: &'static str, source: Box<MapError> },
+}
+
+fn map_err(map: &'static str, op: &'static str) -> impl FnOnce(MapError) -> Error {
+    move |source| Error::Map { map, op, source: Box::new(source) }
+}
+
+/// Mounts bpffs at `/sys/fs/bpf` when nothing is mounted there.
+pub fn ensure_bpffs() -> Result<(), Error> {
+    let root = Path::new("/sys/fs/bpf");
+    let mounts = fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    if mounts.lines().any(|l| {
+        let mut f = l.split_whitespace();
+        let _dev = f.next();
+        f.next() == Some("/sys/fs/bpf") && f.next() == Some("bpf")
+    }) {
+        return Ok(());
+    }
+    nix::mount::mount(
+        Some("bpf"),
+        root,
+        Some("bpf"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .map_err(|source| Error::MountBpffs { path: root.into(), source })?;
+    info!("mounted bpffs at /sys/fs/bpf");
+    Ok(())
+}
+
+fn mkdir(path: &Path) -> Result<(), Error> {
+    fs::create_dir_all(path).map_err(|source| Error::Io { op: "creating", path: path.into(), source })
+}
+
+fn key4(id: u32, net: &IpNet) -> Option<Key<KeyV4>> {
+    match net {
+        IpNet::V4(n) => Some(Key::new(
+            32 + n.prefix_len() as u32,
+            KeyV4 { id: id.to_be_bytes(), addr: n.network().octets() },
+        )),
+        IpNet::V6(_) => None,
+    }
+}
+
+fn key6(id: u32, net: &IpNet) -> Option<Key<KeyV6>> {
+    match net {
+        IpNet::V6(n) => Some(Key::new(
+            32 + n.prefix_len() as u32,
+            KeyV6 { id: id.to_be_bytes(), addr: n.network().octets() },
+        )),
+        IpNet::V4(_) => None,
+    }
+}
+
+fn from_key4(k: &Key<KeyV4>) -> (u32, IpNet) {
+    let d = k.data();
+    let net = IpNet::new(IpAddr::from(d.addr), (k.prefix_len() - 32) as u8).expect("valid prefix");
+    (u32::from_be_bytes(d.id), net)
+}
+
+fn from_key6(k: &Key<KeyV6>) -> (u32, IpNet) {
+    let d = k.data();
+    let net = IpNet::new(IpAddr::from(d.addr), (k.prefix_len() - 32) as u8).expect("valid prefix");
+    (u32::from_be_bytes(d.id), net)
+}
+
+/// What `attach` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attach {
+    Created,
+    Replaced,
+    Unchanged,
+}
+
+/// What a sync changed, by map entry.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SyncStats {
+    pub written: usize,
+    pub removed: usize,
+}
+
+impl SyncStats {
+    pub fn is_empty(&self) -> bool {
+        self.written == 0 && self.removed == 0
+    }
+}
+
+pub struct Datapath {
+    ebpf: Ebpf,
+    link_dir: PathBuf,
+    ifaces: HashMap<MapData, u32, IfaceInfo>,
+    vpcs: Array<MapData, VpcInfo>,
+    peerings: Array<MapData, PeeringInfo>,
+    src_v4: LpmTrie<MapData, KeyV4, SrcInfo>,
+    src_v6: LpmTrie<MapData, KeyV6, SrcInfo>,
+    routes_v4: LpmTrie<MapData, KeyV4, RouteTarget>,
+    routes_v6: LpmTrie<MapData, KeyV6, RouteTarget>,
+    drops: PerCpuArray<MapData, Counter>,
+    fwd: PerCpuArray<MapData, Counter>,
+}
+
+macro_rules! take {
+    ($ebpf:expr, $name:expr) => {{
+        let map = $ebpf.take_map($name).ok_or(Error::MissingMap($name))?;
+        map.try_into().map_err(map_err($name, "opening"))?
+    }};
+}
+
+impl Datapath {
+    /// Loads the datapath. Maps are pinned under `pin_dir/maps` and reused when they exist,
+    /// so a restarted daemon keeps the tables and counters the running datapath uses.
+    pub fn load(pin_dir: &Path) -> Result<Self, Error> {
+        if OBJECT.is_empty() {
+            return Err(Error::NoObject);
+        }
+        if pin_dir.starts_with("/sys/fs/bpf") {
+            ensure_bpffs()?;
+        }
+        let map_dir = pin_dir.join("maps");
+        let link_dir = pin_dir.join("links");
+        mkdir(&map_dir)?;
+        mkdir(&link_dir)?;
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(&map_dir)
+            .load(OBJECT)
+            .map_err(|source| Error::Load { path: pin_dir.into(), source: Box::new(source) })?;
+        {
+            let prog: &mut SchedClassifier = ebpf
+                .program_mut(TC_PROGRAM)
+                .ok_or(Error::MissingProgram(TC_PROGRAM))?
+                .try_into()
+                .map_err(|source| Error::Program { op: "type", source: Box::new(source) })?;
+            prog.load().map_err(|source| Error::Program { op: "load", source: Box::new(source) })?;
+        }
+        Ok(Self {
+            ifaces: take!(ebpf, names::IFACES),
+            vpcs: take!(ebpf, names::VPCS),
+            peerings: take!(ebpf, names::PEERINGS),
+            src_v4: take!(ebpf, names::SRC_V4),
+            src_v6: take!(ebpf, names::SRC_V6),
+            routes_v4: take!(ebpf, names::ROUTES_V4),
+            routes_v6: take!(ebpf, names::ROUTES_V6),
+            drops: take!(ebpf, names::DROPS),
+            fwd: take!(ebpf, names::FWD),
+            ebpf,
+            link_dir,
+        })
+    }
+
+    pub fn program(&mut self) -> &mut SchedClassifier {
+        self.ebpf
+            .program_mut(TC_PROGRAM)
+            .and_then(|p| p.try_into().ok())
+            .expect("loaded in Datapath::load")
+    }
+
+    /// Makes the maps hold exactly `t`: first every new or changed entry is written, then the
+    /// entries `t` does not have are removed, so no packet of an unchanged flow sees a gap.
+    pub fn sync(&mut self, t: &Tables) -> Result<SyncStats, Error> {
+        let mut st = SyncStats::default();
+
+        // Writes.
+        for (ifindex, info) in &t.ifaces {
+            if self.ifaces.get(ifindex, 0).ok().as_ref() != Some(info) {
+                self.ifaces.insert(ifindex, info, 0).map_err(map_err(names::IFACES, "insert"))?;
+                st.written += 1;
+            }
+        }
+        for (slot, info) in &t.vpcs {
+            if self.vpcs.get(slot, 0).ok().as_ref() != Some(info) {
+                self.vpcs.set(*slot, info, 0).map_err(map_err(names::VPCS, "set"))?;
+                st.written += 1;
+            }
+        }
+        for (slot, info) in &t.peerings {
+            if self.peerings.get(slot, 0).ok().as_ref() != Some(info) {
+                self.peerings.set(*slot, info, 0).map_err(map_err(names::PEERINGS, "set"))?;
+                st.written += 1;
+            }
+        }
+        for ((id, net), table) in &t.src {
+            let v = SrcInfo { table: *table };
+            if let Some(k) = key4(*id, net) {
+                if self.src_v4.get(&k, 0).ok() != Some(v) {
+                    self.src_v4.insert(&k, v, 0).map_err(map_err(names::SRC_V4, "insert"))?;
+                    st.written += 1;
+                }
+            } else if let Some(k) = key6(*id, net) {
+                if self.src_v6.get(&k, 0).ok() != Some(v) {
+                    self.src_v6.insert(&k, v, 0).map_err(map_err(names::SRC_V6, "insert"))?;
+                    st.written += 1;
+                }
+            }
+        }
+        for ((id, net), v) in &t.routes {
+            if let Some(k) = key4(*id, net) {
+                if self.routes_v4.get(&k, 0).ok().as_ref() != Some(v) {
+                    self.routes_v4.insert(&k, v, 0).map_err(map_err(names::ROUTES_V4, "insert"))?;
+                    st.written += 1;
+                }
+            } else if let Some(k) = key6(*id, net) {
+                if self.routes_v6.get(&k, 0).ok().as_ref() != Some(v) {
+                    self.routes_v6.insert(&k, v, 0).map_err(map_err(names::ROUTES_V6, "insert"))?;
+                    st.written += 1;
+                }
+            }
+        }
+
+        // Removals: routes and sources first, then what they point at.
+        let stale: Vec<_> = self
+            .routes_v4
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !t.routes.contains_key(&from_key4(k)))
+            .collect();
+        for k in stale {
+            self.routes_v4.remove(&k).map_err(map_err(names::ROUTES_V4, "remove"))?;
+            st.removed += 1;
+        }
+        let stale: Vec<_> = self
+            .routes_v6
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !t.routes.contains_key(&from_key6(k)))
+            .collect();
+        for k in stale {
+            self.routes_v6.remove(&k).map_err(map_err(names::ROUTES_V6, "remove"))?;
+            st.removed += 1;
+        }
+        let stale: Vec<_> = self
+            .src_v4
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !t.src.contains_key(&from_key4(k)))
+            .collect();
+        for k in stale {
+            self.src_v4.remove(&k).map_err(map_err(names::SRC_V4, "remove"))?;
+            st.removed += 1;
+        }
+        let stale: Vec<_> = self
+            .src_v6
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !t.src.contains_key(&from_key6(k)))
+            .collect();
+        for k in stale {
+            self.src_v6.remove(&k).map_err(map_err(names::SRC_V6, "remove"))?;
+            st.removed += 1;
+        }
+        let stale: Vec<u32> = self
+            .ifaces
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !t.ifaces.contains_key(k))
+            .collect();
+        for k in stale {
+            self.ifaces.remove(&k).map_err(map_err(names::IFACES, "remove"))?;
+            st.removed += 1;
+        }
+        // Arrays: clear slots in use that `t` no longer has.
+        let used: Vec<u32> = self
+            .peerings
+            .iter()
+            .enumerate()
+            .filter_map(|(i, v)| v.ok().filter(|v| *v != PeeringInfo::default()).map(|_| i as u32))
+            .filter(|i| !t.peerings.contains_key(i))
+            .collect();
+        for slot in used {
+            self.peerings.set(slot, PeeringInfo::default(), 0).map_err(map_err(names::PEERINGS, "clear"))?;
+            st.removed += 1;
+        }
+        let used: Vec<u32> = self
+            .vpcs
+            .iter()
+            .enumerate()
+            .filter_map(|(i, v)| v.ok().filter(|v| *v != VpcInfo::default()).map(|_| i as u32))
+            .filter(|i| !t.vpcs.contains_key(i))
+            .collect();
+        for slot in used {
+            self.vpcs.set(slot, VpcInfo::default(), 0).map_err(map_err(names::VPCS, "clear"))?;
+            st.removed += 1;
+        }
+        if !st.is_empty() {
+            debug!(written = st.written, removed = st.removed, "datapath maps synced");
+        }
+        Ok(st)
+    }
+
+    fn link_pin(&self, ifname: &str, ifindex: u32) -> PathBuf {
+        self.link_dir.join(format!("{ifname}-{ifindex}"))
+    }
+
+    /// Makes this program the one on `ifname`'s TC ingress, through a pinned TCX link that
+    /// outlives the daemon. An existing pinned link is updated in place (atomic program
+    /// replacement, no gap) unless it already runs this very program; otherwise a new link is
+    /// created.
+    pub fn attach(&mut self, ifname: &str, ifindex: u32) -> Result<Attach, Error> {
+        let pin = self.link_pin(ifname, ifindex);
+        fn link_err<E: std::error::Error + Send + Sync + 'static>(
+            op: &'static str,
+            path: &Path,
+        ) -> impl FnOnce(E) -> Error {
+            let path = path.to_owned();
+            move |e| Error::Link { op, path, source: Box::new(e) }
+        }
+        if pin.exists() {
+            let pinned = PinnedLink::from_pin(&pin).map_err(link_err("opening", &pin))?;
+            let fd: FdLink = pinned.into();
+            if let Ok(info) = fd.info() {
+                if self.running_same_program(info.program_id()) {
+                    return Ok(Attach::Unchanged);
+                }
+            }
+            let link = SchedClassifierLink::try_from(fd).map_err(link_err("converting", &pin))?;
+            let prog = self.program();
+            let id = prog
+                .attach_to_link(link)
+                .map_err(|source| Error::Program { op: "replace on link", source: Box::new(source) })?;
+            let link = prog
+                .take_link(id)
+                .map_err(|source| Error::Program { op: "take link", source: Box::new(source) })?;
+            // Keep it attached: an FdLink closes its fd on drop without detaching.
+            let _fd: FdLink = link.try_into().map_err(link_err("converting", &pin))?;
+            info!(interface = ifname, ifindex, "datapath program replaced");
+            return Ok(Attach::Replaced);
+        }
+        let prog = self.program();
+        let id = prog
+            .attach_with_options(ifname, TcAttachType::Ingress, TcAttachOptions::TcxOrder(LinkOrder::default()))
+            .map_err(|source| Error::Program { op: "attach", source: Box::new(source) })?;
+        let link = prog
+            .take_link(id)
+            .map_err(|source| Error::Program { op: "take link", source: Box::new(source) })?;
+        let fd: FdLink = link.try_into().map_err(link_err("converting", &pin))?;
+        fd.pin(&pin).map_err(link_err("pinning", &pin))?;
+        info!(interface = ifname, ifindex, "datapath attached");
+        Ok(Attach::Created)
+    }
+
+    /// Is program `id` the same code as ours (same tag)? Then a link running it needs no update.
+    fn running_same_program(&mut self, id: u32) -> bool {
+        let Ok(mine) = self.program().info() else { return false };
+        if mine.id() == id {
+            return true;
+        }
+        aya::programs::loaded_programs()
+            .filter_map(Result::ok)
+            .find(|p| p.id() == id)
+            .is_some_and(|p| p.tag() == mine.tag())
+    }
+
+    /// Removes pinned links that are not for one of `keep` (name, ifindex): their interface is
+    /// gone or belongs to a VPC that was removed. Unpinning the last reference detaches them.
+    pub fn prune_links(&self, keep: &BTreeSet<(String, u32)>) -> Result<usize, Error> {
+        let wanted: BTreeSet<PathBuf> = keep.iter().map(|(n, i)| self.link_pin(n, *i)).collect();
+        let mut removed = 0;
+        let entries = fs::read_dir(&self.link_dir)
+            .map_err(|source| Error::Io { op: "listing", path: self.link_dir.clone(), source })?;
+        for e in entries.flatten() {
+            let p = e.path();
+            if !wanted.contains(&p) {
+                fs::remove_file(&p).map_err(|source| Error::Io { op: "unpinning", path: p.clone(), source })?;
+                debug!(pin = %p.display(), "removed stale link pin");
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Drop counters of one VPC slot, summed over CPUs, by reason.
+    pub fn drops(&self, vpc: u32) -> BTreeMap<DropReason, Counter> {
+        let mut out = BTreeMap::new();
+        for reason in DropReason::ALL {
+            let idx = vpc * DROP_SLOTS + reason as u32;
+            if let Ok(values) = self.drops.get(&idx, 0) {
+                let mut c = Counter::default();
+                for v in values.iter() {
+                    c.packets += v.packets;
+                    c.bytes += v.bytes;
+                }
+                out.insert(reason, c);
+            }
+        }
+        out
+    }
+
+    /// Forwarded packets/bytes of a peering slot in one direction (0: from its `vpc_a`).
+    pub fn forwarded(&self, peering: u32, dir: u32) -> Counter {
+        let mut c = Counter::default();
+        if let Ok(values) = self.fwd.get(&peering_common_fwd(peering, dir), 0) {
+            for v in values.iter() {
+                c.packets += v.packets;
+                c.bytes += v.bytes;
+            }
+        }
+        c
+    }
+}
+
+fn peering_common_fwd(peering: u32, dir: u32) -> u32 {
+    peerd_common::fwd_index(peering, dir)
+}

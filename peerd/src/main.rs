@@ -1,0 +1,279 @@
+//! `peerd`: the daemon and its command line (SPEC §6).
+use std::{
+    path::{Path, PathBuf},
+    process::ExitCode,
+    sync::{Arc, Mutex},
+};
+
+use clap::{Parser, Subcommand};
+use peerd::{
+    config::{self, Config},
+    control::{self, Command},
+    daemon::{self, Daemon},
+    datapath, netns,
+    state::{self, State},
+};
+use tokio::sync::mpsc;
+use tracing::{error, info, warn};
+
+const DEFAULT_CONFIG: &str = "/etc/peerd/peerd.toml";
+const DEFAULT_SOCKET: &str = "/run/peerd/peerd.sock";
+
+#[derive(Parser)]
+#[command(name = "peerd", version, about = "VPC peering for Linux hypervisor hosts")]
+struct Cli {
+    /// Configuration file.
+    #[arg(long, global = true, default_value = DEFAULT_CONFIG)]
+    config: PathBuf,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the daemon in the foreground.
+    Run,
+    /// Validate the configuration; exit 1 with file:line:col messages.
+    Check,
+    /// Ask the running daemon for its state.
+    Status {
+        #[arg(long)]
+        json: bool,
+        /// Control socket (default: from the configuration).
+        #[arg(long)]
+        socket: Option<PathBuf>,
+    },
+    /// Make the running daemon re-read its configuration (same as SIGHUP).
+    Reload {
+        #[arg(long)]
+        socket: Option<PathBuf>,
+    },
+    /// Remove everything peerd created: namespaces, links, pins, state.
+    Teardown {
+        #[arg(long)]
+        socket: Option<PathBuf>,
+    },
+}
+
+fn init_logging() {
+    use tracing_subscriber::{fmt, EnvFilter};
+    let filter = EnvFilter::try_from_env("PEERD_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    // Under systemd (JOURNAL_STREAM set) journald adds timestamps; skip ours and colours.
+    let journald = std::env::var_os("JOURNAL_STREAM").is_some();
+    let b = fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(!journald && atty_stderr());
+    if journald {
+        b.without_time().init();
+    } else {
+        b.init();
+    }
+}
+
+fn atty_stderr() -> bool {
+    // SAFETY: isatty on a valid fd number.
+    unsafe { libc::isatty(2) == 1 }
+}
+
+/// The socket for client commands: `--socket`, else the config's, else a lenient read of the
+/// config's `[daemon] socket`, else the default. Clients must reach the daemon even when the
+/// configuration is broken.
+fn socket_for(cfg_path: &Path, explicit: Option<PathBuf>) -> PathBuf {
+    if let Some(s) = explicit {
+        return s;
+    }
+    if let Ok(cfg) = Config::load(cfg_path) {
+        return cfg.daemon.socket;
+    }
+    std::fs::read_to_string(cfg_path)
+        .ok()
+        .and_then(|t| t.parse::<toml::Table>().ok())
+        .and_then(|t| t.get("daemon")?.get("socket")?.as_str().map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let result = match cli.cmd {
+        Cmd::Run => run(&cli.config),
+        Cmd::Check => check(&cli.config),
+        Cmd::Status { json, socket } => status(&socket_for(&cli.config, socket), json),
+        Cmd::Reload { socket } => control::request(&socket_for(&cli.config, socket), "reload")
+            .map(|_| println!("reloaded"))
+            .map_err(|e| e.to_string()),
+        Cmd::Teardown { socket } => teardown(&cli.config, socket),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check(path: &Path) -> Result<(), String> {
+    let cfg = Config::load(path).map_err(|e| e.to_string())?;
+    let peerings = config::evaluate_peerings(&cfg, &|_| None);
+    println!("{}: ok, {} VPCs, {} peerings", path.display(), cfg.vpcs.len(), peerings.len());
+    for p in peerings {
+        let reason = p.reason.map(|r| format!(" ({r})")).unwrap_or_default();
+        println!("  {} {} <-> {}: {}{reason}", p.id, p.vpcs[0], p.vpcs[1], p.state);
+    }
+    Ok(())
+}
+
+fn status(socket: &Path, json: bool) -> Result<(), String> {
+    let v = control::request(socket, "status").map_err(|e| e.to_string())?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&v).expect("json"));
+        return Ok(());
+    }
+    let s: serde_json::Value = v;
+    println!("generation {}", s["generation"]);
+    if let Some(e) = s["config_error"].as_str() {
+        println!("CONFIG REJECTED (last good configuration in force):\n{e}");
+    }
+    println!("\n{:<20} {:<24} {:<12} {:<6} drops", "VPC", "NETNS", "LINK", "READY");
+    for v in s["vpcs"].as_array().into_iter().flatten() {
+        let drops: Vec<String> = v["drops"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(k, c)| format!("{k}={}", c["packets"]))
+            .collect();
+        println!(
+            "{:<20} {:<24} {:<12} {:<6} {}",
+            v["name"].as_str().unwrap_or(""),
+            v["netns"].as_str().unwrap_or(""),
+            v["host_if"].as_str().unwrap_or(""),
+            if v["ready"].as_bool() == Some(true) { "yes" } else { "NO" },
+            drops.join(" ")
+        );
+    }
+    println!("\n{:<22} {:<30} {:<20} {:>12} {:>12}  reason", "PEERING", "VPCS", "STATE", "PKTS A->B", "PKTS B->A");
+    for p in s["peerings"].as_array().into_iter().flatten() {
+        println!(
+            "{:<22} {:<30} {:<20} {:>12} {:>12}  {}",
+            p["id"].as_str().unwrap_or(""),
+            format!("{} <-> {}", p["vpcs"][0].as_str().unwrap_or(""), p["vpcs"][1].as_str().unwrap_or("")),
+            p["state"].as_str().unwrap_or(""),
+            p["forwarded"][0]["packets"],
+            p["forwarded"][1]["packets"],
+            p["reason"].as_str().unwrap_or("")
+        );
+    }
+    Ok(())
+}
+
+fn teardown(path: &Path, socket: Option<PathBuf>) -> Result<(), String> {
+    let cfg = Config::load(path).map_err(|e| {
+        format!("{e}\nteardown needs a readable configuration to know what peerd created; fix it first")
+    })?;
+    let socket = socket.unwrap_or_else(|| cfg.daemon.socket.clone());
+    if control::daemon_alive(&socket) {
+        return Err(format!("peerd is running (socket {}); stop it before teardown", socket.display()));
+    }
+    let (st, _) = State::load(&cfg.daemon.state_dir);
+    let mut names: std::collections::BTreeSet<String> = st.vpcs.keys().cloned().collect();
+    names.extend(cfg.vpcs.iter().map(|v| v.name.clone()));
+    for name in names {
+        let ns = format!("{}{}", cfg.daemon.netns_prefix, name);
+        let changes = netns::remove_vpc(&ns, &netns::host_ifname(&ns)).map_err(|e| e.to_string())?;
+        for a in changes.actions {
+            info!("{a}");
+        }
+    }
+    if cfg.daemon.pin_dir.exists() {
+        std::fs::remove_dir_all(&cfg.daemon.pin_dir)
+            .map_err(|e| format!("removing {}: {e}", cfg.daemon.pin_dir.display()))?;
+        info!("removed pins under {} (datapath detached)", cfg.daemon.pin_dir.display());
+    }
+    let state_file = cfg.daemon.state_dir.join(state::FILE);
+    if state_file.exists() {
+        std::fs::remove_file(&state_file).map_err(|e| format!("removing {}: {e}", state_file.display()))?;
+    }
+    println!("peerd torn down");
+    Ok(())
+}
+
+fn run(path: &Path) -> Result<(), String> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("starting runtime: {e}"))?;
+    rt.block_on(run_async(path))
+}
+
+async fn run_async(path: &Path) -> Result<(), String> {
+    use tokio::signal::unix::{signal, SignalKind};
+    // Refuse to start a second daemon on the same socket before touching anything.
+    let pre = Config::load(path).map_err(|e| e.to_string())?;
+    let socket = pre.daemon.socket.clone();
+    if control::daemon_alive(&socket) {
+        return Err(daemon::Error::AlreadyRunning(socket).to_string());
+    }
+    let p = path.to_owned();
+    let d = tokio::task::spawn_blocking(move || Daemon::start(&p))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    let shared = Arc::new(Mutex::new(d));
+
+    if let Some(dir) = socket.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    }
+    let _ = std::fs::remove_file(&socket);
+    let listener = tokio::net::UnixListener::bind(&socket)
+        .map_err(|e| format!("binding control socket {}: {e}", socket.display()))?;
+    let (tx, mut rx) = mpsc::channel::<Command>(8);
+    tokio::spawn(control::serve(listener, shared.clone(), tx));
+
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+    info!(socket = %socket.display(), "peerd ready");
+
+    let mut hup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
+    let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
+    let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
+    let mut resync = tokio::time::interval(daemon::RESYNC);
+    resync.tick().await;
+
+    let blocking = |f: fn(&mut Daemon) -> Result<(), daemon::Error>| {
+        let d = shared.clone();
+        async move {
+            tokio::task::spawn_blocking(move || f(&mut d.lock().expect("daemon lock")))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())
+        }
+    };
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                info!("SIGHUP: reloading");
+                let _ = blocking(Daemon::reload).await;
+            }
+            Some(cmd) = rx.recv() => match cmd {
+                Command::Reload(reply) => {
+                    info!("reload requested");
+                    let _ = reply.send(blocking(Daemon::reload).await);
+                }
+            },
+            _ = resync.tick() => {
+                if let Err(e) = blocking(Daemon::reconcile).await {
+                    warn!(error = %e, "periodic resync failed");
+                }
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    let _ = std::fs::remove_file(&socket);
+    info!("stopping; the datapath keeps forwarding as last configured (peerd teardown removes it)");
+    let _ = datapath::OBJECT.len();
+    if let Err(e) = shared.lock().map(|_| ()) {
+        error!("{e}");
+    }
+    Ok(())
+}

@@ -1,0 +1,48 @@
+//! Shared test harness: unique names, cleanup guards, root checks.
+#![allow(dead_code, reason = "each test binary uses a different subset")]
+pub mod packet;
+
+use std::{
+    path::{Path, PathBuf},
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A name unique to this test run: `pdt` (the marker `cargo xtask test` checks for leftovers),
+/// the pid and a counter, then `tag`. Short enough for namespace prefixes.
+pub fn unique(tag: &str) -> String {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("pdt{}{}{tag}", std::process::id() % 100_000, n)
+}
+
+/// Returns false (and says why) when the test cannot run here.
+pub fn can_run() -> bool {
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("skipped: needs root (namespaces, eBPF)");
+        return false;
+    }
+    if peerd::datapath::OBJECT.is_empty() {
+        eprintln!("skipped: peerd was built with AYA_BUILD_SKIP, no eBPF object");
+        return false;
+    }
+    true
+}
+
+/// A bpffs directory removed (with all its pins) on drop.
+pub struct PinDir(pub PathBuf);
+
+impl PinDir {
+    pub fn new() -> Self {
+        peerd::datapath::ensure_bpffs().expect("bpffs");
+        Self(Path::new("/sys/fs/bpf").join(unique("pins")))
+    }
+}
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub mod env;

@@ -1,0 +1,277 @@
+//! Verdict-level tests of the datapath program with BPF_PROG_TEST_RUN: no namespaces, no
+//! links; the maps hold a small topology and each frame's verdict, rewritten bytes and drop
+//! counter are checked, and compared with the reference model in `peerd::tables`.
+mod common;
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use aya::programs::{TestRun, TestRunOptions};
+use common::{packet::*, PinDir};
+use peerd::{
+    datapath::Datapath,
+    tables::{decide, Decision, Tables},
+};
+use peerd_common::{
+    fwd_index, DropReason, IfaceInfo, PeeringInfo, RouteTarget, VpcInfo, PEERING_ACTIVE,
+    VPC_PRESENT,
+};
+
+const TC_ACT_SHOT: u32 = 2;
+const TC_ACT_REDIRECT: u32 = 7;
+const NS_MAC: [[u8; 6]; 4] = [[0; 6], [2, 1, 1, 1, 1, 1], [2, 2, 2, 2, 2, 2], [2, 3, 3, 3, 3, 3]];
+const GW: [[u8; 6]; 4] = [[0; 6], [2, 0xa, 1, 1, 1, 1], [2, 0xa, 2, 2, 2, 2], [2, 0xa, 3, 3, 3, 3]];
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+/// VPC 1 (10.1/16, 2001:db8:1::/48) and 2 (10.2/16, 2001:db8:2::/48) peered by peering 1;
+/// VPC 3 (10.3/16) has a pending peering 2 with VPC 1. Table n is VPC n's main table.
+/// Table 1 also routes 10.9/16 (in nobody's CIDRs) through peering 1.
+fn topology() -> Tables {
+    let mut t = Tables::default();
+    for v in 1..=3u32 {
+        t.ifaces.insert(100 + v, IfaceInfo { vpc: v, _pad: 0 });
+        t.vpcs.insert(
+            v,
+            VpcInfo {
+                host_ifindex: 100 + v,
+                flags: VPC_PRESENT,
+                ns_mac: NS_MAC[v as usize],
+                gw_mac: GW[v as usize],
+            },
+        );
+        t.src.insert((v, format!("10.{v}.0.0/16").parse().unwrap()), v);
+        t.src.insert((v, format!("2001:db8:{v}::/48").parse().unwrap()), v);
+    }
+    t.peerings.insert(1, PeeringInfo { state: PEERING_ACTIVE, vpc_a: 1, vpc_b: 2, _pad: 0 });
+    t.peerings.insert(2, PeeringInfo { state: 0, vpc_a: 1, vpc_b: 3, _pad: 0 });
+    let r = |p, d| RouteTarget { peering: p, dst_vpc: d };
+    t.routes.insert((1, "10.2.0.0/16".parse().unwrap()), r(1, 2));
+    t.routes.insert((1, "2001:db8:2::/48".parse().unwrap()), r(1, 2));
+    t.routes.insert((2, "10.1.0.0/16".parse().unwrap()), r(1, 1));
+    t.routes.insert((2, "2001:db8:1::/48".parse().unwrap()), r(1, 1));
+    t.routes.insert((1, "10.3.0.0/16".parse().unwrap()), r(2, 3));
+    t.routes.insert((1, "10.9.0.0/16".parse().unwrap()), r(1, 2));
+    t
+}
+
+struct Harness {
+    dp: Datapath,
+    _pins: PinDir,
+}
+
+struct Run {
+    verdict: u32,
+    out: Vec<u8>,
+}
+
+impl Harness {
+    fn new(t: &Tables) -> Self {
+        let pins = PinDir::new();
+        let mut dp = Datapath::load(&pins.0).expect("load datapath");
+        dp.sync(t).expect("sync");
+        Self { dp, _pins: pins }
+    }
+
+    fn run(&mut self, ingress_ifindex: u32, frame: &[u8]) -> Run {
+        // struct __sk_buff: ingress_ifindex at offset 36; 192 bytes in all.
+        let mut ctx = [0u8; 192];
+        ctx[36..40].copy_from_slice(&ingress_ifindex.to_ne_bytes());
+        let mut out = vec![0u8; frame.len() + 64];
+        let res = self
+            .dp
+            .program()
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ctx_in: Some(&ctx),
+                ..Default::default()
+            })
+            .expect("test_run");
+        out.truncate(res.data_size_out as usize);
+        Run { verdict: res.return_value, out }
+    }
+
+    fn drops(&self, vpc: u32, reason: DropReason) -> u64 {
+        self.dp.drops(vpc).get(&reason).map(|c| c.packets).unwrap_or(0)
+    }
+
+    /// Runs `frame` from VPC `vpc` and asserts it is dropped for `reason`, counted once.
+    fn expect_drop(&mut self, vpc: u32, frame: &[u8], reason: DropReason) {
+        let before = self.drops(vpc, reason);
+        let r = self.run(100 + vpc, frame);
+        assert_eq!(r.verdict, TC_ACT_SHOT, "expected drop ({}) for {frame:02x?}", reason.name());
+        assert_eq!(self.drops(vpc, reason), before + 1, "counter {} did not rise by one", reason.name());
+    }
+}
+
+#[test]
+fn forwards_ipv4_between_peers_with_ttl_checksum_and_macs() {
+    if !common::can_run() {
+        return;
+    }
+    let t = topology();
+    let mut h = Harness::new(&t);
+    let f = frame(ip("10.1.0.5"), ip("10.2.0.7"), 64);
+    assert!(matches!(decide(&t, 1, ip("10.1.0.5"), ip("10.2.0.7"), 64), Decision::Deliver { dst_vpc: 2, .. }));
+    let before = h.dp.forwarded(1, 0);
+    let r = h.run(101, &f);
+    assert_eq!(r.verdict, TC_ACT_REDIRECT);
+    assert_eq!(&r.out[0..6], &NS_MAC[2], "destination MAC is VPC 2's uplink");
+    assert_eq!(&r.out[6..12], &GW[2], "source MAC is VPC 2's gateway");
+    assert_eq!(r.out[14 + 8], 63, "TTL decremented");
+    assert_eq!(ipv4_checksum(&r.out[14..34]), 0, "header checksum still valid");
+    assert_eq!(&r.out[34..], &f[34..], "payload untouched");
+    let after = h.dp.forwarded(1, 0);
+    assert_eq!(after.packets, before.packets + 1);
+    assert_eq!(after.bytes, before.bytes + f.len() as u64);
+
+    // And back: VPC 2 -> VPC 1 counts in direction 1.
+    let r = h.run(102, &frame(ip("10.2.0.7"), ip("10.1.0.5"), 2));
+    assert_eq!(r.verdict, TC_ACT_REDIRECT);
+    assert_eq!(&r.out[0..6], &NS_MAC[1]);
+    assert_eq!(r.out[14 + 8], 1);
+    assert_eq!(ipv4_checksum(&r.out[14..34]), 0);
+    assert_eq!(h.dp.forwarded(1, 1).packets, 1);
+    let _ = fwd_index(1, 1);
+}
+
+#[test]
+fn ttl_checksum_update_is_correct_for_every_ttl() {
+    if !common::can_run() {
+        return;
+    }
+    let mut h = Harness::new(&topology());
+    for ttl in 2..=255u8 {
+        let r = h.run(101, &frame(ip("10.1.255.255"), ip("10.2.0.0"), ttl));
+        assert_eq!(r.verdict, TC_ACT_REDIRECT, "ttl {ttl}");
+        assert_eq!(r.out[22], ttl - 1);
+        assert_eq!(ipv4_checksum(&r.out[14..34]), 0, "checksum after ttl {ttl}");
+    }
+}
+
+#[test]
+fn forwards_ipv6_and_decrements_hop_limit() {
+    if !common::can_run() {
+        return;
+    }
+    let mut h = Harness::new(&topology());
+    let f = frame(ip("2001:db8:1::5"), ip("2001:db8:2::7"), 64);
+    let r = h.run(101, &f);
+    assert_eq!(r.verdict, TC_ACT_REDIRECT);
+    assert_eq!(&r.out[0..6], &NS_MAC[2]);
+    assert_eq!(r.out[14 + 7], 63);
+    assert_eq!(&r.out[22..], &f[22..]);
+}
+
+#[test]
+fn drops_by_reason_and_counts() {
+    if !common::can_run() {
+        return;
+    }
+    let t = topology();
+    let mut h = Harness::new(&t);
+    let cases: &[(&str, &str, u8, DropReason)] = &[
+        ("10.2.0.5", "10.2.0.7", 64, DropReason::SpoofedSource), // another VPC's address
+        ("10.3.0.5", "10.2.0.7", 64, DropReason::SpoofedSource), // transitive attempt
+        ("10.1.0.5", "10.4.0.7", 64, DropReason::NoRoute),
+        ("10.1.0.5", "10.3.0.7", 64, DropReason::Blackhole), // pending peering
+        ("10.1.0.5", "10.9.0.7", 64, DropReason::NotPeerDestination),
+        ("10.1.0.5", "10.2.0.7", 1, DropReason::TtlExceeded),
+        ("10.1.0.5", "10.2.0.7", 0, DropReason::TtlExceeded),
+        ("10.1.0.5", "224.0.0.5", 64, DropReason::NotUnicast),
+        ("10.1.0.5", "255.255.255.255", 64, DropReason::NotUnicast),
+        ("2001:db8:3::5", "2001:db8:2::7", 64, DropReason::SpoofedSource),
+        ("2001:db8:1::5", "2001:db8:3::7", 64, DropReason::NoRoute),
+        ("2001:db8:1::5", "ff02::1", 64, DropReason::NotUnicast),
+        ("2001:db8:1::5", "fe80::1", 64, DropReason::NotUnicast),
+        ("2001:db8:1::5", "2001:db8:2::7", 1, DropReason::TtlExceeded),
+    ];
+    for &(src, dst, ttl, reason) in cases {
+        assert_eq!(decide(&t, 1, ip(src), ip(dst), ttl), Decision::Drop(reason), "model: {src} -> {dst}");
+        h.expect_drop(1, &frame(ip(src), ip(dst), ttl), reason);
+    }
+}
+
+#[test]
+fn malformed_frames_are_dropped_and_counted() {
+    if !common::can_run() {
+        return;
+    }
+    let mut h = Harness::new(&topology());
+    let good = frame(ip("10.1.0.5"), ip("10.2.0.7"), 64);
+    let m = DropReason::Malformed;
+
+    // BPF_PROG_TEST_RUN refuses frames shorter than Ethernet + a base IP header, so the
+    // shortest truncations are covered by the namespace tests (raw frames on a real veth).
+    // Here: an IHL claiming options the frame does not have.
+    let mut bad = good[..34].to_vec();
+    bad[14] = 0x46;
+    bad[16..18].copy_from_slice(&24u16.to_be_bytes());
+    h.expect_drop(1, &bad, m);
+    let mut bad = good.clone();
+    bad[14] = 0x44; // IHL 4
+    h.expect_drop(1, &bad, m);
+    let mut bad = good.clone();
+    bad[14] = 0x65; // version 6 in an IPv4 frame
+    h.expect_drop(1, &bad, m);
+    let mut bad = good.clone();
+    bad[14] = 0x4f; // IHL 15: header longer than the frame's IP total length
+    h.expect_drop(1, &bad, m);
+    let mut bad = good.clone();
+    bad[16] = 0x05; // total length far beyond the frame
+    let c = ipv4_checksum(&{
+        let mut hdr = bad[14..34].to_vec();
+        hdr[10] = 0;
+        hdr[11] = 0;
+        hdr
+    });
+    bad[24..26].copy_from_slice(&c.to_be_bytes());
+    h.expect_drop(1, &bad, m);
+    let mut bad = good.clone();
+    bad[24] ^= 0x55; // header checksum wrong
+    h.expect_drop(1, &bad, m);
+
+    let good6 = frame(ip("2001:db8:1::5"), ip("2001:db8:2::7"), 64);
+    let mut bad = good6.clone();
+    bad[18] = 0x10; // payload length beyond the frame
+    h.expect_drop(1, &bad, m);
+    let mut bad = good6.clone();
+    bad[18] = 0;
+    bad[19] = 0; // payload length 0 (jumbogram): unsupported
+    h.expect_drop(1, &bad, m);
+
+    // Ethertype neither IP nor ARP.
+    h.expect_drop(1, &eth(GW_MAC, SRC_MAC, 0x88cc, &[0; 46]), DropReason::UnsupportedProtocol);
+    // IPv4 to a multicast MAC.
+    let mut mc = good.clone();
+    mc[0] = 0x01;
+    h.expect_drop(1, &mc, DropReason::NotUnicast);
+    // From an interface that belongs to no VPC: counted in slot 0.
+    let before = h.drops(0, DropReason::UnknownInterface);
+    assert_eq!(h.run(999, &good).verdict, TC_ACT_SHOT);
+    assert_eq!(h.drops(0, DropReason::UnknownInterface), before + 1);
+}
+
+#[test]
+fn answers_arp_for_the_gateway_only() {
+    if !common::can_run() {
+        return;
+    }
+    let mut h = Harness::new(&topology());
+    let req = arp_request(Ipv4Addr::new(10, 1, 0, 5), Ipv4Addr::new(169, 254, 1, 1));
+    let r = h.run(101, &req);
+    assert_eq!(r.verdict, TC_ACT_REDIRECT, "the reply goes back out of the same veth");
+    assert_eq!(&r.out[0..6], &SRC_MAC, "reply to the requester");
+    assert_eq!(&r.out[6..12], &GW[1], "from the gateway MAC");
+    assert_eq!(&r.out[20..22], &[0, 2], "op = reply");
+    assert_eq!(&r.out[22..28], &GW[1], "sender hardware address = gateway");
+    assert_eq!(&r.out[28..32], &[169, 254, 1, 1]);
+    assert_eq!(&r.out[32..38], &SRC_MAC);
+    assert_eq!(&r.out[38..42], &[10, 1, 0, 5]);
+
+    let other = arp_request(Ipv4Addr::new(10, 1, 0, 5), Ipv4Addr::new(10, 1, 0, 6));
+    h.expect_drop(1, &other, DropReason::UnsupportedProtocol);
+    h.expect_drop(1, &req[..30], DropReason::Malformed);
+}
