@@ -157,8 +157,8 @@ fn status(socket: &Path, json: bool) -> Result<(), String> {
             p["id"].as_str().unwrap_or(""),
             format!("{} <-> {}", p["vpcs"][0].as_str().unwrap_or(""), p["vpcs"][1].as_str().unwrap_or("")),
             p["state"].as_str().unwrap_or(""),
-            p["forwarded"][0]["packets"],
-            p["forwarded"][1]["packets"],
+            p["forwarded"][0]["packets"].as_u64().unwrap_or(0),
+            p["forwarded"][1]["packets"].as_u64().unwrap_or(0),
             p["reason"].as_str().unwrap_or("")
         );
     }

@@ -1,1 +1,247 @@
-fn main(){}
+//! `cargo xtask`: set up a fresh machine, run the whole test suite, run the demo.
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+};
+
+use anyhow::{bail, Context as _, Result};
+use clap::{Parser, Subcommand};
+
+/// Debian packages peerd's build, tests and benchmarks need.
+const APT_PACKAGES: &[&str] = &[
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "zlib1g-dev",
+    "libzstd-dev",
+    "iproute2",
+    "iputils-ping",
+    "nftables",
+    "iperf3",
+];
+/// Marker in every name the tests create (namespaces, links, pin dirs).
+const TEST_MARKER: &str = "pdt";
+
+#[derive(Parser)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install, idempotently, what a fresh machine lacks.
+    Setup,
+    /// Setup, then the whole test suite (nextest), then a check that tests left nothing behind.
+    Test {
+        /// Extra arguments for `cargo nextest run`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Setup, build, and run peerd on configs/demo.toml in the foreground.
+    Demo,
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_owned()
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+fn output(cmd: &mut Command) -> Option<String> {
+    let out = cmd.output().ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn is_root() -> bool {
+    output(Command::new("id").arg("-u")).is_some_and(|s| s.trim() == "0")
+}
+
+fn apt_missing() -> Vec<&'static str> {
+    APT_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| {
+            !output(Command::new("dpkg-query").args(["-W", "-f=${Status}", p]))
+                .is_some_and(|s| s.contains("install ok installed"))
+        })
+        .collect()
+}
+
+/// Is bpffs mounted at /sys/fs/bpf, according to a /proc/mounts text?
+fn bpffs_mounted(mounts: &str) -> bool {
+    mounts.lines().any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.len() > 2 && f[1] == "/sys/fs/bpf" && f[2] == "bpf"
+    })
+}
+
+fn cargo_bin() -> PathBuf {
+    std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .unwrap_or_else(|| PathBuf::from("/root/.cargo"))
+        .join("bin")
+}
+
+fn setup() -> Result<()> {
+    if !is_root() {
+        bail!("cargo xtask setup needs root (apt, bpffs, and the tests create namespaces)");
+    }
+    let missing = apt_missing();
+    if missing.is_empty() {
+        println!("ok: apt packages present ({})", APT_PACKAGES.join(" "));
+    } else {
+        println!("installing {}", missing.join(" "));
+        run(Command::new("apt-get").arg("update").env("DEBIAN_FRONTEND", "noninteractive"))?;
+        run(Command::new("apt-get")
+            .args(["install", "-y", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    }
+    let installed = output(Command::new("rustup").args(["component", "list", "--toolchain", "nightly", "--installed"]))
+        .unwrap_or_default();
+    if installed.lines().any(|l| l.starts_with("rust-src")) {
+        println!("ok: rust-src for nightly present");
+    } else {
+        println!("installing rust-src for nightly");
+        run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+    }
+    let linker = cargo_bin().join("bpf-linker");
+    if output(Command::new(&linker).arg("--version")).is_some() {
+        println!("ok: bpf-linker present");
+    } else {
+        println!("installing bpf-linker (built against LLVM 22, about 75 s)");
+        run(Command::new("cargo")
+            .args(["install", "bpf-linker", "--no-default-features", "--features", "llvm-22"])
+            .env("LLVM_PREFIX", "/usr/lib/llvm-22"))?;
+    }
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    if bpffs_mounted(&mounts) {
+        println!("ok: bpffs mounted at /sys/fs/bpf");
+    } else {
+        println!("mounting bpffs at /sys/fs/bpf");
+        run(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))?;
+    }
+    Ok(())
+}
+
+/// Names with the test marker that are still around after the suite.
+fn leftovers() -> Vec<String> {
+    let mut out = Vec::new();
+    for l in output(Command::new("ip").args(["netns", "list"])).unwrap_or_default().lines() {
+        if l.contains(TEST_MARKER) {
+            out.push(format!("netns {l}"));
+        }
+    }
+    for l in output(Command::new("ip").args(["-o", "link", "show"])).unwrap_or_default().lines() {
+        let name = l.split(':').nth(1).unwrap_or("").trim().split('@').next().unwrap_or("");
+        if name.starts_with(TEST_MARKER) {
+            out.push(format!("link {name}"));
+        }
+    }
+    if let Ok(entries) = std::fs::read_dir("/sys/fs/bpf") {
+        for e in entries.flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if n.starts_with(TEST_MARKER) {
+                out.push(format!("bpffs /sys/fs/bpf/{n}"));
+            }
+        }
+    }
+    out
+}
+
+fn test(args: &[String]) -> Result<ExitCode> {
+    setup()?;
+    let status = Command::new("cargo")
+        .current_dir(root())
+        .args(["nextest", "run", "--workspace", "--exclude", "peerd-ebpf", "--no-fail-fast"])
+        .args(args)
+        .env("RUST_BACKTRACE", "1")
+        .status()
+        .context("running cargo nextest")?;
+    let left = leftovers();
+    if left.is_empty() {
+        println!("leftover check: clean");
+    } else {
+        println!("leftover check: the tests left {}", left.join(", "));
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(if status.success() { ExitCode::SUCCESS } else { ExitCode::from(status.code().unwrap_or(1) as u8) })
+}
+
+fn demo() -> Result<()> {
+    setup()?;
+    let root = root();
+    run(Command::new("cargo").current_dir(&root).args(["build", "--release", "-p", "peerd"]))?;
+    let peerd = root.join("target/release/peerd");
+    let config = root.join("configs/demo.toml");
+    println!(
+        "\nstarting peerd on {cfg}. In another shell:\n  {p} status --config {cfg}\n  ip netns list\n  ip netns exec vpc-web ping 10.20.0.1   (web -> db is peered)\nStop it with Ctrl-C (the datapath stays); remove everything with:\n  {p} teardown --config {cfg}\n",
+        p = peerd.display(),
+        cfg = config.display()
+    );
+    let mut child = Command::new(&peerd)
+        .arg("run")
+        .arg("--config")
+        .arg(&config)
+        .spawn()
+        .context("starting peerd")?;
+    // Workloads are attached by others (SPEC §2); the demo adds one address per VPC once
+    // peerd has created the namespaces.
+    let status = || {
+        output(Command::new(&peerd).args(["status", "--config"]).arg(&config)).is_some()
+    };
+    let start = std::time::Instant::now();
+    while !status() {
+        if start.elapsed() > std::time::Duration::from_secs(60) || child.try_wait()?.is_some() {
+            bail!("peerd did not come up");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    for (ns, addrs) in DEMO_WORKLOADS {
+        for a in *addrs {
+            let have = output(Command::new("ip").args(["-n", ns, "addr", "show", "dev", "lo"])).unwrap_or_default();
+            if !have.contains(&format!(" {a} ")) && !have.contains(&format!(" {a}/")) {
+                run(Command::new("ip").args(["-n", ns, "addr", "add", a, "dev", "lo"]))?;
+            }
+        }
+    }
+    println!("demo workloads added: {DEMO_WORKLOADS:?}");
+    let st = child.wait()?;
+    if !st.success() {
+        bail!("peerd exited: {st}");
+    }
+    Ok(())
+}
+
+const DEMO_WORKLOADS: &[(&str, &[&str])] = &[
+    ("vpc-web", &["10.10.0.1/32", "2001:db8:10::1/128"]),
+    ("vpc-db", &["10.20.0.1/32", "2001:db8:20::1/128"]),
+    ("vpc-ops", &["10.30.0.1/32"]),
+];
+
+fn main() -> Result<ExitCode> {
+    match Cli::parse().cmd {
+        Cmd::Setup => setup().map(|_| ExitCode::SUCCESS),
+        Cmd::Test { args } => test(&args),
+        Cmd::Demo => demo().map(|_| ExitCode::SUCCESS),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn detects_bpffs_mount() {
+        assert!(bpffs_mounted("sysfs /sys sysfs rw 0 0\nbpf /sys/fs/bpf bpf rw,relatime 0 0\n"));
+        assert!(!bpffs_mounted("sysfs /sys sysfs rw 0 0\nnone /sys/fs/bpf tmpfs rw 0 0\n"));
+        assert!(!bpffs_mounted(""));
+    }
+}

@@ -143,7 +143,11 @@ impl Loader {
             Ok(r) => r,
             Err(e) => {
                 let loc = e.span().map(|s| src.at(s.start)).unwrap_or(Location { file: path.into(), line: 1, column: 1 });
-                return self.err(Some(loc), e.message().trim().to_owned());
+                let mut msg = e.message().trim().to_owned();
+                if msg.contains("unknown field `include`") {
+                    msg += " (include is a top-level key: write it before the first [table] header)";
+                }
+                return self.err(Some(loc), msg);
             }
         };
         if let Some(d) = raw.daemon {
