@@ -29,7 +29,11 @@ fn main() -> anyhow::Result<()> {
         .as_str()
         .to_owned();
     aya_build::build_ebpf(
-        [Package { name: "peerd-ebpf", root_dir: &root_dir, ..Default::default() }],
+        [Package {
+            name: "peerd-ebpf",
+            root_dir: &root_dir,
+            ..Default::default()
+        }],
         Toolchain::default(),
     )
 }

@@ -3,7 +3,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::env::{Env, wait_for};
+use common::env::{wait_for, Env};
 
 const SHORT: Duration = Duration::from_millis(400);
 const LONG: Duration = Duration::from_secs(3);
@@ -40,10 +40,19 @@ fn setup(body: &str) -> Option<Env> {
 
 #[test]
 fn two_peered_vpcs_talk_both_ways_and_a_third_gets_nothing() {
-    let Some(mut env) = setup(TWO_PEERED_AND_C) else { return };
+    let Some(mut env) = setup(TWO_PEERED_AND_C) else {
+        return;
+    };
     let st = env.status();
     assert_eq!(Env::peering(&st, "pcx-ab")["state"], "active", "{st:#}");
-    assert!(st["vpcs"].as_array().unwrap().iter().all(|v| v["ready"] == true), "{st:#}");
+    assert!(
+        st["vpcs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|v| v["ready"] == true),
+        "{st:#}"
+    );
     env.add_addr("a", "10.61.0.5");
     env.add_addr("a", "fd00:61::5");
     env.add_addr("b", "10.62.0.7");
@@ -52,18 +61,39 @@ fn two_peered_vpcs_talk_both_ways_and_a_third_gets_nothing() {
     env.add_addr("c", "fd00:63::9");
 
     // ICMP, both families, both ways.
-    assert!(env.ping("a", "10.61.0.5", "10.62.0.7", 3), "ping a->b v4\n{}", env.log());
+    assert!(
+        env.ping("a", "10.61.0.5", "10.62.0.7", 3),
+        "ping a->b v4\n{}",
+        env.log()
+    );
     assert!(env.ping("b", "10.62.0.7", "10.61.0.5", 3), "ping b->a v4");
     assert!(env.ping("a", "fd00:61::5", "fd00:62::7", 3), "ping a->b v6");
     assert!(env.ping("b", "fd00:62::7", "fd00:61::5", 3), "ping b->a v6");
     // TCP (1 MiB echoed), both families, and UDP.
-    assert!(env.tcp_echo("a", "10.61.0.5", "b", "10.62.0.7"), "tcp a->b v4");
-    assert!(env.tcp_echo("b", "fd00:62::7", "a", "fd00:61::5"), "tcp b->a v6");
-    assert_eq!(env.udp("a", "10.61.0.5", "b", "10.62.0.7", 20, LONG), 20, "udp a->b");
-    assert_eq!(env.udp("b", "fd00:62::7", "a", "fd00:61::5", 20, LONG), 20, "udp b->a v6");
+    assert!(
+        env.tcp_echo("a", "10.61.0.5", "b", "10.62.0.7"),
+        "tcp a->b v4"
+    );
+    assert!(
+        env.tcp_echo("b", "fd00:62::7", "a", "fd00:61::5"),
+        "tcp b->a v6"
+    );
+    assert_eq!(
+        env.udp("a", "10.61.0.5", "b", "10.62.0.7", 20, LONG),
+        20,
+        "udp a->b"
+    );
+    assert_eq!(
+        env.udp("b", "fd00:62::7", "a", "fd00:61::5", 20, LONG),
+        20,
+        "udp b->a v6"
+    );
     let st = env.status();
     let fwd = &Env::peering(&st, "pcx-ab")["forwarded"];
-    assert!(fwd[0]["packets"].as_u64().unwrap() > 40 && fwd[1]["packets"].as_u64().unwrap() > 40, "{fwd}");
+    assert!(
+        fwd[0]["packets"].as_u64().unwrap() > 40 && fwd[1]["packets"].as_u64().unwrap() > 40,
+        "{fwd}"
+    );
 
     // c has no peering: peerd gives it no route; with the operator's own route towards the
     // gateway its packets reach the datapath and are dropped as no-route, and nothing arrives.
@@ -71,8 +101,16 @@ fn two_peered_vpcs_talk_both_ways_and_a_third_gets_nothing() {
     env.add_gw_route("a", "10.63.0.0/16");
     let before_c = env.drops("c", "no-route");
     let before_a = env.drops("a", "no-route");
-    assert_eq!(env.udp("c", "10.63.0.9", "a", "10.61.0.5", 5, SHORT), 0, "c -> a delivered");
-    assert_eq!(env.udp("a", "10.61.0.5", "c", "10.63.0.9", 5, SHORT), 0, "a -> c delivered");
+    assert_eq!(
+        env.udp("c", "10.63.0.9", "a", "10.61.0.5", 5, SHORT),
+        0,
+        "c -> a delivered"
+    );
+    assert_eq!(
+        env.udp("a", "10.61.0.5", "c", "10.63.0.9", 5, SHORT),
+        0,
+        "a -> c delivered"
+    );
     assert!(!env.ping("c", "10.63.0.9", "10.61.0.5", 1));
     assert_eq!(env.drops("c", "no-route"), before_c + 6);
     assert_eq!(env.drops("a", "no-route"), before_a + 5);
@@ -80,10 +118,17 @@ fn two_peered_vpcs_talk_both_ways_and_a_third_gets_nothing() {
     // A second `peerd run` over the unchanged config changes nothing; the datapath forwards
     // while the daemon is down.
     env.stop();
-    assert!(env.ping("a", "10.61.0.5", "10.62.0.7", 2), "datapath must keep forwarding while peerd is stopped");
+    assert!(
+        env.ping("a", "10.61.0.5", "10.62.0.7", 2),
+        "datapath must keep forwarding while peerd is stopped"
+    );
     env.start();
     let st = env.status();
-    assert_eq!(st["last_reconcile"]["actions"], serde_json::json!([]), "restart changed the host:\n{st:#}");
+    assert_eq!(
+        st["last_reconcile"]["actions"],
+        serde_json::json!([]),
+        "restart changed the host:\n{st:#}"
+    );
     assert!(env.ping("a", "fd00:61::5", "fd00:62::7", 2));
 }
 
@@ -123,7 +168,11 @@ cidrs = ["10.72.0.0/16", "fd00:72::/48"]
   peer = "hub"
 "#;
     let Some(env) = setup(body) else { return };
-    for (v, a4, a6) in [("hub", "10.70.0.1", "fd00:70::1"), ("s1", "10.71.0.1", "fd00:71::1"), ("s2", "10.72.0.1", "fd00:72::1")] {
+    for (v, a4, a6) in [
+        ("hub", "10.70.0.1", "fd00:70::1"),
+        ("s1", "10.71.0.1", "fd00:71::1"),
+        ("s2", "10.72.0.1", "fd00:72::1"),
+    ] {
         env.add_addr(v, a4);
         env.add_addr(v, a6);
     }
@@ -145,7 +194,15 @@ cidrs = ["10.72.0.0/16", "fd00:72::/48"]
     assert_eq!(env.drops("s2", "no-route"), before + 5);
     // The hub as a router: it forwards s1's packet on to s2 with s1's source address: the
     // source is not the hub's, so the datapath drops it as spoofed (no transit).
-    common::env::sh(&["ip", "netns", "exec", &env.netns("hub"), "sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+    common::env::sh(&[
+        "ip",
+        "netns",
+        "exec",
+        &env.netns("hub"),
+        "sysctl",
+        "-qw",
+        "net.ipv4.ip_forward=1",
+    ]);
     env.add_addr("hub", "10.71.0.99"); // the hub pretends to relay for s1
     let before = env.drops("hub", "spoofed-source");
     assert_eq!(env.udp("hub", "10.71.0.99", "s2", "10.72.0.1", 5, SHORT), 0);
@@ -154,7 +211,9 @@ cidrs = ["10.72.0.0/16", "fd00:72::/48"]
 
 #[test]
 fn spoofed_source_is_dropped_and_counted() {
-    let Some(env) = setup(TWO_PEERED_AND_C) else { return };
+    let Some(env) = setup(TWO_PEERED_AND_C) else {
+        return;
+    };
     env.add_addr("a", "10.61.0.5");
     env.add_addr("b", "10.62.0.7");
     // An address of c (not a's) added inside a; and one of b itself.
@@ -198,14 +257,20 @@ cidrs = ["10.82.0.0/16"]
     let xy = Env::peering(&st, "pcx-xy");
     assert_eq!(xy["state"], "failed", "{st:#}");
     let reason = xy["reason"].as_str().unwrap();
-    assert!(reason.contains("10.80.0.0/16") && reason.contains("10.80.128.0/17"), "{reason}");
+    assert!(
+        reason.contains("10.80.0.0/16") && reason.contains("10.80.128.0/17"),
+        "{reason}"
+    );
     assert_eq!(Env::peering(&st, "pcx-xz")["state"], "pending-acceptance");
 
     env.add_addr("x", "10.80.0.5");
     env.add_addr("z", "10.82.0.5");
     // No routes were installed for either peering.
     let routes = common::env::sh(&["ip", "-n", &env.netns("x"), "route", "show"]);
-    assert!(!routes.contains("10.82.0.0/16"), "pending peering installed a route:\n{routes}");
+    assert!(
+        !routes.contains("10.82.0.0/16"),
+        "pending peering installed a route:\n{routes}"
+    );
     // Pushed anyway, the datapath drops.
     env.add_gw_route("x", "10.82.0.0/16");
     let before = env.drops("x", "no-route");
@@ -215,7 +280,9 @@ cidrs = ["10.82.0.0/16"]
 
 #[test]
 fn nothing_from_a_vpc_reaches_the_host() {
-    let Some(env) = setup(TWO_PEERED_AND_C) else { return };
+    let Some(env) = setup(TWO_PEERED_AND_C) else {
+        return;
+    };
     env.add_addr("a", "10.61.0.5");
     // A listener in the root namespace on every address; the VPC sends to the gateway's
     // addresses, to broadcast and to multicast. None of it may arrive.
@@ -225,8 +292,30 @@ fn nothing_from_a_vpc_reaches_the_host() {
     l6.set_nonblocking(true).unwrap();
     let ns = env.netns("a");
     // Point the gateway address and multicast at the uplink (peerd installs no such routes).
-    common::env::sh(&["ip", "-n", &ns, "route", "add", "169.254.1.1/32", "dev", "peerd0", "scope", "link"]);
-    common::env::sh(&["ip", "-n", &ns, "route", "add", "224.0.0.0/4", "dev", "peerd0", "scope", "link"]);
+    common::env::sh(&[
+        "ip",
+        "-n",
+        &ns,
+        "route",
+        "add",
+        "169.254.1.1/32",
+        "dev",
+        "peerd0",
+        "scope",
+        "link",
+    ]);
+    common::env::sh(&[
+        "ip",
+        "-n",
+        &ns,
+        "route",
+        "add",
+        "224.0.0.0/4",
+        "dev",
+        "peerd0",
+        "scope",
+        "link",
+    ]);
     let sent = common::env::in_ns(&ns, move || {
         let s = std::net::UdpSocket::bind(("10.61.0.5", 0)).unwrap();
         s.set_broadcast(true).unwrap();
@@ -260,12 +349,17 @@ fn nothing_from_a_vpc_reaches_the_host() {
     });
     let mut buf = [0u8; 64];
     std::thread::sleep(Duration::from_millis(200));
-    assert!(l6.recv_from(&mut buf).is_err(), "a VPC packet reached the host");
+    assert!(
+        l6.recv_from(&mut buf).is_err(),
+        "a VPC packet reached the host"
+    );
 }
 
 #[test]
 fn host_side_is_as_specified() {
-    let Some(env) = setup(TWO_PEERED_AND_C) else { return };
+    let Some(env) = setup(TWO_PEERED_AND_C) else {
+        return;
+    };
     let st = env.status();
     for v in st["vpcs"].as_array().unwrap() {
         let host_if = v["host_if"].as_str().unwrap();
@@ -275,7 +369,10 @@ fn host_side_is_as_specified() {
         // The gateway is resolvable from inside.
         let ns = v["netns"].as_str().unwrap();
         let neigh = common::env::sh(&["ip", "-n", ns, "neigh", "show", "dev", "peerd0"]);
-        assert!(neigh.contains("169.254.1.1") && neigh.contains("fe80::1"), "{neigh}");
+        assert!(
+            neigh.contains("169.254.1.1") && neigh.contains("fe80::1"),
+            "{neigh}"
+        );
     }
     // Automatic routing: a's namespace routes exactly b's CIDRs via the gateway.
     let r4 = common::env::sh(&["ip", "-n", &env.netns("a"), "route", "show"]);
@@ -295,11 +392,18 @@ fn check_reports_errors_with_location_and_teardown_removes_everything() {
     let out = env.peerd(&["check"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains(&format!("{}:", env.config.display())) && err.contains("10.1.0.0/33"), "{err}");
+    assert!(
+        err.contains(&format!("{}:", env.config.display())) && err.contains("10.1.0.0/33"),
+        "{err}"
+    );
 
     env.write_config(TWO_PEERED_AND_C);
     let out = env.peerd(&["check"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     env.start();
     let netns_list = common::env::sh(&["ip", "netns", "list"]);
     assert!(netns_list.contains(&env.netns("a")));
@@ -307,12 +411,19 @@ fn check_reports_errors_with_location_and_teardown_removes_everything() {
     assert!(!env.peerd(&["teardown"]).status.success());
     env.stop();
     let out = env.peerd(&["teardown"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let netns_list = common::env::sh(&["ip", "netns", "list"]);
     assert!(!netns_list.contains(&env.prefix), "{netns_list}");
     assert!(!env.pin_dir.exists(), "pins left");
     let links = common::env::sh(&["ip", "-o", "link", "show", "type", "veth"]);
-    let st_host_ifs: Vec<String> = ["a", "b", "c"].iter().map(|v| peerd::netns::host_ifname(&env.netns(v))).collect();
+    let st_host_ifs: Vec<String> = ["a", "b", "c"]
+        .iter()
+        .map(|v| peerd::netns::host_ifname(&env.netns(v)))
+        .collect();
     for h in st_host_ifs {
         assert!(!links.contains(&h), "{h} left: {links}");
     }

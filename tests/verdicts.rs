@@ -18,8 +18,18 @@ use peerd_common::{
 
 const TC_ACT_SHOT: u32 = 2;
 const TC_ACT_REDIRECT: u32 = 7;
-const NS_MAC: [[u8; 6]; 4] = [[0; 6], [2, 1, 1, 1, 1, 1], [2, 2, 2, 2, 2, 2], [2, 3, 3, 3, 3, 3]];
-const GW: [[u8; 6]; 4] = [[0; 6], [2, 0xa, 1, 1, 1, 1], [2, 0xa, 2, 2, 2, 2], [2, 0xa, 3, 3, 3, 3]];
+const NS_MAC: [[u8; 6]; 4] = [
+    [0; 6],
+    [2, 1, 1, 1, 1, 1],
+    [2, 2, 2, 2, 2, 2],
+    [2, 3, 3, 3, 3, 3],
+];
+const GW: [[u8; 6]; 4] = [
+    [0; 6],
+    [2, 0xa, 1, 1, 1, 1],
+    [2, 0xa, 2, 2, 2, 2],
+    [2, 0xa, 3, 3, 3, 3],
+];
 
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
@@ -41,18 +51,45 @@ fn topology() -> Tables {
                 gw_mac: GW[v as usize],
             },
         );
-        t.src.insert((v, format!("10.{v}.0.0/16").parse().unwrap()), v);
-        t.src.insert((v, format!("2001:db8:{v}::/48").parse().unwrap()), v);
+        t.src
+            .insert((v, format!("10.{v}.0.0/16").parse().unwrap()), v);
+        t.src
+            .insert((v, format!("2001:db8:{v}::/48").parse().unwrap()), v);
     }
-    t.peerings.insert(1, PeeringInfo { state: PEERING_ACTIVE, vpc_a: 1, vpc_b: 2, _pad: 0 });
-    t.peerings.insert(2, PeeringInfo { state: 0, vpc_a: 1, vpc_b: 3, _pad: 0 });
-    let r = |p, d| RouteTarget { peering: p, dst_vpc: d };
-    t.routes.insert((1, "10.2.0.0/16".parse().unwrap()), r(1, 2));
-    t.routes.insert((1, "2001:db8:2::/48".parse().unwrap()), r(1, 2));
-    t.routes.insert((2, "10.1.0.0/16".parse().unwrap()), r(1, 1));
-    t.routes.insert((2, "2001:db8:1::/48".parse().unwrap()), r(1, 1));
-    t.routes.insert((1, "10.3.0.0/16".parse().unwrap()), r(2, 3));
-    t.routes.insert((1, "10.9.0.0/16".parse().unwrap()), r(1, 2));
+    t.peerings.insert(
+        1,
+        PeeringInfo {
+            state: PEERING_ACTIVE,
+            vpc_a: 1,
+            vpc_b: 2,
+            _pad: 0,
+        },
+    );
+    t.peerings.insert(
+        2,
+        PeeringInfo {
+            state: 0,
+            vpc_a: 1,
+            vpc_b: 3,
+            _pad: 0,
+        },
+    );
+    let r = |p, d| RouteTarget {
+        peering: p,
+        dst_vpc: d,
+    };
+    t.routes
+        .insert((1, "10.2.0.0/16".parse().unwrap()), r(1, 2));
+    t.routes
+        .insert((1, "2001:db8:2::/48".parse().unwrap()), r(1, 2));
+    t.routes
+        .insert((2, "10.1.0.0/16".parse().unwrap()), r(1, 1));
+    t.routes
+        .insert((2, "2001:db8:1::/48".parse().unwrap()), r(1, 1));
+    t.routes
+        .insert((1, "10.3.0.0/16".parse().unwrap()), r(2, 3));
+    t.routes
+        .insert((1, "10.9.0.0/16".parse().unwrap()), r(1, 2));
     t
 }
 
@@ -90,19 +127,36 @@ impl Harness {
             })
             .expect("test_run");
         out.truncate(res.data_size_out as usize);
-        Run { verdict: res.return_value, out }
+        Run {
+            verdict: res.return_value,
+            out,
+        }
     }
 
     fn drops(&self, vpc: u32, reason: DropReason) -> u64 {
-        self.dp.drops(vpc).get(&reason).map(|c| c.packets).unwrap_or(0)
+        self.dp
+            .drops(vpc)
+            .get(&reason)
+            .map(|c| c.packets)
+            .unwrap_or(0)
     }
 
     /// Runs `frame` from VPC `vpc` and asserts it is dropped for `reason`, counted once.
     fn expect_drop(&mut self, vpc: u32, frame: &[u8], reason: DropReason) {
         let before = self.drops(vpc, reason);
         let r = self.run(100 + vpc, frame);
-        assert_eq!(r.verdict, TC_ACT_SHOT, "expected drop ({}) for {frame:02x?}", reason.name());
-        assert_eq!(self.drops(vpc, reason), before + 1, "counter {} did not rise by one", reason.name());
+        assert_eq!(
+            r.verdict,
+            TC_ACT_SHOT,
+            "expected drop ({}) for {frame:02x?}",
+            reason.name()
+        );
+        assert_eq!(
+            self.drops(vpc, reason),
+            before + 1,
+            "counter {} did not rise by one",
+            reason.name()
+        );
     }
 }
 
@@ -114,14 +168,25 @@ fn forwards_ipv4_between_peers_with_ttl_checksum_and_macs() {
     let t = topology();
     let mut h = Harness::new(&t);
     let f = frame(ip("10.1.0.5"), ip("10.2.0.7"), 64);
-    assert!(matches!(decide(&t, 1, ip("10.1.0.5"), ip("10.2.0.7"), 64), Decision::Deliver { dst_vpc: 2, .. }));
+    assert!(matches!(
+        decide(&t, 1, ip("10.1.0.5"), ip("10.2.0.7"), 64),
+        Decision::Deliver { dst_vpc: 2, .. }
+    ));
     let before = h.dp.forwarded(1, 0);
     let r = h.run(101, &f);
     assert_eq!(r.verdict, TC_ACT_REDIRECT);
-    assert_eq!(&r.out[0..6], &NS_MAC[2], "destination MAC is VPC 2's uplink");
+    assert_eq!(
+        &r.out[0..6],
+        &NS_MAC[2],
+        "destination MAC is VPC 2's uplink"
+    );
     assert_eq!(&r.out[6..12], &GW[2], "source MAC is VPC 2's gateway");
     assert_eq!(r.out[14 + 8], 63, "TTL decremented");
-    assert_eq!(ipv4_checksum(&r.out[14..34]), 0, "header checksum still valid");
+    assert_eq!(
+        ipv4_checksum(&r.out[14..34]),
+        0,
+        "header checksum still valid"
+    );
     assert_eq!(&r.out[34..], &f[34..], "payload untouched");
     let after = h.dp.forwarded(1, 0);
     assert_eq!(after.packets, before.packets + 1);
@@ -182,14 +247,23 @@ fn drops_by_reason_and_counts() {
         ("10.1.0.5", "10.2.0.7", 0, DropReason::TtlExceeded),
         ("10.1.0.5", "224.0.0.5", 64, DropReason::NotUnicast),
         ("10.1.0.5", "255.255.255.255", 64, DropReason::NotUnicast),
-        ("2001:db8:3::5", "2001:db8:2::7", 64, DropReason::SpoofedSource),
+        (
+            "2001:db8:3::5",
+            "2001:db8:2::7",
+            64,
+            DropReason::SpoofedSource,
+        ),
         ("2001:db8:1::5", "2001:db8:3::7", 64, DropReason::NoRoute),
         ("2001:db8:1::5", "ff02::1", 64, DropReason::NotUnicast),
         ("2001:db8:1::5", "fe80::1", 64, DropReason::NotUnicast),
         ("2001:db8:1::5", "2001:db8:2::7", 1, DropReason::TtlExceeded),
     ];
     for &(src, dst, ttl, reason) in cases {
-        assert_eq!(decide(&t, 1, ip(src), ip(dst), ttl), Decision::Drop(reason), "model: {src} -> {dst}");
+        assert_eq!(
+            decide(&t, 1, ip(src), ip(dst), ttl),
+            Decision::Drop(reason),
+            "model: {src} -> {dst}"
+        );
         h.expect_drop(1, &frame(ip(src), ip(dst), ttl), reason);
     }
 }
@@ -243,7 +317,11 @@ fn malformed_frames_are_dropped_and_counted() {
     h.expect_drop(1, &bad, m);
 
     // Ethertype neither IP nor ARP.
-    h.expect_drop(1, &eth(GW_MAC, SRC_MAC, 0x88cc, &[0; 46]), DropReason::UnsupportedProtocol);
+    h.expect_drop(
+        1,
+        &eth(GW_MAC, SRC_MAC, 0x88cc, &[0; 46]),
+        DropReason::UnsupportedProtocol,
+    );
     // IPv4 to a multicast MAC.
     let mut mc = good.clone();
     mc[0] = 0x01;
@@ -262,7 +340,10 @@ fn answers_arp_for_the_gateway_only() {
     let mut h = Harness::new(&topology());
     let req = arp_request(Ipv4Addr::new(10, 1, 0, 5), Ipv4Addr::new(169, 254, 1, 1));
     let r = h.run(101, &req);
-    assert_eq!(r.verdict, TC_ACT_REDIRECT, "the reply goes back out of the same veth");
+    assert_eq!(
+        r.verdict, TC_ACT_REDIRECT,
+        "the reply goes back out of the same veth"
+    );
     assert_eq!(&r.out[0..6], &SRC_MAC, "reply to the requester");
     assert_eq!(&r.out[6..12], &GW[1], "from the gateway MAC");
     assert_eq!(&r.out[20..22], &[0, 2], "op = reply");

@@ -30,7 +30,9 @@ fn drop(vpc: u32, reason: DropReason, len: u32) -> Verdict {
 #[inline(always)]
 pub fn drop_redirect_failed(ifindex: u32, len: u32) {
     // SAFETY: map lookup result is valid for the program's run.
-    let vpc = unsafe { maps::IFACES.get(&ifindex) }.map(|i| i.vpc).unwrap_or(0);
+    let vpc = unsafe { maps::IFACES.get(&ifindex) }
+        .map(|i| i.vpc)
+        .unwrap_or(0);
     count_drop(vpc, DropReason::RedirectFailed, len);
 }
 
@@ -114,7 +116,10 @@ fn deliver(eth: *mut EthHdr, src_vpc: u32, dst_vpc: u32, fwd_slot: u32, len: u32
             e.src[i] = d.gw_mac[i];
         }
     }
-    Verdict::Deliver { ifindex: d.host_ifindex, fwd_slot }
+    Verdict::Deliver {
+        ifindex: d.host_ifindex,
+        fwd_slot,
+    }
 }
 
 #[inline(always)]
@@ -158,7 +163,13 @@ fn ipv4(data: usize, data_end: usize, vpc: u32, len: u32) -> Verdict {
     check += (check >= 0xffff) as u32;
     h.check = (check as u16).to_be_bytes();
     h.ttl -= 1;
-    deliver(data as *mut EthHdr, vpc, dst_vpc, fwd_index(peering, dir), len)
+    deliver(
+        data as *mut EthHdr,
+        vpc,
+        dst_vpc,
+        fwd_index(peering, dir),
+        len,
+    )
 }
 
 /// Verifies the IPv4 header checksum over `ihl` 32-bit words (bounded loop).
@@ -215,5 +226,11 @@ fn ipv6(data: usize, data_end: usize, vpc: u32, len: u32) -> Verdict {
         return drop(vpc, DropReason::TtlExceeded, len);
     }
     h.hop_limit -= 1;
-    deliver(data as *mut EthHdr, vpc, dst_vpc, fwd_index(peering, dir), len)
+    deliver(
+        data as *mut EthHdr,
+        vpc,
+        dst_vpc,
+        fwd_index(peering, dir),
+        len,
+    )
 }

@@ -22,7 +22,10 @@ pub fn peerd_tc(ctx: TcContext) -> i32 {
     let ifindex = unsafe { (*ctx.skb.skb).ingress_ifindex };
     let len = ctx.len();
     match decide::process(ctx.data(), ctx.data_end(), ifindex, len) {
-        Verdict::Deliver { ifindex: out, fwd_slot } => {
+        Verdict::Deliver {
+            ifindex: out,
+            fwd_slot,
+        } => {
             // SAFETY: plain helper call; flags must be 0.
             let rc = unsafe { bpf_redirect_peer(out, 0) };
             if rc == TC_ACT_REDIRECT as i64 {

@@ -59,20 +59,44 @@ pub fn count_fwd(slot: u32, len: u32) {
 
 #[inline(always)]
 pub fn src_v4(id: u32, addr: [u8; 4]) -> Option<&'static SrcInfo> {
-    SRC_V4.get(Key::new(64, KeyV4 { id: id.to_be_bytes(), addr }))
+    SRC_V4.get(Key::new(
+        64,
+        KeyV4 {
+            id: id.to_be_bytes(),
+            addr,
+        },
+    ))
 }
 
 #[inline(always)]
 pub fn src_v6(id: u32, addr: [u8; 16]) -> Option<&'static SrcInfo> {
-    SRC_V6.get(Key::new(160, KeyV6 { id: id.to_be_bytes(), addr }))
+    SRC_V6.get(Key::new(
+        160,
+        KeyV6 {
+            id: id.to_be_bytes(),
+            addr,
+        },
+    ))
 }
 
 #[inline(always)]
 pub fn route_v4(table: u32, addr: [u8; 4]) -> Option<&'static RouteTarget> {
-    ROUTES_V4.get(Key::new(64, KeyV4 { id: table.to_be_bytes(), addr }))
+    ROUTES_V4.get(Key::new(
+        64,
+        KeyV4 {
+            id: table.to_be_bytes(),
+            addr,
+        },
+    ))
 }
 
 #[inline(always)]
 pub fn route_v6(table: u32, addr: [u8; 16]) -> Option<&'static RouteTarget> {
-    ROUTES_V6.get(Key::new(160, KeyV6 { id: table.to_be_bytes(), addr }))
+    ROUTES_V6.get(Key::new(
+        160,
+        KeyV6 {
+            id: table.to_be_bytes(),
+            addr,
+        },
+    ))
 }

@@ -60,7 +60,10 @@ pub fn apply_lifecycle(
                 p.reason = Some("nobody accepted the request in time".into());
             }
             PeeringState::PendingAcceptance
-                if matches!(prev, Some(PeeringState::Active | PeeringState::Disconnected)) =>
+                if matches!(
+                    prev,
+                    Some(PeeringState::Active | PeeringState::Disconnected)
+                ) =>
             {
                 p.state = PeeringState::Disconnected;
                 p.reason = Some("one end removed its declaration".into());
@@ -116,7 +119,11 @@ pub fn compile(cfg: &Config, peerings: Vec<Peering>, st: &mut State) -> Result<P
         plan.tables.peerings.insert(
             s,
             PeeringInfo {
-                state: if p.state == PeeringState::Active { PEERING_ACTIVE } else { 0 },
+                state: if p.state == PeeringState::Active {
+                    PEERING_ACTIVE
+                } else {
+                    0
+                },
                 vpc_a: end(&p.vpcs[0]),
                 vpc_b: end(&p.vpcs[1]),
                 _pad: 0,
@@ -126,7 +133,11 @@ pub fn compile(cfg: &Config, peerings: Vec<Peering>, st: &mut State) -> Result<P
     // The other end of a peering, seen from `vpc`.
     let other = |vpc: &str, id: &str| -> Option<&str> {
         let p = state_of.get(id)?;
-        if p.vpcs[0] == vpc { Some(p.vpcs[1].as_str()) } else { Some(p.vpcs[0].as_str()) }
+        if p.vpcs[0] == vpc {
+            Some(p.vpcs[1].as_str())
+        } else {
+            Some(p.vpcs[0].as_str())
+        }
     };
 
     for v in &cfg.vpcs {
@@ -137,14 +148,19 @@ pub fn compile(cfg: &Config, peerings: Vec<Peering>, st: &mut State) -> Result<P
             for t in &v.route_tables {
                 let id = st.table_id(&v.name, &t.name)?;
                 table_ids.insert(t.name.as_str(), id);
-                plan.table_names.insert(id, (v.name.clone(), t.name.clone()));
+                plan.table_names
+                    .insert(id, (v.name.clone(), t.name.clone()));
                 for r in &t.routes {
                     let peer = other(&v.name, &r.peering).unwrap_or("");
                     let dst_vpc = slot.get(peer).copied().unwrap_or(0);
                     let pslot = plan.peering_slots.get(&r.peering).copied().unwrap_or(0);
-                    plan.tables
-                        .routes
-                        .insert((id, r.destination), RouteTarget { peering: pslot, dst_vpc });
+                    plan.tables.routes.insert(
+                        (id, r.destination),
+                        RouteTarget {
+                            peering: pslot,
+                            dst_vpc,
+                        },
+                    );
                     ns_routes.insert(r.destination);
                 }
             }
@@ -160,12 +176,15 @@ pub fn compile(cfg: &Config, peerings: Vec<Peering>, st: &mut State) -> Result<P
         } else {
             // Automatic routing: every CIDR of every active peer.
             let id = st.table_id(&v.name, MAIN)?;
-            plan.table_names.insert(id, (v.name.clone(), MAIN.to_owned()));
+            plan.table_names
+                .insert(id, (v.name.clone(), MAIN.to_owned()));
             for c in &v.cidrs {
                 plan.tables.src.insert((me, *c), id);
             }
             for pe in &v.peerings {
-                let Some(p) = state_of.get(pe.id.as_str()) else { continue };
+                let Some(p) = state_of.get(pe.id.as_str()) else {
+                    continue;
+                };
                 if p.state != PeeringState::Active {
                     continue;
                 }

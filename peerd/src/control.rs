@@ -20,11 +20,20 @@ use crate::daemon::Shared;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("cannot reach peerd at {path}: {source} (is `peerd run` running?)")]
-    Connect { path: PathBuf, source: std::io::Error },
+    Connect {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("talking to peerd at {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("peerd at {path} answered something unreadable: {source}")]
-    Decode { path: PathBuf, source: serde_json::Error },
+    Decode {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
     #[error("peerd: {0}")]
     Daemon(String),
 }
@@ -45,15 +54,23 @@ pub enum Command {
 
 /// Sends one request and returns the result value.
 pub fn request(socket: &Path, line: &str) -> Result<serde_json::Value, Error> {
-    let mut s = UnixStream::connect(socket)
-        .map_err(|source| Error::Connect { path: socket.into(), source })?;
-    let io = |source| Error::Io { path: socket.into(), source };
-    s.set_read_timeout(Some(Duration::from_secs(120))).map_err(io)?;
+    let mut s = UnixStream::connect(socket).map_err(|source| Error::Connect {
+        path: socket.into(),
+        source,
+    })?;
+    let io = |source| Error::Io {
+        path: socket.into(),
+        source,
+    };
+    s.set_read_timeout(Some(Duration::from_secs(120)))
+        .map_err(io)?;
     s.write_all(format!("{line}\n").as_bytes()).map_err(io)?;
     let mut answer = String::new();
     BufReader::new(&s).read_line(&mut answer).map_err(io)?;
-    let reply: Reply = serde_json::from_str(&answer)
-        .map_err(|source| Error::Decode { path: socket.into(), source })?;
+    let reply: Reply = serde_json::from_str(&answer).map_err(|source| Error::Decode {
+        path: socket.into(),
+        source,
+    })?;
     if reply.ok {
         Ok(reply.result.unwrap_or(serde_json::Value::Null))
     } else {
@@ -94,21 +111,49 @@ pub async fn serve(listener: UnixListener, daemon: Shared, commands: mpsc::Sende
                     })
                     .await
                     {
-                        Ok(Ok(v)) => Reply { ok: true, error: None, result: Some(v) },
-                        Ok(Err(e)) => Reply { ok: false, error: Some(e.to_string()), result: None },
-                        Err(e) => Reply { ok: false, error: Some(e.to_string()), result: None },
+                        Ok(Ok(v)) => Reply {
+                            ok: true,
+                            error: None,
+                            result: Some(v),
+                        },
+                        Ok(Err(e)) => Reply {
+                            ok: false,
+                            error: Some(e.to_string()),
+                            result: None,
+                        },
+                        Err(e) => Reply {
+                            ok: false,
+                            error: Some(e.to_string()),
+                            result: None,
+                        },
                     }
                 }
                 "reload" => {
                     let (tx, rx) = tokio::sync::oneshot::channel();
                     let _ = commands.send(Command::Reload(tx)).await;
                     match rx.await {
-                        Ok(Ok(())) => Reply { ok: true, error: None, result: None },
-                        Ok(Err(e)) => Reply { ok: false, error: Some(e), result: None },
-                        Err(_) => Reply { ok: false, error: Some("daemon is stopping".into()), result: None },
+                        Ok(Ok(())) => Reply {
+                            ok: true,
+                            error: None,
+                            result: None,
+                        },
+                        Ok(Err(e)) => Reply {
+                            ok: false,
+                            error: Some(e),
+                            result: None,
+                        },
+                        Err(_) => Reply {
+                            ok: false,
+                            error: Some("daemon is stopping".into()),
+                            result: None,
+                        },
                     }
                 }
-                other => Reply { ok: false, error: Some(format!("unknown request {other:?}")), result: None },
+                other => Reply {
+                    ok: false,
+                    error: Some(format!("unknown request {other:?}")),
+                    result: None,
+                },
             };
             let mut out = serde_json::to_vec(&reply).expect("reply serializes");
             out.push(b'\n');

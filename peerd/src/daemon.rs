@@ -31,7 +31,11 @@ pub enum Error {
     #[error("another peerd is already running on {0}")]
     AlreadyRunning(PathBuf),
     #[error("{op} {path}: {source}")]
-    Io { op: &'static str, path: PathBuf, source: std::io::Error },
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 #[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
@@ -103,6 +107,9 @@ impl Daemon {
         if let Some(w) = warning {
             warn!("{w}");
         }
+        if cfg.daemon.datapath == config::DatapathMode::Xdp {
+            warn!("datapath = \"xdp\" is not available in this version; running the TC datapath");
+        }
         let dp = Datapath::load(&cfg.daemon.pin_dir)?;
         let mut d = Daemon {
             config_path: config_path.to_owned(),
@@ -155,7 +162,12 @@ impl Daemon {
         let mut peerings = config::evaluate_peerings(&self.cfg, &first_seen);
         compile::apply_lifecycle(&self.cfg, &mut peerings, &mut self.state, now)?;
         for p in &peerings {
-            let prev = self.plan.peerings.iter().find(|q| q.id == p.id).map(|q| q.state);
+            let prev = self
+                .plan
+                .peerings
+                .iter()
+                .find(|q| q.id == p.id)
+                .map(|q| q.state);
             if prev != Some(p.state) {
                 info!(peering = %p.id, vpcs = ?p.vpcs, state = %p.state, reason = ?p.reason, "peering state");
             }
@@ -177,7 +189,13 @@ impl Daemon {
             match netns::ensure_vpc(&spec) {
                 Ok((host, changes)) => {
                     actions.extend(changes.actions);
-                    tables.ifaces.insert(host.host_ifindex, IfaceInfo { vpc: v.slot, _pad: 0 });
+                    tables.ifaces.insert(
+                        host.host_ifindex,
+                        IfaceInfo {
+                            vpc: v.slot,
+                            _pad: 0,
+                        },
+                    );
                     tables.vpcs.insert(
                         v.slot,
                         VpcInfo {
@@ -207,8 +225,12 @@ impl Daemon {
         let mut keep = BTreeSet::new();
         for (vpc, ifname, ifindex) in &attach {
             match self.datapath.attach(ifname, *ifindex) {
-                Ok(datapath::Attach::Created) => actions.push(format!("attached datapath to {ifname}")),
-                Ok(datapath::Attach::Replaced) => actions.push(format!("replaced datapath program on {ifname}")),
+                Ok(datapath::Attach::Created) => {
+                    actions.push(format!("attached datapath to {ifname}"))
+                }
+                Ok(datapath::Attach::Replaced) => {
+                    actions.push(format!("replaced datapath program on {ifname}"))
+                }
                 Ok(datapath::Attach::Unchanged) => {}
                 Err(e) => {
                     error!(vpc = %vpc, error = %e, "attaching datapath");
@@ -238,14 +260,25 @@ impl Daemon {
         self.generation += 1;
         let duration_ms = started.elapsed().as_millis() as u64;
         if actions.is_empty() {
-            info!(generation = self.generation, duration_ms, "reconciled: nothing to change");
+            info!(
+                generation = self.generation,
+                duration_ms, "reconciled: nothing to change"
+            );
         } else {
             for a in &actions {
                 info!(generation = self.generation, "{a}");
             }
-            info!(generation = self.generation, duration_ms, changes = actions.len(), "reconciled");
+            info!(
+                generation = self.generation,
+                duration_ms,
+                changes = actions.len(),
+                "reconciled"
+            );
         }
-        self.last_reconcile = ReconcileReport { actions, duration_ms };
+        self.last_reconcile = ReconcileReport {
+            actions,
+            duration_ms,
+        };
         Ok(())
     }
 
@@ -265,7 +298,15 @@ impl Daemon {
                     .drops(v.slot)
                     .into_iter()
                     .filter(|(_, c)| c.packets > 0)
-                    .map(|(r, c)| (r.name(), CounterJson { packets: c.packets, bytes: c.bytes }))
+                    .map(|(r, c)| {
+                        (
+                            r.name(),
+                            CounterJson {
+                                packets: c.packets,
+                                bytes: c.bytes,
+                            },
+                        )
+                    })
                     .collect();
                 VpcStatus {
                     name: v.name.clone(),
@@ -286,7 +327,10 @@ impl Daemon {
                 let slot = self.plan.peering_slots.get(&p.id).copied().unwrap_or(0);
                 let fwd = |dir| {
                     let c = self.datapath.forwarded(slot, dir);
-                    CounterJson { packets: c.packets, bytes: c.bytes }
+                    CounterJson {
+                        packets: c.packets,
+                        bytes: c.bytes,
+                    }
                 };
                 PeeringStatus {
                     id: p.id.clone(),
@@ -302,10 +346,7 @@ impl Daemon {
         Status {
             generation: self.generation,
             config_error: self.config_error.clone(),
-            datapath: match self.cfg.daemon.datapath {
-                config::DatapathMode::Tc => "tc",
-                config::DatapathMode::Xdp => "xdp",
-            },
+            datapath: "tc",
             vpcs,
             peerings,
             last_reconcile: self.last_reconcile.clone(),

@@ -21,8 +21,8 @@ use aya::{
 };
 use ipnet::IpNet;
 use peerd_common::{
-    maps as names, Counter, DropReason, IfaceInfo, KeyV4, KeyV6, PeeringInfo, RouteTarget,
-    SrcInfo, VpcInfo, DROP_SLOTS,
+    maps as names, Counter, DropReason, IfaceInfo, KeyV4, KeyV6, PeeringInfo, RouteTarget, SrcInfo,
+    VpcInfo, DROP_SLOTS,
 };
 use tracing::{debug, info};
 
@@ -39,23 +39,45 @@ pub enum Error {
     #[error("mounting bpffs at {path}: {source}")]
     MountBpffs { path: PathBuf, source: nix::Error },
     #[error("{op} {path}: {source}")]
-    Io { op: &'static str, path: PathBuf, source: io::Error },
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
     #[error("loading the eBPF datapath (pins under {path}): {source}")]
-    Load { path: PathBuf, source: Box<aya::EbpfError> },
+    Load {
+        path: PathBuf,
+        source: Box<aya::EbpfError>,
+    },
     #[error("eBPF program {0} missing from the object")]
     MissingProgram(&'static str),
     #[error("eBPF map {0} missing from the object")]
     MissingMap(&'static str),
     #[error("program {op}: {source}")]
-    Program { op: &'static str, source: Box<ProgramError> },
+    Program {
+        op: &'static str,
+        source: Box<ProgramError>,
+    },
     #[error("link {op} {path}: {source}")]
-    Link { op: &'static str, path: PathBuf, source: Box<dyn std::error::Error + Send + Sync> },
+    Link {
+        op: &'static str,
+        path: PathBuf,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error("map {map}: {op}: {source}")]
-    Map { map: &'static str, op: &'static str, source: Box<MapError> },
+    Map {
+        map: &'static str,
+        op: &'static str,
+        source: Box<MapError>,
+    },
 }
 
 fn map_err(map: &'static str, op: &'static str) -> impl FnOnce(MapError) -> Error {
-    move |source| Error::Map { map, op, source: Box::new(source) }
+    move |source| Error::Map {
+        map,
+        op,
+        source: Box::new(source),
+    }
 }
 
 /// Mounts bpffs at `/sys/fs/bpf` when nothing is mounted there.
@@ -76,20 +98,30 @@ pub fn ensure_bpffs() -> Result<(), Error> {
         nix::mount::MsFlags::empty(),
         None::<&str>,
     )
-    .map_err(|source| Error::MountBpffs { path: root.into(), source })?;
+    .map_err(|source| Error::MountBpffs {
+        path: root.into(),
+        source,
+    })?;
     info!("mounted bpffs at /sys/fs/bpf");
     Ok(())
 }
 
 fn mkdir(path: &Path) -> Result<(), Error> {
-    fs::create_dir_all(path).map_err(|source| Error::Io { op: "creating", path: path.into(), source })
+    fs::create_dir_all(path).map_err(|source| Error::Io {
+        op: "creating",
+        path: path.into(),
+        source,
+    })
 }
 
 fn key4(id: u32, net: &IpNet) -> Option<Key<KeyV4>> {
     match net {
         IpNet::V4(n) => Some(Key::new(
             32 + n.prefix_len() as u32,
-            KeyV4 { id: id.to_be_bytes(), addr: n.network().octets() },
+            KeyV4 {
+                id: id.to_be_bytes(),
+                addr: n.network().octets(),
+            },
         )),
         IpNet::V6(_) => None,
     }
@@ -99,7 +131,10 @@ fn key6(id: u32, net: &IpNet) -> Option<Key<KeyV6>> {
     match net {
         IpNet::V6(n) => Some(Key::new(
             32 + n.prefix_len() as u32,
-            KeyV6 { id: id.to_be_bytes(), addr: n.network().octets() },
+            KeyV6 {
+                id: id.to_be_bytes(),
+                addr: n.network().octets(),
+            },
         )),
         IpNet::V4(_) => None,
     }
@@ -176,14 +211,23 @@ impl Datapath {
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&map_dir)
             .load(OBJECT)
-            .map_err(|source| Error::Load { path: pin_dir.into(), source: Box::new(source) })?;
+            .map_err(|source| Error::Load {
+                path: pin_dir.into(),
+                source: Box::new(source),
+            })?;
         {
             let prog: &mut SchedClassifier = ebpf
                 .program_mut(TC_PROGRAM)
                 .ok_or(Error::MissingProgram(TC_PROGRAM))?
                 .try_into()
-                .map_err(|source| Error::Program { op: "type", source: Box::new(source) })?;
-            prog.load().map_err(|source| Error::Program { op: "load", source: Box::new(source) })?;
+                .map_err(|source| Error::Program {
+                    op: "type",
+                    source: Box::new(source),
+                })?;
+            prog.load().map_err(|source| Error::Program {
+                op: "load",
+                source: Box::new(source),
+            })?;
         }
         Ok(Self {
             ifaces: take!(ebpf, names::IFACES),
@@ -215,19 +259,25 @@ impl Datapath {
         // Writes.
         for (ifindex, info) in &t.ifaces {
             if self.ifaces.get(ifindex, 0).ok().as_ref() != Some(info) {
-                self.ifaces.insert(ifindex, info, 0).map_err(map_err(names::IFACES, "insert"))?;
+                self.ifaces
+                    .insert(ifindex, info, 0)
+                    .map_err(map_err(names::IFACES, "insert"))?;
                 st.written += 1;
             }
         }
         for (slot, info) in &t.vpcs {
             if self.vpcs.get(slot, 0).ok().as_ref() != Some(info) {
-                self.vpcs.set(*slot, info, 0).map_err(map_err(names::VPCS, "set"))?;
+                self.vpcs
+                    .set(*slot, info, 0)
+                    .map_err(map_err(names::VPCS, "set"))?;
                 st.written += 1;
             }
         }
         for (slot, info) in &t.peerings {
             if self.peerings.get(slot, 0).ok().as_ref() != Some(info) {
-                self.peerings.set(*slot, info, 0).map_err(map_err(names::PEERINGS, "set"))?;
+                self.peerings
+                    .set(*slot, info, 0)
+                    .map_err(map_err(names::PEERINGS, "set"))?;
                 st.written += 1;
             }
         }
@@ -235,12 +285,16 @@ impl Datapath {
             let v = SrcInfo { table: *table };
             if let Some(k) = key4(*id, net) {
                 if self.src_v4.get(&k, 0).ok() != Some(v) {
-                    self.src_v4.insert(&k, v, 0).map_err(map_err(names::SRC_V4, "insert"))?;
+                    self.src_v4
+                        .insert(&k, v, 0)
+                        .map_err(map_err(names::SRC_V4, "insert"))?;
                     st.written += 1;
                 }
             } else if let Some(k) = key6(*id, net) {
                 if self.src_v6.get(&k, 0).ok() != Some(v) {
-                    self.src_v6.insert(&k, v, 0).map_err(map_err(names::SRC_V6, "insert"))?;
+                    self.src_v6
+                        .insert(&k, v, 0)
+                        .map_err(map_err(names::SRC_V6, "insert"))?;
                     st.written += 1;
                 }
             }
@@ -248,12 +302,16 @@ impl Datapath {
         for ((id, net), v) in &t.routes {
             if let Some(k) = key4(*id, net) {
                 if self.routes_v4.get(&k, 0).ok().as_ref() != Some(v) {
-                    self.routes_v4.insert(&k, v, 0).map_err(map_err(names::ROUTES_V4, "insert"))?;
+                    self.routes_v4
+                        .insert(&k, v, 0)
+                        .map_err(map_err(names::ROUTES_V4, "insert"))?;
                     st.written += 1;
                 }
             } else if let Some(k) = key6(*id, net) {
                 if self.routes_v6.get(&k, 0).ok().as_ref() != Some(v) {
-                    self.routes_v6.insert(&k, v, 0).map_err(map_err(names::ROUTES_V6, "insert"))?;
+                    self.routes_v6
+                        .insert(&k, v, 0)
+                        .map_err(map_err(names::ROUTES_V6, "insert"))?;
                     st.written += 1;
                 }
             }
@@ -267,7 +325,9 @@ impl Datapath {
             .filter(|k| !t.routes.contains_key(&from_key4(k)))
             .collect();
         for k in stale {
-            self.routes_v4.remove(&k).map_err(map_err(names::ROUTES_V4, "remove"))?;
+            self.routes_v4
+                .remove(&k)
+                .map_err(map_err(names::ROUTES_V4, "remove"))?;
             st.removed += 1;
         }
         let stale: Vec<_> = self
@@ -277,7 +337,9 @@ impl Datapath {
             .filter(|k| !t.routes.contains_key(&from_key6(k)))
             .collect();
         for k in stale {
-            self.routes_v6.remove(&k).map_err(map_err(names::ROUTES_V6, "remove"))?;
+            self.routes_v6
+                .remove(&k)
+                .map_err(map_err(names::ROUTES_V6, "remove"))?;
             st.removed += 1;
         }
         let stale: Vec<_> = self
@@ -287,7 +349,9 @@ impl Datapath {
             .filter(|k| !t.src.contains_key(&from_key4(k)))
             .collect();
         for k in stale {
-            self.src_v4.remove(&k).map_err(map_err(names::SRC_V4, "remove"))?;
+            self.src_v4
+                .remove(&k)
+                .map_err(map_err(names::SRC_V4, "remove"))?;
             st.removed += 1;
         }
         let stale: Vec<_> = self
@@ -297,7 +361,9 @@ impl Datapath {
             .filter(|k| !t.src.contains_key(&from_key6(k)))
             .collect();
         for k in stale {
-            self.src_v6.remove(&k).map_err(map_err(names::SRC_V6, "remove"))?;
+            self.src_v6
+                .remove(&k)
+                .map_err(map_err(names::SRC_V6, "remove"))?;
             st.removed += 1;
         }
         let stale: Vec<u32> = self
@@ -307,7 +373,9 @@ impl Datapath {
             .filter(|k| !t.ifaces.contains_key(k))
             .collect();
         for k in stale {
-            self.ifaces.remove(&k).map_err(map_err(names::IFACES, "remove"))?;
+            self.ifaces
+                .remove(&k)
+                .map_err(map_err(names::IFACES, "remove"))?;
             st.removed += 1;
         }
         // Arrays: clear slots in use that `t` no longer has.
@@ -315,26 +383,42 @@ impl Datapath {
             .peerings
             .iter()
             .enumerate()
-            .filter_map(|(i, v)| v.ok().filter(|v| *v != PeeringInfo::default()).map(|_| i as u32))
+            .filter_map(|(i, v)| {
+                v.ok()
+                    .filter(|v| *v != PeeringInfo::default())
+                    .map(|_| i as u32)
+            })
             .filter(|i| !t.peerings.contains_key(i))
             .collect();
         for slot in used {
-            self.peerings.set(slot, PeeringInfo::default(), 0).map_err(map_err(names::PEERINGS, "clear"))?;
+            self.peerings
+                .set(slot, PeeringInfo::default(), 0)
+                .map_err(map_err(names::PEERINGS, "clear"))?;
             st.removed += 1;
         }
         let used: Vec<u32> = self
             .vpcs
             .iter()
             .enumerate()
-            .filter_map(|(i, v)| v.ok().filter(|v| *v != VpcInfo::default()).map(|_| i as u32))
+            .filter_map(|(i, v)| {
+                v.ok()
+                    .filter(|v| *v != VpcInfo::default())
+                    .map(|_| i as u32)
+            })
             .filter(|i| !t.vpcs.contains_key(i))
             .collect();
         for slot in used {
-            self.vpcs.set(slot, VpcInfo::default(), 0).map_err(map_err(names::VPCS, "clear"))?;
+            self.vpcs
+                .set(slot, VpcInfo::default(), 0)
+                .map_err(map_err(names::VPCS, "clear"))?;
             st.removed += 1;
         }
         if !st.is_empty() {
-            debug!(written = st.written, removed = st.removed, "datapath maps synced");
+            debug!(
+                written = st.written,
+                removed = st.removed,
+                "datapath maps synced"
+            );
         }
         Ok(st)
     }
@@ -354,7 +438,11 @@ impl Datapath {
             path: &Path,
         ) -> impl FnOnce(E) -> Error {
             let path = path.to_owned();
-            move |e| Error::Link { op, path, source: Box::new(e) }
+            move |e| Error::Link {
+                op,
+                path,
+                source: Box::new(e),
+            }
         }
         if pin.exists() {
             let pinned = PinnedLink::from_pin(&pin).map_err(link_err("opening", &pin))?;
@@ -366,12 +454,14 @@ impl Datapath {
             }
             let link = SchedClassifierLink::try_from(fd).map_err(link_err("converting", &pin))?;
             let prog = self.program();
-            let id = prog
-                .attach_to_link(link)
-                .map_err(|source| Error::Program { op: "replace on link", source: Box::new(source) })?;
-            let link = prog
-                .take_link(id)
-                .map_err(|source| Error::Program { op: "take link", source: Box::new(source) })?;
+            let id = prog.attach_to_link(link).map_err(|source| Error::Program {
+                op: "replace on link",
+                source: Box::new(source),
+            })?;
+            let link = prog.take_link(id).map_err(|source| Error::Program {
+                op: "take link",
+                source: Box::new(source),
+            })?;
             // Keep it attached: an FdLink closes its fd on drop without detaching.
             let _fd: FdLink = link.try_into().map_err(link_err("converting", &pin))?;
             info!(interface = ifname, ifindex, "datapath program replaced");
@@ -379,11 +469,19 @@ impl Datapath {
         }
         let prog = self.program();
         let id = prog
-            .attach_with_options(ifname, TcAttachType::Ingress, TcAttachOptions::TcxOrder(LinkOrder::default()))
-            .map_err(|source| Error::Program { op: "attach", source: Box::new(source) })?;
-        let link = prog
-            .take_link(id)
-            .map_err(|source| Error::Program { op: "take link", source: Box::new(source) })?;
+            .attach_with_options(
+                ifname,
+                TcAttachType::Ingress,
+                TcAttachOptions::TcxOrder(LinkOrder::default()),
+            )
+            .map_err(|source| Error::Program {
+                op: "attach",
+                source: Box::new(source),
+            })?;
+        let link = prog.take_link(id).map_err(|source| Error::Program {
+            op: "take link",
+            source: Box::new(source),
+        })?;
         let fd: FdLink = link.try_into().map_err(link_err("converting", &pin))?;
         fd.pin(&pin).map_err(link_err("pinning", &pin))?;
         info!(interface = ifname, ifindex, "datapath attached");
@@ -392,7 +490,9 @@ impl Datapath {
 
     /// Is program `id` the same code as ours (same tag)? Then a link running it needs no update.
     fn running_same_program(&mut self, id: u32) -> bool {
-        let Ok(mine) = self.program().info() else { return false };
+        let Ok(mine) = self.program().info() else {
+            return false;
+        };
         if mine.id() == id {
             return true;
         }
@@ -407,12 +507,19 @@ impl Datapath {
     pub fn prune_links(&self, keep: &BTreeSet<(String, u32)>) -> Result<usize, Error> {
         let wanted: BTreeSet<PathBuf> = keep.iter().map(|(n, i)| self.link_pin(n, *i)).collect();
         let mut removed = 0;
-        let entries = fs::read_dir(&self.link_dir)
-            .map_err(|source| Error::Io { op: "listing", path: self.link_dir.clone(), source })?;
+        let entries = fs::read_dir(&self.link_dir).map_err(|source| Error::Io {
+            op: "listing",
+            path: self.link_dir.clone(),
+            source,
+        })?;
         for e in entries.flatten() {
             let p = e.path();
             if !wanted.contains(&p) {
-                fs::remove_file(&p).map_err(|source| Error::Io { op: "unpinning", path: p.clone(), source })?;
+                fs::remove_file(&p).map_err(|source| Error::Io {
+                    op: "unpinning",
+                    path: p.clone(),
+                    source,
+                })?;
                 debug!(pin = %p.display(), "removed stale link pin");
                 removed += 1;
             }

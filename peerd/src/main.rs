@@ -20,7 +20,11 @@ const DEFAULT_CONFIG: &str = "/etc/peerd/peerd.toml";
 const DEFAULT_SOCKET: &str = "/run/peerd/peerd.sock";
 
 #[derive(Parser)]
-#[command(name = "peerd", version, about = "VPC peering for Linux hypervisor hosts")]
+#[command(
+    name = "peerd",
+    version,
+    about = "VPC peering for Linux hypervisor hosts"
+)]
 struct Cli {
     /// Configuration file.
     #[arg(long, global = true, default_value = DEFAULT_CONFIG)]
@@ -60,7 +64,10 @@ fn init_logging() {
     let filter = EnvFilter::try_from_env("PEERD_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     // Under systemd (JOURNAL_STREAM set) journald adds timestamps; skip ours and colours.
     let journald = std::env::var_os("JOURNAL_STREAM").is_some();
-    let b = fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(!journald && atty_stderr());
+    let b = fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(!journald && atty_stderr());
     if journald {
         b.without_time().init();
     } else {
@@ -114,10 +121,18 @@ fn main() -> ExitCode {
 fn check(path: &Path) -> Result<(), String> {
     let cfg = Config::load(path).map_err(|e| e.to_string())?;
     let peerings = config::evaluate_peerings(&cfg, &|_| None);
-    println!("{}: ok, {} VPCs, {} peerings", path.display(), cfg.vpcs.len(), peerings.len());
+    println!(
+        "{}: ok, {} VPCs, {} peerings",
+        path.display(),
+        cfg.vpcs.len(),
+        peerings.len()
+    );
     for p in peerings {
         let reason = p.reason.map(|r| format!(" ({r})")).unwrap_or_default();
-        println!("  {} {} <-> {}: {}{reason}", p.id, p.vpcs[0], p.vpcs[1], p.state);
+        println!(
+            "  {} {} <-> {}: {}{reason}",
+            p.id, p.vpcs[0], p.vpcs[1], p.state
+        );
     }
     Ok(())
 }
@@ -133,7 +148,10 @@ fn status(socket: &Path, json: bool) -> Result<(), String> {
     if let Some(e) = s["config_error"].as_str() {
         println!("CONFIG REJECTED (last good configuration in force):\n{e}");
     }
-    println!("\n{:<20} {:<24} {:<12} {:<6} drops", "VPC", "NETNS", "LINK", "READY");
+    println!(
+        "\n{:<20} {:<24} {:<12} {:<6} drops",
+        "VPC", "NETNS", "LINK", "READY"
+    );
     for v in s["vpcs"].as_array().into_iter().flatten() {
         let drops: Vec<String> = v["drops"]
             .as_object()
@@ -146,16 +164,27 @@ fn status(socket: &Path, json: bool) -> Result<(), String> {
             v["name"].as_str().unwrap_or(""),
             v["netns"].as_str().unwrap_or(""),
             v["host_if"].as_str().unwrap_or(""),
-            if v["ready"].as_bool() == Some(true) { "yes" } else { "NO" },
+            if v["ready"].as_bool() == Some(true) {
+                "yes"
+            } else {
+                "NO"
+            },
             drops.join(" ")
         );
     }
-    println!("\n{:<22} {:<30} {:<20} {:>12} {:>12}  reason", "PEERING", "VPCS", "STATE", "PKTS A->B", "PKTS B->A");
+    println!(
+        "\n{:<22} {:<30} {:<20} {:>12} {:>12}  reason",
+        "PEERING", "VPCS", "STATE", "PKTS A->B", "PKTS B->A"
+    );
     for p in s["peerings"].as_array().into_iter().flatten() {
         println!(
             "{:<22} {:<30} {:<20} {:>12} {:>12}  {}",
             p["id"].as_str().unwrap_or(""),
-            format!("{} <-> {}", p["vpcs"][0].as_str().unwrap_or(""), p["vpcs"][1].as_str().unwrap_or("")),
+            format!(
+                "{} <-> {}",
+                p["vpcs"][0].as_str().unwrap_or(""),
+                p["vpcs"][1].as_str().unwrap_or("")
+            ),
             p["state"].as_str().unwrap_or(""),
             p["forwarded"][0]["packets"].as_u64().unwrap_or(0),
             p["forwarded"][1]["packets"].as_u64().unwrap_or(0),
@@ -167,18 +196,24 @@ fn status(socket: &Path, json: bool) -> Result<(), String> {
 
 fn teardown(path: &Path, socket: Option<PathBuf>) -> Result<(), String> {
     let cfg = Config::load(path).map_err(|e| {
-        format!("{e}\nteardown needs a readable configuration to know what peerd created; fix it first")
+        format!(
+            "{e}\nteardown needs a readable configuration to know what peerd created; fix it first"
+        )
     })?;
     let socket = socket.unwrap_or_else(|| cfg.daemon.socket.clone());
     if control::daemon_alive(&socket) {
-        return Err(format!("peerd is running (socket {}); stop it before teardown", socket.display()));
+        return Err(format!(
+            "peerd is running (socket {}); stop it before teardown",
+            socket.display()
+        ));
     }
     let (st, _) = State::load(&cfg.daemon.state_dir);
     let mut names: std::collections::BTreeSet<String> = st.vpcs.keys().cloned().collect();
     names.extend(cfg.vpcs.iter().map(|v| v.name.clone()));
     for name in names {
         let ns = format!("{}{}", cfg.daemon.netns_prefix, name);
-        let changes = netns::remove_vpc(&ns, &netns::host_ifname(&ns)).map_err(|e| e.to_string())?;
+        let changes =
+            netns::remove_vpc(&ns, &netns::host_ifname(&ns)).map_err(|e| e.to_string())?;
         for a in changes.actions {
             info!("{a}");
         }
@@ -186,11 +221,15 @@ fn teardown(path: &Path, socket: Option<PathBuf>) -> Result<(), String> {
     if cfg.daemon.pin_dir.exists() {
         std::fs::remove_dir_all(&cfg.daemon.pin_dir)
             .map_err(|e| format!("removing {}: {e}", cfg.daemon.pin_dir.display()))?;
-        info!("removed pins under {} (datapath detached)", cfg.daemon.pin_dir.display());
+        info!(
+            "removed pins under {} (datapath detached)",
+            cfg.daemon.pin_dir.display()
+        );
     }
     let state_file = cfg.daemon.state_dir.join(state::FILE);
     if state_file.exists() {
-        std::fs::remove_file(&state_file).map_err(|e| format!("removing {}: {e}", state_file.display()))?;
+        std::fs::remove_file(&state_file)
+            .map_err(|e| format!("removing {}: {e}", state_file.display()))?;
     }
     println!("peerd torn down");
     Ok(())

@@ -39,11 +39,23 @@ const ENODEV: i32 = 19;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("{op} {target}: {source}")]
-    Netlink { op: &'static str, target: String, source: rtnetlink::Error },
+    Netlink {
+        op: &'static str,
+        target: String,
+        source: rtnetlink::Error,
+    },
     #[error("{op} {target}: {source}")]
-    Sys { op: &'static str, target: String, source: nix::Error },
+    Sys {
+        op: &'static str,
+        target: String,
+        source: nix::Error,
+    },
     #[error("{op} {path}: {source}")]
-    Io { op: &'static str, path: PathBuf, source: std::io::Error },
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("link {0} not found after creating it")]
     Missing(String),
     #[error("namespace thread for {0} panicked")]
@@ -116,10 +128,15 @@ where
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .map_err(io("starting runtime for", Path::new(ns.as_deref().unwrap_or("/"))))?;
+            .map_err(io(
+                "starting runtime for",
+                Path::new(ns.as_deref().unwrap_or("/")),
+            ))?;
         rt.block_on(async move {
-            let (conn, handle, _) =
-                rtnetlink::new_connection().map_err(io("netlink socket in", Path::new(ns.as_deref().unwrap_or("/"))))?;
+            let (conn, handle, _) = rtnetlink::new_connection().map_err(io(
+                "netlink socket in",
+                Path::new(ns.as_deref().unwrap_or("/")),
+            ))?;
             let task = tokio::spawn(conn);
             let r = f(handle).await;
             task.abort();
@@ -136,7 +153,9 @@ pub fn netns_exists(name: &str) -> bool {
 
 pub fn list_netns(prefix: &str) -> Result<Vec<String>, Error> {
     let dir = Path::new(NETNS_DIR);
-    let Ok(entries) = fs::read_dir(dir) else { return Ok(Vec::new()) };
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Ok(Vec::new());
+    };
     let mut out: Vec<String> = entries
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
@@ -153,9 +172,16 @@ fn prepare_netns_dir() -> Result<(), Error> {
     fs::create_dir_all(dir).map_err(io("creating", dir))?;
     let shared = MsFlags::MS_SHARED | MsFlags::MS_REC;
     if mount(None::<&str>, dir, None::<&str>, shared, None::<&str>).is_err() {
-        mount(Some(dir), dir, Some("none"), MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
-            .map_err(sys("bind-mounting", NETNS_DIR))?;
-        mount(None::<&str>, dir, None::<&str>, shared, None::<&str>).map_err(sys("sharing", NETNS_DIR))?;
+        mount(
+            Some(dir),
+            dir,
+            Some("none"),
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None::<&str>,
+        )
+        .map_err(sys("bind-mounting", NETNS_DIR))?;
+        mount(None::<&str>, dir, None::<&str>, shared, None::<&str>)
+            .map_err(sys("sharing", NETNS_DIR))?;
     }
     Ok(())
 }
@@ -171,8 +197,14 @@ fn create_netns(name: &str) -> Result<(), Error> {
         // SAFETY: gettid has no preconditions.
         let tid = unsafe { libc::syscall(libc::SYS_gettid) };
         let src = format!("/proc/self/task/{tid}/ns/net");
-        mount(Some(src.as_str()), &p, Some("none"), MsFlags::MS_BIND, None::<&str>)
-            .map_err(sys("mounting namespace", &name))
+        mount(
+            Some(src.as_str()),
+            &p,
+            Some("none"),
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(sys("mounting namespace", &name))
     })
     .join()
     .map_err(|_| Error::Thread(path.display().to_string()))?;
@@ -193,7 +225,14 @@ fn delete_netns(name: &str) -> Result<bool, Error> {
 }
 
 async fn get_link(h: &Handle, name: &str) -> Result<Option<LinkMessage>, Error> {
-    match h.link().get().match_name(name.to_owned()).execute().try_next().await {
+    match h
+        .link()
+        .get()
+        .match_name(name.to_owned())
+        .execute()
+        .try_next()
+        .await
+    {
         Ok(l) => Ok(l),
         Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -ENODEV => Ok(None),
         Err(e) => Err(nl("looking up link", name)(e)),
@@ -211,11 +250,26 @@ fn mac_of(l: &LinkMessage) -> [u8; 6] {
 }
 
 fn mtu_of(l: &LinkMessage) -> u32 {
-    l.attributes.iter().find_map(|a| if let LinkAttribute::Mtu(m) = a { Some(*m) } else { None }).unwrap_or(0)
+    l.attributes
+        .iter()
+        .find_map(|a| {
+            if let LinkAttribute::Mtu(m) = a {
+                Some(*m)
+            } else {
+                None
+            }
+        })
+        .unwrap_or(0)
 }
 
 fn peer_of(l: &LinkMessage) -> Option<u32> {
-    l.attributes.iter().find_map(|a| if let LinkAttribute::Link(i) = a { Some(*i) } else { None })
+    l.attributes.iter().find_map(|a| {
+        if let LinkAttribute::Link(i) = a {
+            Some(*i)
+        } else {
+            None
+        }
+    })
 }
 
 fn is_up(l: &LinkMessage) -> bool {
@@ -223,14 +277,29 @@ fn is_up(l: &LinkMessage) -> bool {
 }
 
 /// Sets MTU and up on a link when they differ; returns what changed.
-async fn link_up(h: &Handle, l: &LinkMessage, name: &str, mtu: Option<u32>, ch: &mut Vec<String>, ns: &str) -> Result<(), Error> {
+async fn link_up(
+    h: &Handle,
+    l: &LinkMessage,
+    name: &str,
+    mtu: Option<u32>,
+    ch: &mut Vec<String>,
+    ns: &str,
+) -> Result<(), Error> {
     let idx = l.header.index;
     if let Some(m) = mtu.filter(|m| *m != mtu_of(l)) {
-        h.link().set(LinkUnspec::new_with_index(idx).mtu(m).build()).execute().await.map_err(nl("setting mtu of", name))?;
+        h.link()
+            .set(LinkUnspec::new_with_index(idx).mtu(m).build())
+            .execute()
+            .await
+            .map_err(nl("setting mtu of", name))?;
         ch.push(format!("set mtu {m} on {name} in {ns}"));
     }
     if !is_up(l) {
-        h.link().set(LinkUnspec::new_with_index(idx).up().build()).execute().await.map_err(nl("bringing up", name))?;
+        h.link()
+            .set(LinkUnspec::new_with_index(idx).up().build())
+            .execute()
+            .await
+            .map_err(nl("bringing up", name))?;
         ch.push(format!("brought up {name} in {ns}"));
     }
     Ok(())
@@ -268,7 +337,11 @@ pub fn ensure_vpc(spec: &VpcHostSpec) -> Result<(VpcHostState, Changes), Error> 
         if let Some(nl_) = ns_link {
             let idx = nl_.header.index;
             with_handle(Some(&ns), move |h| async move {
-                h.link().del(idx).execute().await.map_err(nl("deleting stale", NS_IFNAME))
+                h.link()
+                    .del(idx)
+                    .execute()
+                    .await
+                    .map_err(nl("deleting stale", NS_IFNAME))
             })?;
         }
         let host_if = spec.host_if.clone();
@@ -279,15 +352,33 @@ pub fn ensure_vpc(spec: &VpcHostSpec) -> Result<(VpcHostState, Changes), Error> 
         let existed = host.is_some();
         with_handle(None, move |h| async move {
             if let Some(old) = get_link(&h, &host_if).await? {
-                h.link().del(old.header.index).execute().await.map_err(nl("deleting stale", &host_if))?;
+                h.link()
+                    .del(old.header.index)
+                    .execute()
+                    .await
+                    .map_err(nl("deleting stale", &host_if))?;
             }
             if let Some(old) = get_link(&h, &tmp).await? {
-                h.link().del(old.header.index).execute().await.map_err(nl("deleting stale", &tmp))?;
+                h.link()
+                    .del(old.header.index)
+                    .execute()
+                    .await
+                    .map_err(nl("deleting stale", &tmp))?;
             }
-            h.link().add(LinkVeth::new(&host_if, &tmp).build()).execute().await.map_err(nl("creating veth", &host_if))?;
-            let peer = get_link(&h, &tmp).await?.ok_or_else(|| Error::Missing(tmp.clone()))?;
             h.link()
-                .set(LinkUnspec::new_with_index(peer.header.index).setns_by_fd(fd).build())
+                .add(LinkVeth::new(&host_if, &tmp).build())
+                .execute()
+                .await
+                .map_err(nl("creating veth", &host_if))?;
+            let peer = get_link(&h, &tmp)
+                .await?
+                .ok_or_else(|| Error::Missing(tmp.clone()))?;
+            h.link()
+                .set(
+                    LinkUnspec::new_with_index(peer.header.index)
+                        .setns_by_fd(fd)
+                        .build(),
+                )
                 .execute()
                 .await
                 .map_err(nl("moving into namespace", &tmp))
@@ -295,9 +386,15 @@ pub fn ensure_vpc(spec: &VpcHostSpec) -> Result<(VpcHostState, Changes), Error> 
         drop(nsfile);
         let tmp = format!("{}p", spec.host_if);
         with_handle(Some(&spec.netns), move |h| async move {
-            let l = get_link(&h, &tmp).await?.ok_or_else(|| Error::Missing(tmp.clone()))?;
+            let l = get_link(&h, &tmp)
+                .await?
+                .ok_or_else(|| Error::Missing(tmp.clone()))?;
             h.link()
-                .set(LinkUnspec::new_with_index(l.header.index).name(NS_IFNAME.to_owned()).build())
+                .set(
+                    LinkUnspec::new_with_index(l.header.index)
+                        .name(NS_IFNAME.to_owned())
+                        .build(),
+                )
                 .execute()
                 .await
                 .map_err(nl("renaming", &tmp))
@@ -312,14 +409,19 @@ pub fn ensure_vpc(spec: &VpcHostSpec) -> Result<(VpcHostState, Changes), Error> 
     }
 
     // Host end: no IPv6 (so no link-local address), MTU, up.
-    if write_sysctl(&format!("/proc/sys/net/ipv6/conf/{}/disable_ipv6", spec.host_if), "1")? {
+    if write_sysctl(
+        &format!("/proc/sys/net/ipv6/conf/{}/disable_ipv6", spec.host_if),
+        "1",
+    )? {
         ch.push(format!("disabled IPv6 on {}", spec.host_if));
     }
     let host_if = spec.host_if.clone();
     let mtu = spec.mtu;
     let (host_link, host_changes) = with_handle(None, move |h| async move {
         let mut c = Vec::new();
-        let l = get_link(&h, &host_if).await?.ok_or_else(|| Error::Missing(host_if.clone()))?;
+        let l = get_link(&h, &host_if)
+            .await?
+            .ok_or_else(|| Error::Missing(host_if.clone()))?;
         link_up(&h, &l, &host_if, Some(mtu), &mut c, "root namespace").await?;
         Ok((l, c))
     })?;
@@ -331,10 +433,17 @@ pub fn ensure_vpc(spec: &VpcHostSpec) -> Result<(VpcHostState, Changes), Error> 
     let (ns_link, ns_changes) = with_handle(Some(&spec.netns), move |h| async move {
         let mut c = Vec::new();
         let ns = spec2.netns.as_str();
-        let lo = get_link(&h, "lo").await?.ok_or_else(|| Error::Missing("lo".into()))?;
+        let lo = get_link(&h, "lo")
+            .await?
+            .ok_or_else(|| Error::Missing("lo".into()))?;
         link_up(&h, &lo, "lo", None, &mut c, ns).await?;
-        let _ = write_sysctl(&format!("/proc/sys/net/ipv6/conf/{NS_IFNAME}/accept_dad"), "0");
-        let l = get_link(&h, NS_IFNAME).await?.ok_or_else(|| Error::Missing(NS_IFNAME.into()))?;
+        let _ = write_sysctl(
+            &format!("/proc/sys/net/ipv6/conf/{NS_IFNAME}/accept_dad"),
+            "0",
+        );
+        let l = get_link(&h, NS_IFNAME)
+            .await?
+            .ok_or_else(|| Error::Missing(NS_IFNAME.into()))?;
         link_up(&h, &l, NS_IFNAME, Some(spec2.mtu), &mut c, ns).await?;
         let idx = l.header.index;
         ensure_neighbours(&h, idx, host_mac, &mut c, ns).await?;
@@ -353,10 +462,20 @@ pub fn ensure_vpc(spec: &VpcHostSpec) -> Result<(VpcHostState, Changes), Error> 
     ))
 }
 
-async fn ensure_neighbours(h: &Handle, idx: u32, mac: [u8; 6], ch: &mut Vec<String>, ns: &str) -> Result<(), Error> {
+async fn ensure_neighbours(
+    h: &Handle,
+    idx: u32,
+    mac: [u8; 6],
+    ch: &mut Vec<String>,
+    ns: &str,
+) -> Result<(), Error> {
     let mut have = BTreeSet::new();
     let mut s = h.neighbours().get().execute();
-    while let Some(n) = s.try_next().await.map_err(nl("listing neighbours in", ns))? {
+    while let Some(n) = s
+        .try_next()
+        .await
+        .map_err(nl("listing neighbours in", ns))?
+    {
         if n.header.ifindex != idx || n.header.state != NeighbourState::Permanent {
             continue;
         }
@@ -365,7 +484,10 @@ async fn ensure_neighbours(h: &Handle, idx: u32, mac: [u8; 6], ch: &mut Vec<Stri
             NeighbourAttribute::Destination(NeighbourAddress::Inet6(a)) => Some(IpAddr::V6(*a)),
             _ => None,
         });
-        let ll = n.attributes.iter().any(|a| matches!(a, NeighbourAttribute::LinkLayerAddress(m) if m[..] == mac[..]));
+        let ll = n
+            .attributes
+            .iter()
+            .any(|a| matches!(a, NeighbourAttribute::LinkLayerAddress(m) if m[..] == mac[..]));
         if let (Some(d), true) = (dst, ll) {
             have.insert(d);
         }
@@ -387,14 +509,22 @@ async fn ensure_neighbours(h: &Handle, idx: u32, mac: [u8; 6], ch: &mut Vec<Stri
     Ok(())
 }
 
-async fn ensure_routes(h: &Handle, idx: u32, want: &[IpNet], ch: &mut Vec<String>, ns: &str) -> Result<(), Error> {
+async fn ensure_routes(
+    h: &Handle,
+    idx: u32,
+    want: &[IpNet],
+    ch: &mut Vec<String>,
+    ns: &str,
+) -> Result<(), Error> {
     let mut have = Vec::new();
     for family in [AddressFamily::Inet, AddressFamily::Inet6] {
         let mut q = RouteMessageBuilder::<IpAddr>::new().build();
         q.header.address_family = family;
         let mut s = h.route().get(q).execute();
         while let Some(r) = s.try_next().await.map_err(nl("listing routes in", ns))? {
-            if r.header.protocol != RouteProtocol::Other(RT_PROTO_PEERD) && u8::from(r.header.protocol) != RT_PROTO_PEERD {
+            if r.header.protocol != RouteProtocol::Other(RT_PROTO_PEERD)
+                && u8::from(r.header.protocol) != RT_PROTO_PEERD
+            {
                 continue;
             }
             let dst = r.attributes.iter().find_map(|a| match a {
@@ -431,12 +561,21 @@ async fn ensure_routes(h: &Handle, idx: u32, want: &[IpNet], ch: &mut Vec<String
                 .protocol(RouteProtocol::from(RT_PROTO_PEERD))
                 .build(),
         };
-        h.route().add(msg).replace().execute().await.map_err(nl("adding route in", ns))?;
+        h.route()
+            .add(msg)
+            .replace()
+            .execute()
+            .await
+            .map_err(nl("adding route in", ns))?;
         ch.push(format!("added route {net} in {ns}"));
     }
     for (net, r) in have {
         if !want.contains(&net) {
-            h.route().del(r).execute().await.map_err(nl("removing route in", ns))?;
+            h.route()
+                .del(r)
+                .execute()
+                .await
+                .map_err(nl("removing route in", ns))?;
             ch.push(format!("removed route {net} in {ns}"));
         }
     }
@@ -451,7 +590,11 @@ pub fn remove_vpc(netns: &str, host_if: &str) -> Result<Changes, Error> {
     let deleted = with_handle(None, move |h| async move {
         match get_link(&h, &host_if_owned).await? {
             Some(l) => {
-                h.link().del(l.header.index).execute().await.map_err(nl("deleting", &host_if_owned))?;
+                h.link()
+                    .del(l.header.index)
+                    .execute()
+                    .await
+                    .map_err(nl("deleting", &host_if_owned))?;
                 Ok(true)
             }
             None => Ok(false),
@@ -469,5 +612,7 @@ pub fn remove_vpc(netns: &str, host_if: &str) -> Result<Changes, Error> {
 /// The ifindex of a link in the root namespace.
 pub fn ifindex(name: &str) -> Result<Option<u32>, Error> {
     let name = name.to_owned();
-    with_handle(None, move |h| async move { Ok(get_link(&h, &name).await?.map(|l| l.header.index)) })
+    with_handle(None, move |h| async move {
+        Ok(get_link(&h, &name).await?.map(|l| l.header.index))
+    })
 }

@@ -12,7 +12,7 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use peerd_common::{MAX_PEERINGS, MAX_TABLES, MAX_VPCS, TABLE_NONE};
+use peerd_common::{MAX_PEERINGS, MAX_TABLES, MAX_VPCS};
 use serde::{Deserialize, Serialize};
 
 use crate::config::PeeringState;
@@ -22,7 +22,11 @@ pub const FILE: &str = "state.json";
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("{op} {path}: {source}")]
-    Io { op: &'static str, path: PathBuf, source: io::Error },
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
     #[error("no free {0} slot (limit reached)")]
     Full(&'static str),
 }
@@ -73,13 +77,19 @@ impl State {
                 Ok(s) => (s, None),
                 Err(e) => (
                     State::default(),
-                    Some(format!("state file {} is corrupt ({e}); rebuilding it", path.display())),
+                    Some(format!(
+                        "state file {} is corrupt ({e}); rebuilding it",
+                        path.display()
+                    )),
                 ),
             },
             Err(e) if e.kind() == io::ErrorKind::NotFound => (State::default(), None),
             Err(e) => (
                 State::default(),
-                Some(format!("state file {} unreadable ({e}); rebuilding it", path.display())),
+                Some(format!(
+                    "state file {} unreadable ({e}); rebuilding it",
+                    path.display()
+                )),
             ),
         }
     }
@@ -118,7 +128,7 @@ impl State {
         if let Some(s) = self.tables.get(&key) {
             return Ok(*s);
         }
-        let s = lowest_free(self.tables.values().copied(), 1, MAX_TABLES.min(TABLE_NONE))
+        let s = lowest_free(self.tables.values().copied(), 1, MAX_TABLES)
             .ok_or(Error::Full("route table"))?;
         self.tables.insert(key, s);
         Ok(s)
@@ -131,7 +141,11 @@ impl State {
                 .ok_or(Error::Full("peering"))?;
             self.peerings.insert(
                 id.to_owned(),
-                PeeringRecord { slot, first_seen: unix(now), ..Default::default() },
+                PeeringRecord {
+                    slot,
+                    first_seen: unix(now),
+                    ..Default::default()
+                },
             );
         }
         Ok(self.peerings.get_mut(id).expect("inserted above"))
@@ -140,7 +154,8 @@ impl State {
     /// Forgets VPCs, tables and peerings that are no longer configured.
     pub fn retain(&mut self, vpcs: &BTreeSet<String>, peerings: &BTreeSet<String>) {
         self.vpcs.retain(|k, _| vpcs.contains(k));
-        self.tables.retain(|k, _| k.split_once('/').is_some_and(|(v, _)| vpcs.contains(v)));
+        self.tables
+            .retain(|k, _| k.split_once('/').is_some_and(|(v, _)| vpcs.contains(v)));
         self.peerings.retain(|k, _| peerings.contains(k));
     }
 }

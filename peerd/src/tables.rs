@@ -1,10 +1,7 @@
 //! The datapath's desired contents, as plain Rust values, and the reference model of the
 //! forwarding decision (SPEC §5) over them. The eBPF program implements the same decision over
 //! the same tables (written to its maps by `datapath`); tests compare the two.
-use std::{
-    collections::BTreeMap,
-    net::IpAddr,
-};
+use std::{collections::BTreeMap, net::IpAddr};
 
 use ipnet::IpNet;
 use peerd_common::{
@@ -30,7 +27,12 @@ pub struct Tables {
 /// What the datapath does with a packet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Decision {
-    Deliver { dst_vpc: u32, peering: u32, table: u32, route: IpNet },
+    Deliver {
+        dst_vpc: u32,
+        peering: u32,
+        table: u32,
+        route: IpNet,
+    },
     Drop(DropReason),
 }
 

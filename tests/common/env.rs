@@ -31,7 +31,10 @@ pub fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static
 
 /// Runs a command, panicking with its output when it fails.
 pub fn sh(args: &[&str]) -> String {
-    let out = Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
     assert!(
         out.status.success(),
         "{args:?} failed: {}{}",
@@ -48,7 +51,10 @@ pub fn wait_for<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>
         if let Some(v) = f() {
             return v;
         }
-        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -129,8 +135,14 @@ impl Env {
                 nix::unistd::Pid::from_raw(c.id() as i32),
                 nix::sys::signal::Signal::SIGTERM,
             );
-            let exited = wait_for(Duration::from_secs(20), "peerd to stop", || c.try_wait().ok().flatten());
-            assert!(exited.success(), "peerd exit status {exited}: {}", self.log());
+            let exited = wait_for(Duration::from_secs(20), "peerd to stop", || {
+                c.try_wait().ok().flatten()
+            });
+            assert!(
+                exited.success(),
+                "peerd exit status {exited}: {}",
+                self.log()
+            );
         }
     }
 
@@ -162,8 +174,14 @@ impl Env {
 
     pub fn drops(&self, vpc: &str, reason: &str) -> u64 {
         let st = self.status();
-        let v = st["vpcs"].as_array().unwrap().iter().find(|v| v["name"] == vpc).cloned();
-        v.and_then(|v| v["drops"][reason]["packets"].as_u64()).unwrap_or(0)
+        let v = st["vpcs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == vpc)
+            .cloned();
+        v.and_then(|v| v["drops"][reason]["packets"].as_u64())
+            .unwrap_or(0)
     }
 
     /// Adds a workload address inside VPC `vpc` (on `lo`).
@@ -183,9 +201,23 @@ impl Env {
     pub fn add_gw_route(&self, vpc: &str, dst: &str) {
         let ns = self.netns(vpc);
         if dst.contains(':') {
-            sh(&["ip", "-n", &ns, "-6", "route", "add", dst, "via", "fe80::1", "dev", "peerd0"]);
+            sh(&[
+                "ip", "-n", &ns, "-6", "route", "add", dst, "via", "fe80::1", "dev", "peerd0",
+            ]);
         } else {
-            sh(&["ip", "-n", &ns, "route", "add", dst, "via", "169.254.1.1", "dev", "peerd0", "onlink"]);
+            sh(&[
+                "ip",
+                "-n",
+                &ns,
+                "route",
+                "add",
+                dst,
+                "via",
+                "169.254.1.1",
+                "dev",
+                "peerd0",
+                "onlink",
+            ]);
         }
     }
 
@@ -194,7 +226,10 @@ impl Env {
         let ns = self.netns(from);
         let count = n.to_string();
         Command::new("ip")
-            .args(["netns", "exec", &ns, "ping", "-q", "-n", "-c", &count, "-i", "0.05", "-W", "1", "-I", src, dst])
+            .args([
+                "netns", "exec", &ns, "ping", "-q", "-n", "-c", &count, "-i", "0.05", "-W", "1",
+                "-I", src, dst,
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()
@@ -208,8 +243,12 @@ impl Env {
         let port = 20000 + (std::process::id() % 20000) as u16;
         let dst_addr = SocketAddr::new(dst.parse::<IpAddr>().unwrap(), port);
         let src_addr = SocketAddr::new(src.parse::<IpAddr>().unwrap(), 0);
-        let rx = in_ns(&self.netns(to), move || UdpSocket::bind(dst_addr).expect("bind receiver"));
-        let tx = in_ns(&self.netns(from), move || UdpSocket::bind(src_addr).expect("bind sender"));
+        let rx = in_ns(&self.netns(to), move || {
+            UdpSocket::bind(dst_addr).expect("bind receiver")
+        });
+        let tx = in_ns(&self.netns(from), move || {
+            UdpSocket::bind(src_addr).expect("bind sender")
+        });
         for i in 0..n {
             // A VPC without a route gets an error here: that is "nothing delivered" too.
             let _ = tx.send_to(format!("peerd-test {i}").as_bytes(), dst_addr);
@@ -236,7 +275,9 @@ impl Env {
         let port = 30000 + (std::process::id() % 20000) as u16;
         let dst_addr = SocketAddr::new(dst.parse::<IpAddr>().unwrap(), port);
         let src_addr = SocketAddr::new(src.parse::<IpAddr>().unwrap(), 0);
-        let listener = in_ns(&self.netns(to), move || TcpListener::bind(dst_addr).expect("bind"));
+        let listener = in_ns(&self.netns(to), move || {
+            TcpListener::bind(dst_addr).expect("bind")
+        });
         let server = std::thread::spawn(move || {
             listener.set_nonblocking(false).unwrap();
             let (mut s, peer) = listener.accept().ok()?;
@@ -268,7 +309,9 @@ impl Env {
         });
         if ok != Some(true) {
             // Unblock the server's accept so its thread ends.
-            let _ = in_ns(&self.netns(to), move || TcpStream::connect_timeout(&dst_addr, Duration::from_millis(200)));
+            let _ = in_ns(&self.netns(to), move || {
+                TcpStream::connect_timeout(&dst_addr, Duration::from_millis(200))
+            });
         }
         let peer = server.join().ok().flatten();
         ok == Some(true) && peer.map(|p| p.ip()) == Some(src_addr.ip())
@@ -278,7 +321,11 @@ impl Env {
 /// A TCP connect bound to a source address, with a bounded timeout.
 fn socket2_connect(src: SocketAddr, dst: SocketAddr) -> Option<TcpStream> {
     use std::os::fd::FromRawFd as _;
-    let domain = if dst.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+    let domain = if dst.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
     // SAFETY: plain socket syscall; the fd is owned by the TcpStream below.
     let fd = unsafe { libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 {
@@ -292,7 +339,10 @@ fn socket2_connect(src: SocketAddr, dst: SocketAddr) -> Option<TcpStream> {
         return None;
     }
     let (da, dlen) = sockaddr(dst);
-    let tv = libc::timeval { tv_sec: 5, tv_usec: 0 };
+    let tv = libc::timeval {
+        tv_sec: 5,
+        tv_usec: 0,
+    };
     // SAFETY: setting a send timeout bounds connect(); valid pointer and size.
     unsafe {
         libc::setsockopt(
@@ -318,7 +368,9 @@ fn sockaddr(a: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
             let sin = libc::sockaddr_in {
                 sin_family: libc::AF_INET as u16,
                 sin_port: v4.port().to_be(),
-                sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(v4.ip().octets()) },
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(v4.ip().octets()),
+                },
                 sin_zero: [0; 8],
             };
             // SAFETY: sockaddr_in fits in sockaddr_storage.
@@ -330,7 +382,9 @@ fn sockaddr(a: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
                 sin6_family: libc::AF_INET6 as u16,
                 sin6_port: v6.port().to_be(),
                 sin6_flowinfo: 0,
-                sin6_addr: libc::in6_addr { s6_addr: v6.ip().octets() },
+                sin6_addr: libc::in6_addr {
+                    s6_addr: v6.ip().octets(),
+                },
                 sin6_scope_id: 0,
             };
             // SAFETY: sockaddr_in6 fits in sockaddr_storage.

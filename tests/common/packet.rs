@@ -35,7 +35,20 @@ pub fn eth(dst: [u8; 6], src: [u8; 6], proto: u16, payload: &[u8]) -> Vec<u8> {
 /// An IPv4 header + `payload` with a correct header checksum.
 pub fn ipv4(src: Ipv4Addr, dst: Ipv4Addr, ttl: u8, proto: u8, payload: &[u8]) -> Vec<u8> {
     let tot = 20 + payload.len();
-    let mut h = vec![0x45, 0, (tot >> 8) as u8, tot as u8, 0, 1, 0x40, 0, ttl, proto, 0, 0];
+    let mut h = vec![
+        0x45,
+        0,
+        (tot >> 8) as u8,
+        tot as u8,
+        0,
+        1,
+        0x40,
+        0,
+        ttl,
+        proto,
+        0,
+        0,
+    ];
     h.extend_from_slice(&src.octets());
     h.extend_from_slice(&dst.octets());
     let c = ipv4_checksum(&h);
@@ -71,8 +84,12 @@ pub fn udp(sport: u16, dport: u16, data: &[u8]) -> Vec<u8> {
 pub fn frame(src: IpAddr, dst: IpAddr, ttl: u8) -> Vec<u8> {
     let payload = udp(40000, 7, b"peerd verdict test");
     match (src, dst) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => eth(GW_MAC, SRC_MAC, 0x0800, &ipv4(s, d, ttl, 17, &payload)),
-        (IpAddr::V6(s), IpAddr::V6(d)) => eth(GW_MAC, SRC_MAC, 0x86dd, &ipv6(s, d, ttl, 17, &payload)),
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            eth(GW_MAC, SRC_MAC, 0x0800, &ipv4(s, d, ttl, 17, &payload))
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            eth(GW_MAC, SRC_MAC, 0x86dd, &ipv6(s, d, ttl, 17, &payload))
+        }
         _ => panic!("mixed families"),
     }
 }

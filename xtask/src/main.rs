@@ -42,7 +42,10 @@ enum Cmd {
 }
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_owned()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_owned()
 }
 
 fn run(cmd: &mut Command) -> Result<()> {
@@ -55,7 +58,9 @@ fn run(cmd: &mut Command) -> Result<()> {
 
 fn output(cmd: &mut Command) -> Option<String> {
     let out = cmd.output().ok()?;
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 fn is_root() -> bool {
@@ -98,19 +103,33 @@ fn setup() -> Result<()> {
         println!("ok: apt packages present ({})", APT_PACKAGES.join(" "));
     } else {
         println!("installing {}", missing.join(" "));
-        run(Command::new("apt-get").arg("update").env("DEBIAN_FRONTEND", "noninteractive"))?;
+        run(Command::new("apt-get")
+            .arg("update")
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
         run(Command::new("apt-get")
             .args(["install", "-y", "--no-install-recommends"])
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"))?;
     }
-    let installed = output(Command::new("rustup").args(["component", "list", "--toolchain", "nightly", "--installed"]))
-        .unwrap_or_default();
+    let installed = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--toolchain",
+        "nightly",
+        "--installed",
+    ]))
+    .unwrap_or_default();
     if installed.lines().any(|l| l.starts_with("rust-src")) {
         println!("ok: rust-src for nightly present");
     } else {
         println!("installing rust-src for nightly");
-        run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+        run(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
     }
     let linker = cargo_bin().join("bpf-linker");
     if output(Command::new(&linker).arg("--version")).is_some() {
@@ -118,7 +137,13 @@ fn setup() -> Result<()> {
     } else {
         println!("installing bpf-linker (built against LLVM 22, about 75 s)");
         run(Command::new("cargo")
-            .args(["install", "bpf-linker", "--no-default-features", "--features", "llvm-22"])
+            .args([
+                "install",
+                "bpf-linker",
+                "--no-default-features",
+                "--features",
+                "llvm-22",
+            ])
             .env("LLVM_PREFIX", "/usr/lib/llvm-22"))?;
     }
     let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
@@ -134,13 +159,26 @@ fn setup() -> Result<()> {
 /// Names with the test marker that are still around after the suite.
 fn leftovers() -> Vec<String> {
     let mut out = Vec::new();
-    for l in output(Command::new("ip").args(["netns", "list"])).unwrap_or_default().lines() {
+    for l in output(Command::new("ip").args(["netns", "list"]))
+        .unwrap_or_default()
+        .lines()
+    {
         if l.contains(TEST_MARKER) {
             out.push(format!("netns {l}"));
         }
     }
-    for l in output(Command::new("ip").args(["-o", "link", "show"])).unwrap_or_default().lines() {
-        let name = l.split(':').nth(1).unwrap_or("").trim().split('@').next().unwrap_or("");
+    for l in output(Command::new("ip").args(["-o", "link", "show"]))
+        .unwrap_or_default()
+        .lines()
+    {
+        let name = l
+            .split(':')
+            .nth(1)
+            .unwrap_or("")
+            .trim()
+            .split('@')
+            .next()
+            .unwrap_or("");
         if name.starts_with(TEST_MARKER) {
             out.push(format!("link {name}"));
         }
@@ -160,25 +198,37 @@ fn test(args: &[String]) -> Result<ExitCode> {
     setup()?;
     let status = Command::new("cargo")
         .current_dir(root())
-        .args(["nextest", "run", "--workspace", "--exclude", "peerd-ebpf", "--no-fail-fast"])
+        .args([
+            "nextest",
+            "run",
+            "--workspace",
+            "--exclude",
+            "peerd-ebpf",
+            "--no-fail-fast",
+        ])
         .args(args)
         .env("RUST_BACKTRACE", "1")
         .status()
         .context("running cargo nextest")?;
+    // Silent when clean, so the test runner's summary stays the last thing printed.
     let left = leftovers();
-    if left.is_empty() {
-        println!("leftover check: clean");
-    } else {
+    if !left.is_empty() {
         println!("leftover check: the tests left {}", left.join(", "));
         return Ok(ExitCode::FAILURE);
     }
-    Ok(if status.success() { ExitCode::SUCCESS } else { ExitCode::from(status.code().unwrap_or(1) as u8) })
+    Ok(if status.success() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(status.code().unwrap_or(1) as u8)
+    })
 }
 
 fn demo() -> Result<()> {
     setup()?;
     let root = root();
-    run(Command::new("cargo").current_dir(&root).args(["build", "--release", "-p", "peerd"]))?;
+    run(Command::new("cargo")
+        .current_dir(&root)
+        .args(["build", "--release", "-p", "peerd"]))?;
     let peerd = root.join("target/release/peerd");
     let config = root.join("configs/demo.toml");
     println!(
@@ -195,7 +245,12 @@ fn demo() -> Result<()> {
     // Workloads are attached by others (SPEC §2); the demo adds one address per VPC once
     // peerd has created the namespaces.
     let status = || {
-        output(Command::new(&peerd).args(["status", "--config"]).arg(&config)).is_some()
+        output(
+            Command::new(&peerd)
+                .args(["status", "--config"])
+                .arg(&config),
+        )
+        .is_some()
     };
     let start = std::time::Instant::now();
     while !status() {
@@ -206,7 +261,8 @@ fn demo() -> Result<()> {
     }
     for (ns, addrs) in DEMO_WORKLOADS {
         for a in *addrs {
-            let have = output(Command::new("ip").args(["-n", ns, "addr", "show", "dev", "lo"])).unwrap_or_default();
+            let have = output(Command::new("ip").args(["-n", ns, "addr", "show", "dev", "lo"]))
+                .unwrap_or_default();
             if !have.contains(&format!(" {a} ")) && !have.contains(&format!(" {a}/")) {
                 run(Command::new("ip").args(["-n", ns, "addr", "add", a, "dev", "lo"]))?;
             }
@@ -240,8 +296,12 @@ mod tests {
 
     #[test]
     fn detects_bpffs_mount() {
-        assert!(bpffs_mounted("sysfs /sys sysfs rw 0 0\nbpf /sys/fs/bpf bpf rw,relatime 0 0\n"));
-        assert!(!bpffs_mounted("sysfs /sys sysfs rw 0 0\nnone /sys/fs/bpf tmpfs rw 0 0\n"));
+        assert!(bpffs_mounted(
+            "sysfs /sys sysfs rw 0 0\nbpf /sys/fs/bpf bpf rw,relatime 0 0\n"
+        ));
+        assert!(!bpffs_mounted(
+            "sysfs /sys sysfs rw 0 0\nnone /sys/fs/bpf tmpfs rw 0 0\n"
+        ));
         assert!(!bpffs_mounted(""));
     }
 }

@@ -41,12 +41,17 @@ pub struct Peering {
 
 /// One peering per id, sorted by id. `first_seen` orders duplicates and quota losers
 /// (later loses; unknown or equal: the larger id loses).
-pub fn evaluate_peerings(cfg: &Config, first_seen: &dyn Fn(&str) -> Option<SystemTime>) -> Vec<Peering> {
+pub fn evaluate_peerings(
+    cfg: &Config,
+    first_seen: &dyn Fn(&str) -> Option<SystemTime>,
+) -> Vec<Peering> {
     // id -> ends in config order: (vpc, peer, reject)
     let mut ends: BTreeMap<&str, Vec<(&str, &str, bool)>> = BTreeMap::new();
     for v in &cfg.vpcs {
         for p in &v.peerings {
-            ends.entry(&p.id).or_default().push((&v.name, &p.peer, p.reject));
+            ends.entry(&p.id)
+                .or_default()
+                .push((&v.name, &p.peer, p.reject));
         }
     }
     let mut out: BTreeMap<String, Peering> = BTreeMap::new();
@@ -54,7 +59,12 @@ pub fn evaluate_peerings(cfg: &Config, first_seen: &dyn Fn(&str) -> Option<Syste
     let mut pending = Vec::new();
     for (id, es) in &ends {
         let (req, peer, req_reject) = es[0];
-        let mut p = Peering { id: id.to_string(), vpcs: [req.into(), peer.into()], state: PeeringState::Failed, reason: None };
+        let mut p = Peering {
+            id: id.to_string(),
+            vpcs: [req.into(), peer.into()],
+            state: PeeringState::Failed,
+            reason: None,
+        };
         let acc = es.get(1);
         if peer == req {
             p.reason = Some("a VPC cannot peer with itself".into());
@@ -93,7 +103,10 @@ pub fn evaluate_peerings(cfg: &Config, first_seen: &dyn Fn(&str) -> Option<Syste
         let key = (k[0].clone(), k[1].clone());
         if let Some(first) = pairs.get(&key) {
             p.state = PeeringState::Failed;
-            p.reason = Some(format!("VPCs \"{}\" and \"{}\" already have peering {first}", key.0, key.1));
+            p.reason = Some(format!(
+                "VPCs \"{}\" and \"{}\" already have peering {first}",
+                key.0, key.1
+            ));
         } else {
             pairs.insert(key, id.clone());
         }
@@ -106,9 +119,15 @@ pub fn evaluate_peerings(cfg: &Config, first_seen: &dyn Fn(&str) -> Option<Syste
             continue;
         }
         let max = cfg.daemon.max_active_peerings_per_vpc;
-        if let Some(over) = p.vpcs.iter().find(|v| active.get(*v).copied().unwrap_or(0) >= max) {
+        if let Some(over) = p
+            .vpcs
+            .iter()
+            .find(|v| active.get(*v).copied().unwrap_or(0) >= max)
+        {
             p.state = PeeringState::Failed;
-            p.reason = Some(format!("VPC \"{over}\" exceeds max_active_peerings_per_vpc = {max}"));
+            p.reason = Some(format!(
+                "VPC \"{over}\" exceeds max_active_peerings_per_vpc = {max}"
+            ));
             continue;
         }
         for v in &p.vpcs {
@@ -123,7 +142,10 @@ pub fn evaluate_peerings(cfg: &Config, first_seen: &dyn Fn(&str) -> Option<Syste
         let n = requested.entry(p.vpcs[0].clone()).or_default();
         if *n >= max {
             p.state = PeeringState::Failed;
-            p.reason = Some(format!("VPC \"{}\" exceeds max_pending_peerings_per_vpc = {max}", p.vpcs[0]));
+            p.reason = Some(format!(
+                "VPC \"{}\" exceeds max_pending_peerings_per_vpc = {max}",
+                p.vpcs[0]
+            ));
         } else {
             *n += 1;
         }
@@ -136,7 +158,9 @@ fn overlap(cfg: &Config, a: &str, b: &str) -> Option<String> {
     for ca in &va.cidrs {
         for cb in &vb.cidrs {
             if overlaps(ca, cb) {
-                return Some(format!("CIDR {ca} of VPC \"{a}\" overlaps CIDR {cb} of VPC \"{b}\""));
+                return Some(format!(
+                    "CIDR {ca} of VPC \"{a}\" overlaps CIDR {cb} of VPC \"{b}\""
+                ));
             }
         }
     }
