@@ -547,7 +547,7 @@ impl Datapath {
     /// Forwarded packets/bytes of a peering slot in one direction (0: from its `vpc_a`).
     pub fn forwarded(&self, peering: u32, dir: u32) -> Counter {
         let mut c = Counter::default();
-        if let Ok(values) = self.fwd.get(&peering_common_fwd(peering, dir), 0) {
+        if let Ok(values) = self.fwd.get(&peerd_common::fwd_index(peering, dir), 0) {
             for v in values.iter() {
                 c.packets += v.packets;
                 c.bytes += v.bytes;
@@ -555,8 +555,4 @@ impl Datapath {
         }
         c
     }
-}
-
-fn peering_common_fwd(peering: u32, dir: u32) -> u32 {
-    peerd_common::fwd_index(peering, dir)
 }

@@ -10,11 +10,11 @@ use peerd::{
     config::{self, Config},
     control::{self, Command},
     daemon::{self, Daemon},
-    datapath, netns,
+    netns,
     state::{self, State},
 };
 use tokio::sync::mpsc;
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 const DEFAULT_CONFIG: &str = "/etc/peerd/peerd.toml";
 const DEFAULT_SOCKET: &str = "/run/peerd/peerd.sock";
@@ -310,9 +310,5 @@ async fn run_async(path: &Path) -> Result<(), String> {
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     let _ = std::fs::remove_file(&socket);
     info!("stopping; the datapath keeps forwarding as last configured (peerd teardown removes it)");
-    let _ = datapath::OBJECT.len();
-    if let Err(e) = shared.lock().map(|_| ()) {
-        error!("{e}");
-    }
     Ok(())
 }

@@ -6,7 +6,7 @@ use std::{
     io::{Read as _, Write as _},
     net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket},
     os::fd::AsFd as _,
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
@@ -418,8 +418,4 @@ impl Drop for Env {
         let _ = fs::remove_dir_all(&self.pin_dir);
         let _ = fs::remove_dir_all(&self.dir);
     }
-}
-
-pub fn path_exists(p: &Path) -> bool {
-    p.exists()
 }
