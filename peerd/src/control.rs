@@ -46,6 +46,14 @@ pub struct Reply {
     pub result: Option<serde_json::Value>,
 }
 
+/// The arguments of `peerd explain`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ExplainRequest {
+    pub from: String,
+    pub src: std::net::IpAddr,
+    pub dst: std::net::IpAddr,
+}
+
 /// Requests the daemon's loop must act on (they need the reconcile path).
 #[derive(Debug)]
 pub enum Command {
@@ -145,6 +153,40 @@ pub async fn serve(listener: UnixListener, daemon: Shared, commands: mpsc::Sende
                         Err(_) => Reply {
                             ok: false,
                             error: Some("daemon is stopping".into()),
+                            result: None,
+                        },
+                    }
+                }
+                other if other.starts_with("explain ") => {
+                    let q: Result<ExplainRequest, _> =
+                        serde_json::from_str(&other["explain ".len()..]);
+                    match q {
+                        Ok(q) => {
+                            let d = daemon.clone();
+                            let r = tokio::task::spawn_blocking(move || {
+                                d.lock()
+                                    .expect("daemon lock")
+                                    .explain(&q.from, q.src, q.dst)
+                            })
+                            .await
+                            .map_err(|e| e.to_string())
+                            .and_then(|r| r);
+                            match r {
+                                Ok(e) => Reply {
+                                    ok: true,
+                                    error: None,
+                                    result: serde_json::to_value(e).ok(),
+                                },
+                                Err(e) => Reply {
+                                    ok: false,
+                                    error: Some(e),
+                                    result: None,
+                                },
+                            }
+                        }
+                        Err(e) => Reply {
+                            ok: false,
+                            error: Some(format!("bad explain request: {e}")),
                             result: None,
                         },
                     }

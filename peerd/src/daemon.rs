@@ -356,3 +356,75 @@ impl Daemon {
 
 /// How often the daemon re-checks the host against the configuration (drift, expiry).
 pub const RESYNC: Duration = Duration::from_secs(30);
+
+/// `peerd explain`: what the datapath does with one packet, and why.
+#[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct Explanation {
+    pub from: String,
+    pub src: std::net::IpAddr,
+    pub dst: std::net::IpAddr,
+    /// "deliver" or "drop".
+    pub verdict: String,
+    pub reason: Option<String>,
+    pub table: Option<String>,
+    pub route: Option<String>,
+    pub peering: Option<String>,
+    pub peering_state: Option<PeeringState>,
+    pub to: Option<String>,
+}
+
+impl Daemon {
+    pub fn explain(
+        &self,
+        from: &str,
+        src: std::net::IpAddr,
+        dst: std::net::IpAddr,
+    ) -> Result<Explanation, String> {
+        use crate::tables::{trace, Decision};
+        let v = self
+            .plan
+            .vpcs
+            .iter()
+            .find(|v| v.name == from)
+            .ok_or_else(|| format!("no VPC named \"{from}\" in the configuration in force"))?;
+        let name_of_vpc = |slot: u32| {
+            self.plan
+                .vpcs
+                .iter()
+                .find(|v| v.slot == slot)
+                .map(|v| v.name.clone())
+        };
+        let peering_of = |slot: u32| {
+            self.plan
+                .peering_slots
+                .iter()
+                .find(|(_, s)| **s == slot)
+                .map(|(id, _)| id.clone())
+        };
+        let tr = trace(&self.plan.tables, v.slot, src, dst, 64);
+        let peering = tr.route.and_then(|(_, t)| peering_of(t.peering));
+        let peering_state = peering
+            .as_ref()
+            .and_then(|id| self.plan.peerings.iter().find(|p| &p.id == id))
+            .map(|p| p.state);
+        let (verdict, reason, to) = match tr.decision {
+            Decision::Deliver { dst_vpc, .. } => ("deliver", None, name_of_vpc(dst_vpc)),
+            Decision::Drop(r) => ("drop", Some(r.name().to_owned()), None),
+        };
+        Ok(Explanation {
+            from: from.to_owned(),
+            src,
+            dst,
+            verdict: verdict.into(),
+            reason,
+            table: tr
+                .table
+                .and_then(|t| self.plan.table_names.get(&t))
+                .map(|(_, n)| n.clone()),
+            route: tr.route.map(|(r, _)| r.to_string()),
+            peering,
+            peering_state,
+            to,
+        })
+    }
+}

@@ -281,17 +281,43 @@ impl Datapath {
                 st.written += 1;
             }
         }
-        for ((id, net), table) in &t.src {
+        // LPM tries: a lookup is a longest-prefix match, not an exact one, so whether a key is
+        // present is decided from the set of keys, and only then is its value compared.
+        let have_src4: BTreeSet<(u32, IpNet)> = self
+            .src_v4
+            .keys()
+            .filter_map(Result::ok)
+            .map(|k| from_key4(&k))
+            .collect();
+        let have_src6: BTreeSet<(u32, IpNet)> = self
+            .src_v6
+            .keys()
+            .filter_map(Result::ok)
+            .map(|k| from_key6(&k))
+            .collect();
+        let have_rt4: BTreeSet<(u32, IpNet)> = self
+            .routes_v4
+            .keys()
+            .filter_map(Result::ok)
+            .map(|k| from_key4(&k))
+            .collect();
+        let have_rt6: BTreeSet<(u32, IpNet)> = self
+            .routes_v6
+            .keys()
+            .filter_map(Result::ok)
+            .map(|k| from_key6(&k))
+            .collect();
+        for (key @ (id, net), table) in &t.src {
             let v = SrcInfo { table: *table };
             if let Some(k) = key4(*id, net) {
-                if self.src_v4.get(&k, 0).ok() != Some(v) {
+                if !have_src4.contains(key) || self.src_v4.get(&k, 0).ok() != Some(v) {
                     self.src_v4
                         .insert(&k, v, 0)
                         .map_err(map_err(names::SRC_V4, "insert"))?;
                     st.written += 1;
                 }
             } else if let Some(k) = key6(*id, net) {
-                if self.src_v6.get(&k, 0).ok() != Some(v) {
+                if !have_src6.contains(key) || self.src_v6.get(&k, 0).ok() != Some(v) {
                     self.src_v6
                         .insert(&k, v, 0)
                         .map_err(map_err(names::SRC_V6, "insert"))?;
@@ -299,16 +325,16 @@ impl Datapath {
                 }
             }
         }
-        for ((id, net), v) in &t.routes {
+        for (key @ (id, net), v) in &t.routes {
             if let Some(k) = key4(*id, net) {
-                if self.routes_v4.get(&k, 0).ok().as_ref() != Some(v) {
+                if !have_rt4.contains(key) || self.routes_v4.get(&k, 0).ok().as_ref() != Some(v) {
                     self.routes_v4
                         .insert(&k, v, 0)
                         .map_err(map_err(names::ROUTES_V4, "insert"))?;
                     st.written += 1;
                 }
             } else if let Some(k) = key6(*id, net) {
-                if self.routes_v6.get(&k, 0).ok().as_ref() != Some(v) {
+                if !have_rt6.contains(key) || self.routes_v6.get(&k, 0).ok().as_ref() != Some(v) {
                     self.routes_v6
                         .insert(&k, v, 0)
                         .map_err(map_err(names::ROUTES_V6, "insert"))?;
@@ -318,49 +344,29 @@ impl Datapath {
         }
 
         // Removals: routes and sources first, then what they point at.
-        let stale: Vec<_> = self
-            .routes_v4
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| !t.routes.contains_key(&from_key4(k)))
-            .collect();
-        for k in stale {
+        for key in have_rt4.iter().filter(|k| !t.routes.contains_key(k)) {
+            let k = key4(key.0, &key.1).expect("IPv4 key");
             self.routes_v4
                 .remove(&k)
                 .map_err(map_err(names::ROUTES_V4, "remove"))?;
             st.removed += 1;
         }
-        let stale: Vec<_> = self
-            .routes_v6
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| !t.routes.contains_key(&from_key6(k)))
-            .collect();
-        for k in stale {
+        for key in have_rt6.iter().filter(|k| !t.routes.contains_key(k)) {
+            let k = key6(key.0, &key.1).expect("IPv6 key");
             self.routes_v6
                 .remove(&k)
                 .map_err(map_err(names::ROUTES_V6, "remove"))?;
             st.removed += 1;
         }
-        let stale: Vec<_> = self
-            .src_v4
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| !t.src.contains_key(&from_key4(k)))
-            .collect();
-        for k in stale {
+        for key in have_src4.iter().filter(|k| !t.src.contains_key(k)) {
+            let k = key4(key.0, &key.1).expect("IPv4 key");
             self.src_v4
                 .remove(&k)
                 .map_err(map_err(names::SRC_V4, "remove"))?;
             st.removed += 1;
         }
-        let stale: Vec<_> = self
-            .src_v6
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| !t.src.contains_key(&from_key6(k)))
-            .collect();
-        for k in stale {
+        for key in have_src6.iter().filter(|k| !t.src.contains_key(k)) {
+            let k = key6(key.0, &key.1).expect("IPv6 key");
             self.src_v6
                 .remove(&k)
                 .map_err(map_err(names::SRC_V6, "remove"))?;
@@ -542,6 +548,14 @@ impl Datapath {
             }
         }
         out
+    }
+
+    /// Packets dropped for one reason from one VPC slot, summed over CPUs.
+    pub fn drop_count(&self, vpc: u32, reason: DropReason) -> u64 {
+        self.drops
+            .get(&peerd_common::drop_index(vpc, reason), 0)
+            .map(|v| v.iter().map(|c| c.packets).sum())
+            .unwrap_or(0)
     }
 
     /// Forwarded packets/bytes of a peering slot in one direction (0: from its `vpc_a`).

@@ -52,6 +52,19 @@ enum Cmd {
         #[arg(long)]
         socket: Option<PathBuf>,
     },
+    /// What the datapath does with a packet from VPC --from, and why.
+    Explain {
+        #[arg(long)]
+        from: String,
+        #[arg(long)]
+        src: std::net::IpAddr,
+        #[arg(long)]
+        dst: std::net::IpAddr,
+        #[arg(long)]
+        json: bool,
+        #[arg(long)]
+        socket: Option<PathBuf>,
+    },
     /// Remove everything peerd created: namespaces, links, pins, state.
     Teardown {
         #[arg(long)]
@@ -107,6 +120,17 @@ fn main() -> ExitCode {
         Cmd::Reload { socket } => control::request(&socket_for(&cli.config, socket), "reload")
             .map(|_| println!("reloaded"))
             .map_err(|e| e.to_string()),
+        Cmd::Explain {
+            from,
+            src,
+            dst,
+            json,
+            socket,
+        } => explain(
+            &socket_for(&cli.config, socket),
+            control::ExplainRequest { from, src, dst },
+            json,
+        ),
         Cmd::Teardown { socket } => teardown(&cli.config, socket),
     };
     match result {
@@ -190,6 +214,36 @@ fn status(socket: &Path, json: bool) -> Result<(), String> {
             p["forwarded"][1]["packets"].as_u64().unwrap_or(0),
             p["reason"].as_str().unwrap_or("")
         );
+    }
+    Ok(())
+}
+
+fn explain(socket: &Path, req: control::ExplainRequest, json: bool) -> Result<(), String> {
+    let line = format!("explain {}", serde_json::to_string(&req).expect("json"));
+    let v = control::request(socket, &line).map_err(|e| e.to_string())?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&v).expect("json"));
+        return Ok(());
+    }
+    let e: daemon::Explanation = serde_json::from_value(v).map_err(|e| e.to_string())?;
+    println!("packet {} -> {} from VPC {}", e.src, e.dst, e.from);
+    match &e.table {
+        Some(t) => println!("  route table: {t}"),
+        None => println!("  route table: none applies to this source"),
+    }
+    match (&e.route, &e.peering) {
+        (Some(r), Some(p)) => println!(
+            "  route:       {r} -> {p} ({})",
+            e.peering_state
+                .map(|s| s.to_string())
+                .unwrap_or_else(|| "unknown".into())
+        ),
+        _ => println!("  route:       none matches"),
+    }
+    match (e.verdict.as_str(), &e.to, &e.reason) {
+        ("deliver", Some(to), _) => println!("  verdict:     DELIVER into VPC {to}"),
+        (_, _, Some(r)) => println!("  verdict:     DROP ({r})"),
+        _ => println!("  verdict:     {}", e.verdict),
     }
     Ok(())
 }

@@ -59,40 +59,68 @@ pub fn is_forwardable_unicast(addr: IpAddr) -> bool {
     }
 }
 
+/// The decision and the steps that led to it (for `peerd explain`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Trace {
+    /// The route table that applied to the source (`None`: spoofed, or `TABLE_NONE`).
+    pub table: Option<u32>,
+    /// The longest-prefix-match route, if any.
+    pub route: Option<(IpNet, RouteTarget)>,
+    pub decision: Decision,
+}
+
 /// The decision for a well-formed packet from VPC slot `src_vpc`.
 pub fn decide(t: &Tables, src_vpc: u32, src: IpAddr, dst: IpAddr, ttl: u8) -> Decision {
+    trace(t, src_vpc, src, dst, ttl).decision
+}
+
+pub fn trace(t: &Tables, src_vpc: u32, src: IpAddr, dst: IpAddr, ttl: u8) -> Trace {
+    let mut tr = Trace {
+        table: None,
+        route: None,
+        decision: Decision::Drop(DropReason::Malformed),
+    };
+    let drop = |mut tr: Trace, r| {
+        tr.decision = Decision::Drop(r);
+        tr
+    };
     if src.is_ipv4() != dst.is_ipv4() {
-        return Decision::Drop(DropReason::Malformed);
+        return tr;
     }
     if !is_forwardable_unicast(dst) {
-        return Decision::Drop(DropReason::NotUnicast);
+        return drop(tr, DropReason::NotUnicast);
     }
     let Some((_, &table)) = lpm(&t.src, src_vpc, src) else {
-        return Decision::Drop(DropReason::SpoofedSource);
+        return drop(tr, DropReason::SpoofedSource);
     };
     if table == TABLE_NONE {
-        return Decision::Drop(DropReason::NoRoute);
+        return drop(tr, DropReason::NoRoute);
     }
+    tr.table = Some(table);
     let Some((route, target)) = lpm(&t.routes, table, dst) else {
-        return Decision::Drop(DropReason::NoRoute);
+        return drop(tr, DropReason::NoRoute);
     };
+    tr.route = Some((route, *target));
     match t.peerings.get(&target.peering) {
         Some(p) if p.state == PEERING_ACTIVE => {}
-        _ => return Decision::Drop(DropReason::Blackhole),
+        _ => return drop(tr, DropReason::Blackhole),
     }
     if lpm(&t.src, target.dst_vpc, dst).is_none() {
-        return Decision::Drop(DropReason::NotPeerDestination);
+        return drop(tr, DropReason::NotPeerDestination);
     }
     if ttl <= 1 {
-        return Decision::Drop(DropReason::TtlExceeded);
+        return drop(tr, DropReason::TtlExceeded);
     }
     match t.vpcs.get(&target.dst_vpc) {
-        Some(v) if v.flags & VPC_PRESENT != 0 => Decision::Deliver {
-            dst_vpc: target.dst_vpc,
-            peering: target.peering,
-            table,
-            route,
-        },
-        _ => Decision::Drop(DropReason::RedirectFailed),
+        Some(v) if v.flags & VPC_PRESENT != 0 => {
+            tr.decision = Decision::Deliver {
+                dst_vpc: target.dst_vpc,
+                peering: target.peering,
+                table,
+                route,
+            };
+            tr
+        }
+        _ => drop(tr, DropReason::RedirectFailed),
     }
 }
