@@ -157,6 +157,30 @@ pub async fn serve(listener: UnixListener, daemon: Shared, commands: mpsc::Sende
                         },
                     }
                 }
+                "plan" => {
+                    let d = daemon.clone();
+                    match tokio::task::spawn_blocking(move || {
+                        d.lock().expect("daemon lock").plan_reload()
+                    })
+                    .await
+                    {
+                        Ok(Ok(lines)) => Reply {
+                            ok: true,
+                            error: None,
+                            result: serde_json::to_value(lines).ok(),
+                        },
+                        Ok(Err(e)) => Reply {
+                            ok: false,
+                            error: Some(e.to_string()),
+                            result: None,
+                        },
+                        Err(e) => Reply {
+                            ok: false,
+                            error: Some(e.to_string()),
+                            result: None,
+                        },
+                    }
+                }
                 other if other.starts_with("explain ") => {
                     let q: Result<ExplainRequest, _> =
                         serde_json::from_str(&other["explain ".len()..]);

@@ -137,6 +137,12 @@ impl Daemon {
                     warn!("pin_dir, netns_prefix and state_dir changes apply at the next restart");
                 }
                 self.config_error = None;
+                let mut same = cfg.clone();
+                same.daemon = self.cfg.daemon.clone();
+                if same == self.cfg {
+                    info!("configuration unchanged");
+                    return Ok(());
+                }
                 let daemon = self.cfg.daemon.clone();
                 self.cfg = cfg;
                 self.cfg.daemon.pin_dir = daemon.pin_dir;
@@ -228,6 +234,9 @@ impl Daemon {
                 Ok(datapath::Attach::Created) => {
                     actions.push(format!("attached datapath to {ifname}"))
                 }
+                Ok(datapath::Attach::Repaired) => actions.push(format!(
+                    "re-attached datapath to {ifname} (it had been detached)"
+                )),
                 Ok(datapath::Attach::Replaced) => {
                     actions.push(format!("replaced datapath program on {ifname}"))
                 }
@@ -354,8 +363,9 @@ impl Daemon {
     }
 }
 
-/// How often the daemon re-checks the host against the configuration (drift, expiry).
-pub const RESYNC: Duration = Duration::from_secs(30);
+/// How often the daemon re-checks the host against the configuration even when no event woke
+/// it (a flushed route, a detached program).
+pub const RESYNC: Duration = Duration::from_secs(10);
 
 /// `peerd explain`: what the datapath does with one packet, and why.
 #[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq, Eq)]
@@ -427,4 +437,135 @@ impl Daemon {
             to,
         })
     }
+}
+
+impl Daemon {
+    /// Time until the earliest pending peering expires, if any.
+    pub fn next_expiry(&self) -> Option<Duration> {
+        let now = state::unix(SystemTime::now());
+        let expiry = self.cfg.daemon.pending_expiry.as_secs();
+        self.plan
+            .peerings
+            .iter()
+            .filter(|p| p.state == PeeringState::PendingAcceptance)
+            .filter_map(|p| self.state.peerings.get(&p.id))
+            .map(|r| Duration::from_secs((r.first_seen + expiry).saturating_sub(now)))
+            .min()
+    }
+
+    /// What a reload of the configuration on disk would change, changing nothing.
+    pub fn plan_reload(&self) -> Result<Vec<String>, Error> {
+        let cfg = Config::load(&self.config_path)?;
+        let mut st = self.state.clone();
+        let first_seen = |id: &str| {
+            self.state
+                .peerings
+                .get(id)
+                .map(|r| state::from_unix(r.first_seen))
+        };
+        let mut peerings = config::evaluate_peerings(&cfg, &first_seen);
+        compile::apply_lifecycle(&cfg, &mut peerings, &mut st, SystemTime::now())?;
+        let new = compile::compile(&cfg, peerings, &mut st)?;
+        Ok(diff_plans(&self.plan, &new))
+    }
+}
+
+/// Human-readable differences between the plan in force and a new one.
+pub fn diff_plans(old: &Plan, new: &Plan) -> Vec<String> {
+    let mut out = Vec::new();
+    for v in &new.vpcs {
+        match old.vpcs.iter().find(|o| o.name == v.name) {
+            None => {
+                out.push(format!(
+                    "+ VPC {}: create namespace {}, veth {} <-> {}/peerd0",
+                    v.name, v.netns, v.host_if, v.netns
+                ));
+                for r in &v.ns_routes {
+                    out.push(format!("+ route {r} via gateway in {}", v.netns));
+                }
+            }
+            Some(o) => {
+                if o.mtu != v.mtu {
+                    out.push(format!("~ VPC {}: mtu {} -> {}", v.name, o.mtu, v.mtu));
+                }
+                for r in v.ns_routes.iter().filter(|r| !o.ns_routes.contains(r)) {
+                    out.push(format!("+ route {r} via gateway in {}", v.netns));
+                }
+                for r in o.ns_routes.iter().filter(|r| !v.ns_routes.contains(r)) {
+                    out.push(format!("- route {r} in {}", v.netns));
+                }
+            }
+        }
+    }
+    for o in old
+        .vpcs
+        .iter()
+        .filter(|o| !new.vpcs.iter().any(|v| v.name == o.name))
+    {
+        out.push(format!(
+            "- VPC {}: delete namespace {} and veth {}",
+            o.name, o.netns, o.host_if
+        ));
+    }
+    for p in &new.peerings {
+        match old.peerings.iter().find(|q| q.id == p.id) {
+            None => out.push(format!(
+                "+ peering {} ({} <-> {}): {}",
+                p.id, p.vpcs[0], p.vpcs[1], p.state
+            )),
+            Some(q) if q.state != p.state || q.reason != p.reason => out.push(format!(
+                "~ peering {}: {} -> {}{}",
+                p.id,
+                q.state,
+                p.state,
+                p.reason
+                    .as_ref()
+                    .map(|r| format!(" ({r})"))
+                    .unwrap_or_default()
+            )),
+            Some(_) => {}
+        }
+    }
+    for q in old
+        .peerings
+        .iter()
+        .filter(|q| !new.peerings.iter().any(|p| p.id == q.id))
+    {
+        out.push(format!(
+            "- peering {} ({} <-> {})",
+            q.id, q.vpcs[0], q.vpcs[1]
+        ));
+    }
+    let (o, n) = (&old.tables, &new.tables);
+    let added = n
+        .routes
+        .keys()
+        .filter(|k| !o.routes.contains_key(k))
+        .count()
+        + n.src.keys().filter(|k| !o.src.contains_key(k)).count();
+    let removed = o
+        .routes
+        .keys()
+        .filter(|k| !n.routes.contains_key(k))
+        .count()
+        + o.src.keys().filter(|k| !n.src.contains_key(k)).count();
+    let changed = n
+        .routes
+        .iter()
+        .filter(|(k, v)| o.routes.get(k).is_some_and(|ov| ov != *v))
+        .count()
+        + n.src
+            .iter()
+            .filter(|(k, v)| o.src.get(k).is_some_and(|ov| ov != *v))
+            .count()
+        + n.peerings
+            .iter()
+            .filter(|(k, v)| o.peerings.get(k) != Some(v))
+            .count();
+    if added + removed + changed > 0 {
+        out.push(format!(
+            "datapath: {added} prefix entries to add, {removed} to remove, {changed} to change"
+        ));
+    }
+    out
 }

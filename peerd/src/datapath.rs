@@ -156,6 +156,8 @@ fn from_key6(k: &Key<KeyV6>) -> (u32, IpNet) {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Attach {
     Created,
+    /// The link had been detached by someone else; a new one was made.
+    Repaired,
     Replaced,
     Unchanged,
 }
@@ -453,10 +455,27 @@ impl Datapath {
         if pin.exists() {
             let pinned = PinnedLink::from_pin(&pin).map_err(link_err("opening", &pin))?;
             let fd: FdLink = pinned.into();
-            if let Ok(info) = fd.info() {
-                if self.running_same_program(info.program_id()) {
-                    return Ok(Attach::Unchanged);
-                }
+            let prog_id = fd.info().map(|i| i.program_id()).unwrap_or(0);
+            // A pinned link whose program is no longer on the interface was detached by
+            // someone: drop the pin and attach afresh below.
+            let attached = SchedClassifier::query_tcx(ifname, TcAttachType::Ingress)
+                .map(|(_, progs)| progs.iter().any(|p| p.id() == prog_id))
+                .unwrap_or(false);
+            if !attached {
+                drop(fd);
+                fs::remove_file(&pin).map_err(|source| Error::Io {
+                    op: "unpinning",
+                    path: pin.clone(),
+                    source,
+                })?;
+                tracing::warn!(
+                    interface = ifname,
+                    "datapath link was detached; attaching again"
+                );
+                return self.attach(ifname, ifindex).map(|_| Attach::Repaired);
+            }
+            if self.running_same_program(prog_id) {
+                return Ok(Attach::Unchanged);
             }
             let link = SchedClassifierLink::try_from(fd).map_err(link_err("converting", &pin))?;
             let prog = self.program();

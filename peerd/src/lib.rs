@@ -7,3 +7,4 @@ pub mod datapath;
 pub mod netns;
 pub mod state;
 pub mod tables;
+pub mod watch;

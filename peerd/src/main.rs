@@ -12,6 +12,7 @@ use peerd::{
     daemon::{self, Daemon},
     netns,
     state::{self, State},
+    watch,
 };
 use tokio::sync::mpsc;
 use tracing::{info, warn};
@@ -44,6 +45,11 @@ enum Cmd {
         #[arg(long)]
         json: bool,
         /// Control socket (default: from the configuration).
+        #[arg(long)]
+        socket: Option<PathBuf>,
+    },
+    /// What a reload would change (namespaces, links, routes, peering states), changing nothing.
+    Plan {
         #[arg(long)]
         socket: Option<PathBuf>,
     },
@@ -117,6 +123,7 @@ fn main() -> ExitCode {
         Cmd::Run => run(&cli.config),
         Cmd::Check => check(&cli.config),
         Cmd::Status { json, socket } => status(&socket_for(&cli.config, socket), json),
+        Cmd::Plan { socket } => plan(&socket_for(&cli.config, socket)),
         Cmd::Reload { socket } => control::request(&socket_for(&cli.config, socket), "reload")
             .map(|_| println!("reloaded"))
             .map_err(|e| e.to_string()),
@@ -214,6 +221,18 @@ fn status(socket: &Path, json: bool) -> Result<(), String> {
             p["forwarded"][1]["packets"].as_u64().unwrap_or(0),
             p["reason"].as_str().unwrap_or("")
         );
+    }
+    Ok(())
+}
+
+fn plan(socket: &Path) -> Result<(), String> {
+    let v = control::request(socket, "plan").map_err(|e| e.to_string())?;
+    let lines: Vec<String> = serde_json::from_value(v).map_err(|e| e.to_string())?;
+    if lines.is_empty() {
+        println!("no changes");
+    }
+    for l in lines {
+        println!("{l}");
     }
     Ok(())
 }
@@ -328,8 +347,17 @@ async fn run_async(path: &Path) -> Result<(), String> {
     let mut hup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
     let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
     let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
-    let mut resync = tokio::time::interval(daemon::RESYNC);
-    resync.tick().await;
+
+    let (ev_tx, mut ev_rx) = tokio::sync::mpsc::unbounded_channel();
+    let watcher =
+        watch::ConfigWatcher::start(ev_tx.clone()).map_err(|e| format!("inotify: {e}"))?;
+    let watch_set = |w: &watch::ConfigWatcher| {
+        let d = shared.lock().expect("daemon lock");
+        w.set(&d.cfg.watch_dirs, &d.cfg.files);
+    };
+    watch_set(&watcher);
+    watch::watch_netns(ev_tx.clone());
+    watch::watch_links(ev_tx);
 
     let blocking = |f: fn(&mut Daemon) -> Result<(), daemon::Error>| {
         let d = shared.clone();
@@ -340,7 +368,15 @@ async fn run_async(path: &Path) -> Result<(), String> {
                 .map_err(|e| e.to_string())
         }
     };
+    let mut next_resync = tokio::time::Instant::now() + daemon::RESYNC;
     loop {
+        // Wake for the periodic resync, or earlier when a pending peering expires.
+        let expiry = shared.lock().expect("daemon lock").next_expiry();
+        let wake = match expiry {
+            Some(e) => next_resync
+                .min(tokio::time::Instant::now() + e + std::time::Duration::from_millis(50)),
+            None => next_resync,
+        };
         tokio::select! {
             _ = hup.recv() => {
                 info!("SIGHUP: reloading");
@@ -352,7 +388,22 @@ async fn run_async(path: &Path) -> Result<(), String> {
                     let _ = reply.send(blocking(Daemon::reload).await);
                 }
             },
-            _ = resync.tick() => {
+            Some(ev) = ev_rx.recv() => {
+                // Debounce: editors write several events per save.
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                let mut reload = ev == watch::Event::Config;
+                while let Ok(more) = ev_rx.try_recv() {
+                    reload |= more == watch::Event::Config;
+                }
+                if reload {
+                    info!("configuration changed on disk: reloading");
+                    let _ = blocking(Daemon::reload).await;
+                } else if let Err(e) = blocking(Daemon::reconcile).await {
+                    warn!(error = %e, "repair after a host change failed");
+                }
+            }
+            _ = tokio::time::sleep_until(wake) => {
+                next_resync = tokio::time::Instant::now() + daemon::RESYNC;
                 if let Err(e) = blocking(Daemon::reconcile).await {
                     warn!(error = %e, "periodic resync failed");
                 }
@@ -360,6 +411,11 @@ async fn run_async(path: &Path) -> Result<(), String> {
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
+        let watch_set = |w: &watch::ConfigWatcher| {
+            let d = shared.lock().expect("daemon lock");
+            w.set(&d.cfg.watch_dirs, &d.cfg.files);
+        };
+        watch_set(&watcher);
     }
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     let _ = std::fs::remove_file(&socket);

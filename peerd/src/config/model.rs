@@ -106,6 +106,9 @@ pub struct Config {
     pub vpcs: Vec<Vpc>,
     /// Every file read, the main one first.
     pub files: Vec<PathBuf>,
+    /// Directories whose changes can change the configuration: those of every file read and
+    /// of every include pattern (a new file there may match).
+    pub watch_dirs: Vec<PathBuf>,
 }
 
 /// One problem, where it is.

@@ -116,6 +116,7 @@ impl Source {
 struct Loader {
     errors: Vec<Diagnostic>,
     files: Vec<PathBuf>,
+    watch_dirs: Vec<PathBuf>,
     vpcs: Vec<(RawVpc, Location, std::rc::Rc<Source>)>,
     daemon: DaemonConfig,
 }
@@ -167,6 +168,12 @@ impl Loader {
             );
         }
         self.files.push(path.to_owned());
+        self.watch_dirs.push(
+            path.parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."))
+                .to_owned(),
+        );
         let src = std::rc::Rc::new(Source::new(path, text));
         let raw: RawFile = match toml::from_str(text) {
             Ok(r) => r,
@@ -209,6 +216,11 @@ impl Loader {
             }
             let base = path.parent().unwrap_or(Path::new("."));
             let full = base.join(pattern.get_ref());
+            if let Some(dir) = full.parent() {
+                if !dir.to_string_lossy().contains(['*', '?', '[']) {
+                    self.watch_dirs.push(dir.to_owned());
+                }
+            }
             let is_glob = pattern.get_ref().contains(['*', '?', '[']);
             let mut matched: Vec<PathBuf> = match glob::glob(&full.to_string_lossy()) {
                 Ok(paths) => paths
@@ -390,6 +402,7 @@ pub(crate) fn load(path: &Path, text: Option<&str>) -> Result<Config, ConfigErro
     let mut l = Loader {
         errors: Vec::new(),
         files: Vec::new(),
+        watch_dirs: Vec::new(),
         vpcs: Vec::new(),
         daemon: DaemonConfig::default(),
     };
@@ -597,9 +610,13 @@ pub(crate) fn load(path: &Path, text: Option<&str>) -> Result<Config, ConfigErro
     if !errors.is_empty() {
         return Err(ConfigError { errors });
     }
+    let mut watch_dirs = l.watch_dirs;
+    watch_dirs.sort();
+    watch_dirs.dedup();
     Ok(Config {
         daemon: l.daemon,
         vpcs,
         files: l.files,
+        watch_dirs,
     })
 }
