@@ -55,7 +55,11 @@ pub fn apply_lifecycle(
         let rec = st.peering(&p.id, now)?;
         let prev = rec.state;
         match p.state {
-            PeeringState::PendingAcceptance if prev == Some(PeeringState::Expired) => {
+            // An expired request stays expired, even if the other end accepts it now: the
+            // requester asks again with a new id (as in AWS).
+            PeeringState::PendingAcceptance | PeeringState::Active
+                if prev == Some(PeeringState::Expired) =>
+            {
                 p.state = PeeringState::Expired;
                 p.reason = Some("nobody accepted the request in time".into());
             }

@@ -157,10 +157,11 @@ pub async fn serve(listener: UnixListener, daemon: Shared, commands: mpsc::Sende
                         },
                     }
                 }
-                "plan" => {
+                other if other == "plan" || other.starts_with("plan ") => {
                     let d = daemon.clone();
+                    let path = other.strip_prefix("plan ").map(PathBuf::from);
                     match tokio::task::spawn_blocking(move || {
-                        d.lock().expect("daemon lock").plan_reload()
+                        d.lock().expect("daemon lock").plan_reload(path.as_deref())
                     })
                     .await
                     {

@@ -453,9 +453,10 @@ impl Daemon {
             .min()
     }
 
-    /// What a reload of the configuration on disk would change, changing nothing.
-    pub fn plan_reload(&self) -> Result<Vec<String>, Error> {
-        let cfg = Config::load(&self.config_path)?;
+    /// What applying the configuration at `path` (default: the daemon's own) would change,
+    /// changing nothing.
+    pub fn plan_reload(&self, path: Option<&Path>) -> Result<Vec<String>, Error> {
+        let cfg = Config::load(path.unwrap_or(&self.config_path))?;
         let mut st = self.state.clone();
         let first_seen = |id: &str| {
             self.state

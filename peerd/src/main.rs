@@ -48,7 +48,8 @@ enum Cmd {
         #[arg(long)]
         socket: Option<PathBuf>,
     },
-    /// What a reload would change (namespaces, links, routes, peering states), changing nothing.
+    /// What applying --config would change (namespaces, links, routes, peering states) compared
+    /// with what the daemon has in force, changing nothing. --config may be a staged file.
     Plan {
         #[arg(long)]
         socket: Option<PathBuf>,
@@ -123,7 +124,7 @@ fn main() -> ExitCode {
         Cmd::Run => run(&cli.config),
         Cmd::Check => check(&cli.config),
         Cmd::Status { json, socket } => status(&socket_for(&cli.config, socket), json),
-        Cmd::Plan { socket } => plan(&socket_for(&cli.config, socket)),
+        Cmd::Plan { socket } => plan(&socket_for(&cli.config, socket), &cli.config),
         Cmd::Reload { socket } => control::request(&socket_for(&cli.config, socket), "reload")
             .map(|_| println!("reloaded"))
             .map_err(|e| e.to_string()),
@@ -225,8 +226,13 @@ fn status(socket: &Path, json: bool) -> Result<(), String> {
     Ok(())
 }
 
-fn plan(socket: &Path) -> Result<(), String> {
-    let v = control::request(socket, "plan").map_err(|e| e.to_string())?;
+/// Plans `config` (which may be a staged copy, e.g. peerd.toml.new) against what is in force.
+fn plan(socket: &Path, config: &Path) -> Result<(), String> {
+    let path = config
+        .canonicalize()
+        .map_err(|e| format!("{}: {e}", config.display()))?;
+    let v =
+        control::request(socket, &format!("plan {}", path.display())).map_err(|e| e.to_string())?;
     let lines: Vec<String> = serde_json::from_value(v).map_err(|e| e.to_string())?;
     if lines.is_empty() {
         println!("no changes");

@@ -146,6 +146,29 @@ impl Env {
         }
     }
 
+    /// SIGKILL: no chance to clean up anything.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.daemon.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Waits (bounded) until status satisfies `f`; returns that status.
+    pub fn wait_status(&self, what: &str, limit: Duration, f: impl Fn(&Value) -> bool) -> Value {
+        wait_for(limit, what, || {
+            let st = peerd::control::request(&self.socket, "status").ok()?;
+            f(&st).then_some(st)
+        })
+    }
+
+    pub fn state_of(&self, id: &str) -> String {
+        Env::peering(&self.status(), id)["state"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
     pub fn status(&self) -> Value {
         peerd::control::request(&self.socket, "status").expect("status")
     }
@@ -418,4 +441,9 @@ impl Drop for Env {
         let _ = fs::remove_dir_all(&self.pin_dir);
         let _ = fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Does named namespace `ns` exist?
+pub fn netns_ok(ns: &str) -> bool {
+    std::path::Path::new("/run/netns").join(ns).exists()
 }
