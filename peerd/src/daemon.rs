@@ -95,6 +95,11 @@ pub struct Daemon {
     pub config_error: Option<String>,
     pub vpc_errors: BTreeMap<String, String>,
     pub last_reconcile: ReconcileReport,
+    /// Reconciles run, and their durations (metrics).
+    pub reconciles: u64,
+    pub reconcile_seconds: prometheus_client::metrics::histogram::Histogram,
+    /// When the configuration was last loaded, successfully or not (Unix seconds).
+    pub last_reload_unix: u64,
 }
 
 pub type Shared = Arc<Mutex<Daemon>>;
@@ -121,6 +126,9 @@ impl Daemon {
             config_error: None,
             vpc_errors: BTreeMap::new(),
             last_reconcile: ReconcileReport::default(),
+            reconciles: 0,
+            reconcile_seconds: crate::metrics::reconcile_histogram(),
+            last_reload_unix: state::unix(SystemTime::now()),
         };
         d.reconcile()?;
         Ok(d)
@@ -128,6 +136,7 @@ impl Daemon {
 
     /// Re-reads the configuration. A bad one is reported and changes nothing.
     pub fn reload(&mut self) -> Result<(), Error> {
+        self.last_reload_unix = state::unix(SystemTime::now());
         match Config::load(&self.config_path) {
             Ok(cfg) => {
                 if cfg.daemon.pin_dir != self.cfg.daemon.pin_dir
@@ -179,7 +188,19 @@ impl Daemon {
             }
         }
         let old_vpcs: BTreeSet<String> = self.state.vpcs.keys().cloned().collect();
+        let old_slots = (self.state.vpcs.clone(), self.state.peerings.clone());
         let mut plan = compile::compile(&self.cfg, peerings, &mut self.state)?;
+        // A slot given to a new VPC or peering starts with zeroed counters.
+        for (name, slot) in &self.state.vpcs {
+            if old_slots.0.get(name) != Some(slot) {
+                self.datapath.reset_vpc_counters(*slot)?;
+            }
+        }
+        for (id, rec) in &self.state.peerings {
+            if old_slots.1.get(id).map(|r| r.slot) != Some(rec.slot) {
+                self.datapath.reset_peering_counters(rec.slot)?;
+            }
+        }
 
         // Host: namespaces, links, neighbours, routes.
         let mut tables = std::mem::take(&mut plan.tables);

@@ -10,13 +10,14 @@ use std::{
 use aya::{
     maps::{
         lpm_trie::{Key, LpmTrie},
-        Array, HashMap, MapData, MapError, PerCpuArray,
+        Array, HashMap, MapData, MapError, PerCpuArray, PerCpuValues,
     },
     programs::{
         links::{FdLink, LinkOrder, PinnedLink},
         tc::{SchedClassifierLink, TcAttachOptions},
         ProgramError, SchedClassifier, TcAttachType,
     },
+    util::nr_cpus,
     Ebpf, EbpfLoader,
 };
 use ipnet::IpNet;
@@ -64,6 +65,8 @@ pub enum Error {
         path: PathBuf,
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    #[error("counting CPUs: {0}")]
+    Cpus(io::Error),
     #[error("map {map}: {op}: {source}")]
     Map {
         map: &'static str,
@@ -150,6 +153,12 @@ fn from_key6(k: &Key<KeyV6>) -> (u32, IpNet) {
     let d = k.data();
     let net = IpNet::new(IpAddr::from(d.addr), (k.prefix_len() - 32) as u8).expect("valid prefix");
     (u32::from_be_bytes(d.id), net)
+}
+
+/// A zero counter for every possible CPU.
+fn zeroes() -> Result<PerCpuValues<Counter>, Error> {
+    let n = nr_cpus().map_err(|(_, e)| Error::Cpus(e))?;
+    Ok(PerCpuValues::try_from(vec![Counter::default(); n]).expect("at least one CPU"))
 }
 
 /// What `attach` did.
@@ -567,6 +576,26 @@ impl Datapath {
             }
         }
         out
+    }
+
+    /// Zeroes the counters of a VPC slot (a new VPC got it): counters reset only when their
+    /// VPC or peering is deleted.
+    pub fn reset_vpc_counters(&mut self, vpc: u32) -> Result<(), Error> {
+        for r in 0..DROP_SLOTS {
+            self.drops
+                .set(vpc * DROP_SLOTS + r, zeroes()?, 0)
+                .map_err(map_err(names::DROPS, "reset"))?;
+        }
+        Ok(())
+    }
+
+    pub fn reset_peering_counters(&mut self, peering: u32) -> Result<(), Error> {
+        for dir in 0..2 {
+            self.fwd
+                .set(peerd_common::fwd_index(peering, dir), zeroes()?, 0)
+                .map_err(map_err(names::FWD, "reset"))?;
+        }
+        Ok(())
     }
 
     /// Packets dropped for one reason from one VPC slot, summed over CPUs.

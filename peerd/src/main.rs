@@ -346,6 +346,9 @@ async fn run_async(path: &Path) -> Result<(), String> {
         .map_err(|e| format!("binding control socket {}: {e}", socket.display()))?;
     let (tx, mut rx) = mpsc::channel::<Command>(8);
     tokio::spawn(control::serve(listener, shared.clone(), tx));
+    if let Some(addr) = pre.daemon.metrics {
+        tokio::spawn(peerd::metrics::serve(addr, shared.clone()));
+    }
 
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     info!(socket = %socket.display(), "peerd ready");

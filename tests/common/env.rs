@@ -90,8 +90,13 @@ impl Env {
 
     /// Writes the configuration: the test's `[daemon]` section, then `body`.
     pub fn write_config(&self, body: &str) {
+        self.write_config_with("", body)
+    }
+
+    /// The same with extra `[daemon]` lines.
+    pub fn write_config_with(&self, daemon_extra: &str, body: &str) {
         let text = format!(
-            "[daemon]\nnetns_prefix = \"{}\"\nstate_dir = \"{}\"\npin_dir = \"{}\"\nsocket = \"{}\"\n\n{body}",
+            "[daemon]\nnetns_prefix = \"{}\"\nstate_dir = \"{}\"\npin_dir = \"{}\"\nsocket = \"{}\"\n{daemon_extra}\n\n{body}",
             self.prefix,
             self.dir.join("state").display(),
             self.pin_dir.display(),
