@@ -238,3 +238,116 @@ fn known_traffic_moves_counters_exactly_in_status_and_metrics_and_survives_resta
         before
     );
 }
+
+fn flow_records(dir: &std::path::Path) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else { return out };
+    for e in entries.flatten() {
+        if e.file_name().to_string_lossy().starts_with("flows.jsonl") {
+            for l in std::fs::read_to_string(e.path()).unwrap().lines() {
+                out.push(serde_json::from_str(l).expect("a flow log line is JSON"));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn flow_log_records_accepts_and_rejects_with_counts_and_rotates() {
+    if !common::can_run() {
+        return;
+    }
+    let mut env = Env::new();
+    let flows = env.dir.join("flows");
+    env.write_config_with(
+        &format!("flow_log = \"{}\"\nflow_log_interval = \"1s\"\nflow_log_max_bytes = 2048\nflow_log_keep = 3", flows.join("flows.jsonl").display()),
+        BODY,
+    );
+    env.start();
+    env.add_addr("a", "10.0.0.1");
+    env.add_addr("b", "10.1.0.1");
+    env.add_addr("a", "10.2.0.99"); // c's address inside a: spoofed
+                                    // Accepted: 6 datagrams a -> b; rejected: 4 spoofed.
+    assert_eq!(
+        env.udp("a", "10.0.0.1", "b", "10.1.0.1", 6, Duration::from_secs(3)),
+        6
+    );
+    assert_eq!(
+        env.udp(
+            "a",
+            "10.2.0.99",
+            "b",
+            "10.1.0.1",
+            4,
+            Duration::from_millis(300)
+        ),
+        0
+    );
+    let port = 20000 + (std::process::id() % 20000) as u64;
+    let sum = |recs: &[serde_json::Value], src: &str, action: &str| -> (u64, u64) {
+        recs.iter()
+            .filter(|r| {
+                r["src"] == src
+                    && r["dst"] == "10.1.0.1"
+                    && r["dst_port"] == port
+                    && r["action"] == action
+            })
+            .fold((0, 0), |(p, b), r| {
+                (
+                    p + r["packets"].as_u64().unwrap(),
+                    b + r["bytes"].as_u64().unwrap(),
+                )
+            })
+    };
+    let frame = 14 + 20 + 8 + "peerd-test 0".len() as u64;
+    let recs = common::env::wait_for(Duration::from_secs(15), "flow records", || {
+        let r = flow_records(&flows);
+        (sum(&r, "10.0.0.1", "ACCEPT").0 == 6 && sum(&r, "10.2.0.99", "REJECT").0 == 4).then_some(r)
+    });
+    assert_eq!(sum(&recs, "10.0.0.1", "ACCEPT"), (6, 6 * frame));
+    assert_eq!(sum(&recs, "10.2.0.99", "REJECT"), (4, 4 * frame));
+    let acc = recs
+        .iter()
+        .find(|r| r["action"] == "ACCEPT" && r["dst_port"] == port)
+        .unwrap();
+    assert_eq!(
+        (
+            acc["src_vpc"].as_str(),
+            acc["dst_vpc"].as_str(),
+            acc["peering"].as_str()
+        ),
+        (Some("a"), Some("b"), Some("pcx-ab")),
+        "{acc}"
+    );
+    assert_eq!(acc["protocol"], 17);
+    assert!(acc["start_ms"].as_u64().unwrap() <= acc["end_ms"].as_u64().unwrap());
+    let rej = recs
+        .iter()
+        .find(|r| r["action"] == "REJECT" && r["src"] == "10.2.0.99")
+        .unwrap();
+    assert_eq!(
+        (
+            rej["reason"].as_str(),
+            rej["src_vpc"].as_str(),
+            rej["dst_vpc"].as_str()
+        ),
+        (Some("spoofed-source"), Some("a"), None),
+        "{rej}"
+    );
+
+    // Rotation: enough distinct flows (a new source port each) to pass 2 KiB several times.
+    for _ in 0..12 {
+        assert_eq!(
+            env.udp("a", "10.0.0.1", "b", "10.1.0.1", 1, Duration::from_secs(3)),
+            1
+        );
+    }
+    common::env::wait_for(Duration::from_secs(15), "a rotation", || {
+        let st = env.status();
+        (st["flow_log"]["rotations"].as_u64().unwrap_or(0) >= 1).then_some(())
+    });
+    assert!(flows.join("flows.jsonl.1").exists());
+    assert!(std::fs::metadata(flows.join("flows.jsonl")).unwrap().len() <= 2048);
+    assert_eq!(env.status()["flow_log"]["lost_packets"], 0);
+    env.stop();
+}

@@ -89,7 +89,52 @@ pub mod maps {
     pub const ROUTES_V6: &str = "PEERD_ROUTES_V6";
     pub const DROPS: &str = "PEERD_DROPS";
     pub const FWD: &str = "PEERD_FWD";
+    pub const CONFIG: &str = "PEERD_CONFIG";
+    pub const FLOWS: &str = "PEERD_FLOWS";
+    pub const FLOW_LOST: &str = "PEERD_FLOW_LOST";
 }
+
+/// `PEERD_CONFIG[0]` bits: runtime switches of the datapath.
+pub const CONFIG_FLOW_LOG: u32 = 1;
+/// Flows aggregated between two drains of the flow log; beyond this, packets' flows are lost
+/// (and counted in `PEERD_FLOW_LOST`).
+pub const MAX_FLOWS: u32 = 32_768;
+
+/// `PEERD_FLOWS` key: one direction of a 5-tuple, from one VPC.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Hash, PartialOrd, Ord)]
+pub struct FlowKey {
+    pub src_vpc: u32,
+    /// 4 or 6.
+    pub family: u8,
+    /// IP protocol (6 TCP, 17 UDP, 1 ICMP, 58 ICMPv6, ...).
+    pub proto: u8,
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub _pad: u16,
+    /// IPv4 addresses use the first 4 bytes.
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+}
+
+/// `PEERD_FLOWS` value.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FlowValue {
+    pub packets: u64,
+    pub bytes: u64,
+    /// bpf_ktime_get_ns of the first and last packet.
+    pub first_ns: u64,
+    pub last_ns: u64,
+    /// Destination VPC and peering slots for ACCEPT (0 for REJECT).
+    pub dst_vpc: u32,
+    pub peering: u32,
+    /// `FLOW_ACCEPT`, or `FLOW_REJECT_BASE + DropReason`.
+    pub verdict: u32,
+    pub _pad: u32,
+}
+pub const FLOW_ACCEPT: u32 = 0;
+pub const FLOW_REJECT_BASE: u32 = 1;
 
 /// `PEERD_IFACES` value, keyed by the ifindex of a VPC's host-side veth.
 #[repr(C)]
@@ -195,6 +240,8 @@ assert_layout!(SrcInfo, 4, 4);
 assert_layout!(KeyV4, 8, 1);
 assert_layout!(KeyV6, 20, 1);
 assert_layout!(Counter, 16, 8);
+assert_layout!(FlowKey, 44, 4);
+assert_layout!(FlowValue, 48, 8);
 
 #[cfg(feature = "user")]
 mod user {
@@ -208,4 +255,6 @@ mod user {
     unsafe impl aya::Pod for KeyV4 {}
     unsafe impl aya::Pod for KeyV6 {}
     unsafe impl aya::Pod for Counter {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for FlowValue {}
 }

@@ -4,26 +4,65 @@
 //! already rewritten: TTL / hop limit decremented, MACs set), reply out of the same link (ARP
 //! for the gateway), or drop (already counted by reason).
 use peerd_common::{
-    fwd_index, DropReason, RouteTarget, SrcInfo, PEERING_ACTIVE, TABLE_NONE, VPC_PRESENT,
+    fwd_index, DropReason, FlowKey, RouteTarget, SrcInfo, PEERING_ACTIVE, TABLE_NONE, VPC_PRESENT,
 };
 
 use crate::{
     arp::{self, Arp},
+    flow,
     maps::{self, count_drop},
     parse::{ptr_at, EthHdr, Ipv4Hdr, Ipv6Hdr, ETH_LEN, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6},
 };
 
-pub enum Verdict {
-    Deliver { ifindex: u32, fwd_slot: u32 },
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Deliver,
     Reply,
     Drop,
+}
+
+/// The outcome. A plain struct with every field always set (not an enum with payloads): with
+/// payload enums LLVM may compute on another variant's uninitialised slots, which can hold a
+/// packet pointer, and the verifier rejects that arithmetic.
+#[derive(Clone, Copy)]
+pub struct Verdict {
+    pub action: Action,
+    /// Why, for drops.
+    pub reason: DropReason,
+    /// Host-side link of the destination VPC, for deliveries.
+    pub ifindex: u32,
+    pub fwd_slot: u32,
+    pub dst_vpc: u32,
+}
+
+impl Verdict {
+    pub const REPLY: Verdict = Verdict {
+        action: Action::Reply,
+        reason: DropReason::Malformed,
+        ifindex: 0,
+        fwd_slot: 0,
+        dst_vpc: 0,
+    };
+
+    pub fn dropped(reason: DropReason) -> Verdict {
+        Verdict {
+            action: Action::Drop,
+            reason,
+            ifindex: 0,
+            fwd_slot: 0,
+            dst_vpc: 0,
+        }
+    }
 }
 
 /// Counts a drop and returns the verdict.
 #[inline(always)]
 fn drop(vpc: u32, reason: DropReason, len: u32) -> Verdict {
     count_drop(vpc, reason, len);
-    Verdict::Drop
+    Verdict::dropped(reason)
 }
 
 /// The redirect helper refused: counted against the source VPC.
@@ -57,7 +96,7 @@ pub fn process(data: usize, data_end: usize, ifindex: u32, len: u32) -> Verdict 
                 return drop(vpc, DropReason::RedirectFailed, len);
             };
             match arp::answer(data, data_end, &me.gw_mac) {
-                Arp::Replied => Verdict::Reply,
+                Arp::Replied => Verdict::REPLY,
                 Arp::NotForUs => drop(vpc, DropReason::UnsupportedProtocol, len),
                 Arp::Malformed => drop(vpc, DropReason::Malformed, len),
             }
@@ -116,9 +155,12 @@ fn deliver(eth: *mut EthHdr, src_vpc: u32, dst_vpc: u32, fwd_slot: u32, len: u32
             e.src[i] = d.gw_mac[i];
         }
     }
-    Verdict::Deliver {
+    Verdict {
+        action: Action::Deliver,
+        reason: DropReason::Malformed,
         ifindex: d.host_ifindex,
         fwd_slot,
+        dst_vpc,
     }
 }
 
@@ -141,6 +183,41 @@ fn ipv4(data: usize, data_end: usize, vpc: u32, len: u32) -> Verdict {
         return drop(vpc, DropReason::Malformed, len);
     }
     let (src, dst) = (h.src, h.dst);
+    let mut key = FlowKey {
+        src_vpc: vpc,
+        family: 4,
+        proto: h.proto,
+        ..FlowKey::default()
+    };
+    for i in 0..4 {
+        key.src[i] = src[i];
+        key.dst[i] = dst[i];
+    }
+    // Ports from the first fragment of TCP and UDP.
+    let first_fragment = u16::from_be_bytes(h.frag) & 0x1fff == 0;
+    if first_fragment && (h.proto == IPPROTO_TCP || h.proto == IPPROTO_UDP) {
+        let l4 = ETH_LEN + ((ihl as usize) & 0x0f) * 4;
+        if let Some(p) = ptr_at::<[u8; 4]>(data, data_end, l4) {
+            // SAFETY: bounds-checked by ptr_at.
+            let p = unsafe { *p };
+            key.src_port = u16::from_be_bytes([p[0], p[1]]);
+            key.dst_port = u16::from_be_bytes([p[2], p[3]]);
+        }
+    }
+    let v = ipv4_route(data, h, vpc, src, dst, len);
+    flow::record(&key, &v, len);
+    v
+}
+
+#[inline(always)]
+fn ipv4_route(
+    data: usize,
+    h: &mut Ipv4Hdr,
+    vpc: u32,
+    src: [u8; 4],
+    dst: [u8; 4],
+    len: u32,
+) -> Verdict {
     if dst[0] & 0xf0 == 0xe0 || dst == [255, 255, 255, 255] {
         return drop(vpc, DropReason::NotUnicast, len);
     }
@@ -207,6 +284,36 @@ fn ipv6(data: usize, data_end: usize, vpc: u32, len: u32) -> Verdict {
         return drop(vpc, DropReason::Malformed, len);
     }
     let (src, dst) = (h.src, h.dst);
+    let mut key = FlowKey {
+        src_vpc: vpc,
+        family: 6,
+        proto: h.next_hdr,
+        src,
+        dst,
+        ..FlowKey::default()
+    };
+    if h.next_hdr == IPPROTO_TCP || h.next_hdr == IPPROTO_UDP {
+        if let Some(p) = ptr_at::<[u8; 4]>(data, data_end, ETH_LEN + 40) {
+            // SAFETY: bounds-checked by ptr_at.
+            let p = unsafe { *p };
+            key.src_port = u16::from_be_bytes([p[0], p[1]]);
+            key.dst_port = u16::from_be_bytes([p[2], p[3]]);
+        }
+    }
+    let v = ipv6_route(data, h, vpc, src, dst, len);
+    flow::record(&key, &v, len);
+    v
+}
+
+#[inline(always)]
+fn ipv6_route(
+    data: usize,
+    h: &mut Ipv6Hdr,
+    vpc: u32,
+    src: [u8; 16],
+    dst: [u8; 16],
+    len: u32,
+) -> Verdict {
     // Multicast (ff00::/8) and link-local (fe80::/10) destinations are never forwarded.
     if dst[0] == 0xff || (dst[0] == 0xfe && dst[1] & 0xc0 == 0x80) {
         return drop(vpc, DropReason::NotUnicast, len);

@@ -4,6 +4,7 @@
 
 mod arp;
 mod decide;
+mod flow;
 mod maps;
 mod parse;
 
@@ -13,7 +14,7 @@ use aya_ebpf::{
     macros::classifier,
     programs::TcContext,
 };
-use decide::Verdict;
+use decide::Action;
 
 /// TC ingress on a VPC's host-side veth: every packet a VPC sends comes through here.
 #[classifier]
@@ -21,27 +22,23 @@ pub fn peerd_tc(ctx: TcContext) -> i32 {
     // SAFETY: the context pointer is valid for the duration of the program.
     let ifindex = unsafe { (*ctx.skb.skb).ingress_ifindex };
     let len = ctx.len();
-    match decide::process(ctx.data(), ctx.data_end(), ifindex, len) {
-        Verdict::Deliver {
-            ifindex: out,
-            fwd_slot,
-        } => {
+    let v = decide::process(ctx.data(), ctx.data_end(), ifindex, len);
+    match v.action {
+        Action::Deliver => {
             // SAFETY: plain helper call; flags must be 0.
-            let rc = unsafe { bpf_redirect_peer(out, 0) };
+            let rc = unsafe { bpf_redirect_peer(v.ifindex, 0) };
             if rc == TC_ACT_REDIRECT as i64 {
-                maps::count_fwd(fwd_slot, len);
+                maps::count_fwd(v.fwd_slot, len);
                 TC_ACT_REDIRECT as i32
             } else {
                 decide::drop_redirect_failed(ifindex, len);
                 TC_ACT_SHOT as i32
             }
         }
-        Verdict::Reply => {
-            // Answer to the gateway's neighbour resolution: back out of the same veth.
-            // SAFETY: plain helper call.
-            unsafe { aya_ebpf::helpers::bpf_redirect(ifindex, 0) as i32 }
-        }
-        Verdict::Drop => TC_ACT_SHOT as i32,
+        // Answer to the gateway's neighbour resolution: back out of the same veth.
+        // SAFETY: plain helper call.
+        Action::Reply => unsafe { aya_ebpf::helpers::bpf_redirect(ifindex, 0) as i32 },
+        Action::Drop => TC_ACT_SHOT as i32,
     }
 }
 

@@ -1,11 +1,11 @@
 //! The datapath's maps (pinned by name under the daemon's pin dir) and counter helpers.
 use aya_ebpf::{
     macros::map,
-    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, PerCpuArray},
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, PerCpuArray, PerCpuHashMap},
 };
 use peerd_common::{
-    drop_index, Counter, DropReason, IfaceInfo, KeyV4, KeyV6, PeeringInfo, RouteTarget, SrcInfo,
-    VpcInfo, DROP_SLOTS, MAX_PEERINGS, MAX_PREFIXES, MAX_VPCS,
+    drop_index, Counter, DropReason, FlowKey, FlowValue, IfaceInfo, KeyV4, KeyV6, PeeringInfo,
+    RouteTarget, SrcInfo, VpcInfo, DROP_SLOTS, MAX_FLOWS, MAX_PEERINGS, MAX_PREFIXES, MAX_VPCS,
 };
 
 #[map(name = "PEERD_IFACES")]
@@ -34,6 +34,25 @@ pub static DROPS: PerCpuArray<Counter> = PerCpuArray::pinned(MAX_VPCS * DROP_SLO
 
 #[map(name = "PEERD_FWD")]
 pub static FWD: PerCpuArray<Counter> = PerCpuArray::pinned(MAX_PEERINGS * 2, 0);
+
+#[map(name = "PEERD_CONFIG")]
+pub static CONFIG: Array<u32> = Array::pinned(1, 0);
+
+#[map(name = "PEERD_FLOWS")]
+pub static FLOWS: PerCpuHashMap<FlowKey, FlowValue> = PerCpuHashMap::pinned(MAX_FLOWS, 0);
+
+#[map(name = "PEERD_FLOW_LOST")]
+pub static FLOW_LOST: PerCpuArray<Counter> = PerCpuArray::pinned(1, 0);
+
+#[inline(always)]
+pub fn config() -> u32 {
+    CONFIG.get(0).copied().unwrap_or(0)
+}
+
+#[inline(always)]
+pub fn count_flow_lost(len: u32) {
+    bump(&FLOW_LOST, 0, len);
+}
 
 #[inline(always)]
 fn bump(map: &PerCpuArray<Counter>, index: u32, len: u32) {

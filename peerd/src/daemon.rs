@@ -83,6 +83,7 @@ pub struct Status {
     pub vpcs: Vec<VpcStatus>,
     pub peerings: Vec<PeeringStatus>,
     pub last_reconcile: ReconcileReport,
+    pub flow_log: Option<FlowLogStatus>,
 }
 
 pub struct Daemon {
@@ -100,6 +101,9 @@ pub struct Daemon {
     pub reconcile_seconds: prometheus_client::metrics::histogram::Histogram,
     /// When the configuration was last loaded, successfully or not (Unix seconds).
     pub last_reload_unix: u64,
+    /// The flow log, when `[daemon] flow_log` is set.
+    pub flow_log: Option<crate::flowlog::Writer>,
+    pub flow_log_error: Option<String>,
 }
 
 pub type Shared = Arc<Mutex<Daemon>>;
@@ -129,6 +133,8 @@ impl Daemon {
             reconciles: 0,
             reconcile_seconds: crate::metrics::reconcile_histogram(),
             last_reload_unix: state::unix(SystemTime::now()),
+            flow_log: None,
+            flow_log_error: None,
         };
         d.reconcile()?;
         Ok(d)
@@ -240,6 +246,21 @@ impl Daemon {
                 }
             }
         }
+
+        // Flow log on or off, as configured.
+        let d = &self.cfg.daemon;
+        match (&d.flow_log, &self.flow_log) {
+            (Some(p), Some(w)) if w.path() == p => {}
+            (Some(p), _) => {
+                self.flow_log = Some(crate::flowlog::Writer::new(
+                    p,
+                    d.flow_log_max_bytes,
+                    d.flow_log_keep,
+                ))
+            }
+            (None, _) => self.flow_log = None,
+        }
+        self.datapath.set_flow_log(self.flow_log.is_some())?;
 
         // Datapath: new entries first, then removals; then attach to new links.
         let st = self.datapath.sync(&tables)?;
@@ -380,6 +401,7 @@ impl Daemon {
             vpcs,
             peerings,
             last_reconcile: self.last_reconcile.clone(),
+            flow_log: self.flow_log_status(),
         }
     }
 }
@@ -490,6 +512,61 @@ impl Daemon {
         let new = compile::compile(&cfg, peerings, &mut st)?;
         Ok(diff_plans(&self.plan, &new))
     }
+}
+
+impl Daemon {
+    /// Moves the datapath's flow aggregates into the flow log (one window).
+    pub fn drain_flow_log(&mut self) -> Result<(), Error> {
+        if self.flow_log.is_none() {
+            return Ok(());
+        }
+        let flows = self.datapath.drain_flows();
+        let plan = &self.plan;
+        let vpc_name = |slot: u32| {
+            plan.vpcs
+                .iter()
+                .find(|v| v.slot == slot)
+                .map(|v| v.name.clone())
+        };
+        let peering_id = |slot: u32| {
+            plan.peering_slots
+                .iter()
+                .find(|(_, s)| **s == slot)
+                .map(|(id, _)| id.clone())
+        };
+        let records = crate::flowlog::records(&flows, &vpc_name, &peering_id);
+        let w = self.flow_log.as_mut().expect("checked above");
+        match w.write(&records) {
+            Ok(()) => self.flow_log_error = None,
+            Err(e) => {
+                error!(path = %w.path().display(), error = %e, "writing the flow log");
+                self.flow_log_error = Some(e.to_string());
+            }
+        }
+        Ok(())
+    }
+
+    pub fn flow_log_status(&self) -> Option<FlowLogStatus> {
+        let w = self.flow_log.as_ref()?;
+        let lost = self.datapath.flow_lost();
+        Some(FlowLogStatus {
+            path: w.path().to_owned(),
+            records_written: w.records_written,
+            rotations: w.rotations,
+            lost_packets: lost.packets,
+            error: self.flow_log_error.clone(),
+        })
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct FlowLogStatus {
+    pub path: PathBuf,
+    pub records_written: u64,
+    pub rotations: u64,
+    /// Packets whose flow could not be aggregated (flow map full): lost to the log, not hidden.
+    pub lost_packets: u64,
+    pub error: Option<String>,
 }
 
 /// Human-readable differences between the plan in force and a new one.

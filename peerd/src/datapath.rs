@@ -10,7 +10,7 @@ use std::{
 use aya::{
     maps::{
         lpm_trie::{Key, LpmTrie},
-        Array, HashMap, MapData, MapError, PerCpuArray, PerCpuValues,
+        Array, HashMap, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues,
     },
     programs::{
         links::{FdLink, LinkOrder, PinnedLink},
@@ -22,8 +22,8 @@ use aya::{
 };
 use ipnet::IpNet;
 use peerd_common::{
-    maps as names, Counter, DropReason, IfaceInfo, KeyV4, KeyV6, PeeringInfo, RouteTarget, SrcInfo,
-    VpcInfo, DROP_SLOTS,
+    maps as names, Counter, DropReason, FlowKey, FlowValue, IfaceInfo, KeyV4, KeyV6, PeeringInfo,
+    RouteTarget, SrcInfo, VpcInfo, CONFIG_FLOW_LOG, DROP_SLOTS,
 };
 use tracing::{debug, info};
 
@@ -196,6 +196,9 @@ pub struct Datapath {
     routes_v6: LpmTrie<MapData, KeyV6, RouteTarget>,
     drops: PerCpuArray<MapData, Counter>,
     fwd: PerCpuArray<MapData, Counter>,
+    config: Array<MapData, u32>,
+    flows: PerCpuHashMap<MapData, FlowKey, FlowValue>,
+    flow_lost: PerCpuArray<MapData, Counter>,
 }
 
 macro_rules! take {
@@ -250,6 +253,9 @@ impl Datapath {
             routes_v6: take!(ebpf, names::ROUTES_V6),
             drops: take!(ebpf, names::DROPS),
             fwd: take!(ebpf, names::FWD),
+            config: take!(ebpf, names::CONFIG),
+            flows: take!(ebpf, names::FLOWS),
+            flow_lost: take!(ebpf, names::FLOW_LOST),
             ebpf,
             link_dir,
         })
@@ -576,6 +582,63 @@ impl Datapath {
             }
         }
         out
+    }
+
+    /// Turns flow aggregation in the datapath on or off.
+    pub fn set_flow_log(&mut self, on: bool) -> Result<(), Error> {
+        let cur = self.config.get(&0, 0).unwrap_or(0);
+        let want = if on {
+            cur | CONFIG_FLOW_LOG
+        } else {
+            cur & !CONFIG_FLOW_LOG
+        };
+        if want != cur {
+            self.config
+                .set(0, want, 0)
+                .map_err(map_err(names::CONFIG, "set"))?;
+        }
+        Ok(())
+    }
+
+    /// Takes every aggregated flow out of the datapath (summed over CPUs).
+    pub fn drain_flows(&mut self) -> Vec<(FlowKey, FlowValue)> {
+        let keys: Vec<FlowKey> = self.flows.keys().filter_map(Result::ok).collect();
+        let mut out = Vec::with_capacity(keys.len());
+        for k in keys {
+            let Ok(values) = self.flows.get(&k, 0) else {
+                continue;
+            };
+            let _ = self.flows.remove(&k);
+            let mut sum = FlowValue {
+                first_ns: u64::MAX,
+                ..FlowValue::default()
+            };
+            for v in values.iter().filter(|v| v.packets > 0) {
+                sum.packets += v.packets;
+                sum.bytes += v.bytes;
+                sum.first_ns = sum.first_ns.min(v.first_ns);
+                sum.last_ns = sum.last_ns.max(v.last_ns);
+                sum.dst_vpc = v.dst_vpc;
+                sum.peering = v.peering;
+                sum.verdict = v.verdict;
+            }
+            if sum.packets > 0 {
+                out.push((k, sum));
+            }
+        }
+        out
+    }
+
+    /// Packets whose flow could not be recorded because the flow map was full.
+    pub fn flow_lost(&self) -> Counter {
+        let mut c = Counter::default();
+        if let Ok(values) = self.flow_lost.get(&0, 0) {
+            for v in values.iter() {
+                c.packets += v.packets;
+                c.bytes += v.bytes;
+            }
+        }
+        c
     }
 
     /// Zeroes the counters of a VPC slot (a new VPC got it): counters reset only when their

@@ -378,6 +378,9 @@ async fn run_async(path: &Path) -> Result<(), String> {
         }
     };
     let mut next_resync = tokio::time::Instant::now() + daemon::RESYNC;
+    let flow_every = pre.daemon.flow_log_interval;
+    let mut flow_tick = tokio::time::interval(flow_every);
+    flow_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         // Wake for the periodic resync, or earlier when a pending peering expires.
         let expiry = shared.lock().expect("daemon lock").next_expiry();
@@ -417,6 +420,11 @@ async fn run_async(path: &Path) -> Result<(), String> {
                     warn!(error = %e, "periodic resync failed");
                 }
             }
+            _ = flow_tick.tick() => {
+                if let Err(e) = blocking(Daemon::drain_flow_log).await {
+                    warn!(error = %e, "flow log");
+                }
+            }
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
@@ -427,6 +435,8 @@ async fn run_async(path: &Path) -> Result<(), String> {
         watch_set(&watcher);
     }
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    // The last window's flows, so a stop loses no records.
+    let _ = blocking(Daemon::drain_flow_log).await;
     let _ = std::fs::remove_file(&socket);
     info!("stopping; the datapath keeps forwarding as last configured (peerd teardown removes it)");
     Ok(())

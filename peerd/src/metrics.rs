@@ -137,6 +137,23 @@ pub fn render(d: &Daemon) -> String {
         when,
     );
 
+    if let Some(f) = &st.flow_log {
+        let lost = Counter::<u64>::default();
+        lost.inc_by(f.lost_packets);
+        reg.register(
+            "peerd_flow_log_lost_packets",
+            "Packets whose flow could not be logged (flow map full)",
+            lost,
+        );
+        let written = Counter::<u64>::default();
+        written.inc_by(f.records_written);
+        reg.register(
+            "peerd_flow_log_records",
+            "Flow log records written",
+            written,
+        );
+    }
+
     let mut out = String::new();
     encode(&mut out, &reg).expect("encoding to a String cannot fail");
     out

@@ -38,6 +38,12 @@ pub struct DaemonConfig {
     pub socket: PathBuf,
     pub metrics: Option<SocketAddr>,
     pub flow_log: Option<PathBuf>,
+    /// Aggregation window of the flow log.
+    pub flow_log_interval: Duration,
+    /// Size at which the flow log is rotated (`flows.jsonl` -> `flows.jsonl.1` ...).
+    pub flow_log_max_bytes: u64,
+    /// Rotated files kept.
+    pub flow_log_keep: u32,
     pub pending_expiry: Duration,
     pub max_active_peerings_per_vpc: u32,
     pub max_pending_peerings_per_vpc: u32,
@@ -53,6 +59,9 @@ impl Default for DaemonConfig {
             socket: "/run/peerd/peerd.sock".into(),
             metrics: None,
             flow_log: None,
+            flow_log_interval: Duration::from_secs(60),
+            flow_log_max_bytes: 100 << 20,
+            flow_log_keep: 5,
             pending_expiry: Duration::from_secs(168 * 3600),
             max_active_peerings_per_vpc: 50,
             max_pending_peerings_per_vpc: 25,

@@ -33,6 +33,9 @@ struct RawDaemon {
     socket: Option<PathBuf>,
     metrics: Option<Spanned<String>>,
     flow_log: Option<PathBuf>,
+    flow_log_interval: Option<Spanned<String>>,
+    flow_log_max_bytes: Option<u64>,
+    flow_log_keep: Option<u32>,
     pending_expiry: Option<Spanned<String>>,
     max_active_peerings_per_vpc: Option<u32>,
     max_pending_peerings_per_vpc: Option<u32>,
@@ -301,6 +304,19 @@ impl Loader {
                 def.pending_expiry
             }),
         };
+        let flow_log_interval = match &d.flow_log_interval {
+            None => def.flow_log_interval,
+            Some(s) => match parse_duration(s.get_ref()) {
+                Some(v) if v.as_secs() >= 1 => v,
+                _ => {
+                    self.err(
+                        Some(src.of(s)),
+                        format!("flow_log_interval \"{}\" is not a duration of at least 1s, such as \"60s\"", s.get_ref()),
+                    );
+                    def.flow_log_interval
+                }
+            },
+        };
         self.daemon = DaemonConfig {
             netns_prefix: d
                 .netns_prefix
@@ -312,6 +328,12 @@ impl Loader {
             socket: d.socket.unwrap_or(def.socket),
             metrics,
             flow_log: d.flow_log,
+            flow_log_interval,
+            flow_log_max_bytes: d
+                .flow_log_max_bytes
+                .unwrap_or(def.flow_log_max_bytes)
+                .max(1024),
+            flow_log_keep: d.flow_log_keep.unwrap_or(def.flow_log_keep),
             pending_expiry,
             max_active_peerings_per_vpc: d
                 .max_active_peerings_per_vpc
