@@ -241,7 +241,9 @@ fn known_traffic_moves_counters_exactly_in_status_and_metrics_and_survives_resta
 
 fn flow_records(dir: &std::path::Path) -> Vec<serde_json::Value> {
     let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else { return out };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
     for e in entries.flatten() {
         if e.file_name().to_string_lossy().starts_with("flows.jsonl") {
             for l in std::fs::read_to_string(e.path()).unwrap().lines() {

@@ -354,3 +354,55 @@ fn answers_arp_for_the_gateway_only() {
     h.expect_drop(1, &other, DropReason::UnsupportedProtocol);
     h.expect_drop(1, &req[..30], DropReason::Malformed);
 }
+
+/// Pins the calling thread to `cpu`.
+fn pin_to(cpu: usize) {
+    let mut set = nix::sched::CpuSet::new();
+    set.set(cpu).unwrap();
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).unwrap();
+}
+
+#[test]
+fn flows_aggregate_across_cpus_with_their_verdict() {
+    if !common::can_run() {
+        return;
+    }
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let mut h = Harness::new(&topology());
+    h.dp.set_flow_log(true).unwrap();
+    let spoofed = frame(ip("10.3.0.5"), ip("10.2.0.7"), 64);
+    let good = frame(ip("10.1.0.5"), ip("10.2.0.7"), 64);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            for i in 0..4 {
+                pin_to(i % cpus);
+                assert_eq!(h.run(101, &spoofed).verdict, TC_ACT_SHOT);
+                assert_eq!(h.run(101, &good).verdict, TC_ACT_REDIRECT);
+            }
+        });
+    });
+    let flows = h.dp.drain_flows();
+    assert_eq!(flows.len(), 2, "{flows:?}");
+    for (k, v) in &flows {
+        assert_eq!(v.packets, 4, "all CPUs' packets summed: {k:?} {v:?}");
+        assert!(v.first_ns > 0 && v.first_ns <= v.last_ns, "{v:?}");
+        if k.src[..4] == [10, 3, 0, 5] {
+            assert_eq!(
+                v.verdict,
+                peerd_common::FLOW_REJECT_BASE + DropReason::SpoofedSource as u32,
+                "{v:?}"
+            );
+        } else {
+            assert_eq!(
+                (v.verdict, v.dst_vpc, v.peering),
+                (peerd_common::FLOW_ACCEPT, 2, 1),
+                "{v:?}"
+            );
+            assert_eq!((k.src_port, k.dst_port, k.proto), (40000, 7, 17));
+        }
+    }
+    assert!(h.dp.drain_flows().is_empty(), "drained");
+    assert_eq!(h.dp.flow_lost().packets, 0);
+}

@@ -18,15 +18,6 @@ pub fn record(key: &FlowKey, verdict: &Verdict, len: u32) {
     }
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
-    if let Some(v) = maps::FLOWS.get_ptr_mut(key) {
-        // SAFETY: this CPU's value, valid for the program's run; no other writer on this CPU.
-        unsafe {
-            (*v).packets += 1;
-            (*v).bytes += len as u64;
-            (*v).last_ns = now;
-        }
-        return;
-    }
     let (verdict, dst_vpc, peering) = match verdict.action {
         Action::Deliver => (FLOW_ACCEPT, verdict.dst_vpc, verdict.fwd_slot / 2),
         Action::Drop => (FLOW_REJECT_BASE + verdict.reason as u32, 0, 0),
@@ -42,7 +33,26 @@ pub fn record(key: &FlowKey, verdict: &Verdict, len: u32) {
         verdict,
         _pad: 0,
     };
+    if let Some(v) = maps::FLOWS.get_ptr_mut(key) {
+        // SAFETY: this CPU's value, valid for the program's run; no other writer on this CPU.
+        unsafe {
+            if (*v).packets == 0 {
+                // The entry was created on another CPU: this CPU's slot starts zeroed.
+                *v = value;
+            } else {
+                (*v).packets += 1;
+                (*v).bytes += len as u64;
+                (*v).last_ns = now;
+            }
+        }
+        return;
+    }
     if maps::FLOWS.insert(key, &value, BPF_NOEXIST).is_err() {
-        maps::count_flow_lost(len);
+        // Another CPU may have created it just now; else the map is full.
+        match maps::FLOWS.get_ptr_mut(key) {
+            // SAFETY: as above; this CPU's slot of an entry created elsewhere starts zeroed.
+            Some(v) => unsafe { *v = value },
+            None => maps::count_flow_lost(len),
+        }
     }
 }

@@ -44,6 +44,9 @@ enum Cmd {
     Status {
         #[arg(long)]
         json: bool,
+        /// Graphviz of VPCs and peerings, coloured by state.
+        #[arg(long, conflicts_with = "json")]
+        dot: bool,
         /// Control socket (default: from the configuration).
         #[arg(long)]
         socket: Option<PathBuf>,
@@ -123,7 +126,7 @@ fn main() -> ExitCode {
     let result = match cli.cmd {
         Cmd::Run => run(&cli.config),
         Cmd::Check => check(&cli.config),
-        Cmd::Status { json, socket } => status(&socket_for(&cli.config, socket), json),
+        Cmd::Status { json, dot, socket } => status(&socket_for(&cli.config, socket), json, dot),
         Cmd::Plan { socket } => plan(&socket_for(&cli.config, socket), &cli.config),
         Cmd::Reload { socket } => control::request(&socket_for(&cli.config, socket), "reload")
             .map(|_| println!("reloaded"))
@@ -169,22 +172,84 @@ fn check(path: &Path) -> Result<(), String> {
     Ok(())
 }
 
-fn status(socket: &Path, json: bool) -> Result<(), String> {
-    let v = control::request(socket, "status").map_err(|e| e.to_string())?;
+fn human_bytes(b: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < units.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", units[u])
+    }
+}
+
+fn age(since: Option<u64>) -> String {
+    let Some(t) = since else { return "-".into() };
+    let s = state::unix(std::time::SystemTime::now()).saturating_sub(t);
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m", s / 60),
+        3600..86400 => format!("{}h{}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d{}h", s / 86400, s % 86400 / 3600),
+    }
+}
+
+fn status(socket: &Path, json: bool, dot: bool) -> Result<(), String> {
+    let s = control::request(socket, "status").map_err(|e| e.to_string())?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&v).expect("json"));
+        println!("{}", serde_json::to_string_pretty(&s).expect("json"));
         return Ok(());
     }
-    let s: serde_json::Value = v;
-    println!("generation {}", s["generation"]);
-    if let Some(e) = s["config_error"].as_str() {
-        println!("CONFIG REJECTED (last good configuration in force):\n{e}");
+    let vpcs = s["vpcs"].as_array().cloned().unwrap_or_default();
+    let peerings = s["peerings"].as_array().cloned().unwrap_or_default();
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or("").to_owned();
+    if dot {
+        println!("graph peerd {{\n  node [shape=box, style=rounded];");
+        for v in &vpcs {
+            let colour = if v["ready"] == true { "black" } else { "red" };
+            println!(
+                "  \"{}\" [color={colour}, label=\"{}\\n{}\"];",
+                text(&v["name"]),
+                text(&v["name"]),
+                text(&v["netns"])
+            );
+        }
+        for p in &peerings {
+            let (colour, style) = match p["state"].as_str().unwrap_or("") {
+                "active" => ("darkgreen", "bold"),
+                "pending-acceptance" => ("orange", "dashed"),
+                "failed" => ("red", "dotted"),
+                "rejected" | "expired" | "disconnected" => ("gray", "dotted"),
+                _ => ("black", "solid"),
+            };
+            println!(
+                "  \"{}\" -- \"{}\" [label=\"{}\\n{}\", color={colour}, fontcolor={colour}, style={style}];",
+                text(&p["vpcs"][0]),
+                text(&p["vpcs"][1]),
+                text(&p["id"]),
+                text(&p["state"])
+            );
+        }
+        println!("}}");
+        return Ok(());
     }
     println!(
-        "\n{:<20} {:<24} {:<12} {:<6} drops",
-        "VPC", "NETNS", "LINK", "READY"
+        "generation {}, datapath {}",
+        s["generation"],
+        text(&s["datapath"])
     );
-    for v in s["vpcs"].as_array().into_iter().flatten() {
+    if let Some(e) = s["config_error"].as_str() {
+        println!("\nCONFIG REJECTED (the last good configuration stays in force):\n{e}");
+    }
+    println!(
+        "\n{:<16} {:<22} {:<11} {:<6} DROPS (packets by reason)",
+        "VPC", "NAMESPACE", "LINK", "READY"
+    );
+    for v in &vpcs {
         let drops: Vec<String> = v["drops"]
             .as_object()
             .into_iter()
@@ -192,35 +257,55 @@ fn status(socket: &Path, json: bool) -> Result<(), String> {
             .map(|(k, c)| format!("{k}={}", c["packets"]))
             .collect();
         println!(
-            "{:<20} {:<24} {:<12} {:<6} {}",
-            v["name"].as_str().unwrap_or(""),
-            v["netns"].as_str().unwrap_or(""),
-            v["host_if"].as_str().unwrap_or(""),
-            if v["ready"].as_bool() == Some(true) {
-                "yes"
+            "{:<16} {:<22} {:<11} {:<6} {}",
+            text(&v["name"]),
+            text(&v["netns"]),
+            text(&v["host_if"]),
+            if v["ready"] == true { "yes" } else { "NO" },
+            if drops.is_empty() {
+                "-".to_owned()
             } else {
-                "NO"
-            },
-            drops.join(" ")
+                drops.join(" ")
+            }
         );
+        if let Some(e) = v["error"].as_str() {
+            println!("{:<16} error: {e}", "");
+        }
     }
     println!(
-        "\n{:<22} {:<30} {:<20} {:>12} {:>12}  reason",
-        "PEERING", "VPCS", "STATE", "PKTS A->B", "PKTS B->A"
+        "\n{:<16} {:<22} {:<19} {:>6} {:>9} {:>10} {:>9} {:>10}  REASON",
+        "PEERING",
+        "VPCS (A <-> B)",
+        "STATE",
+        "AGE",
+        "PKTS A>B",
+        "BYTES A>B",
+        "PKTS B>A",
+        "BYTES B>A"
     );
-    for p in s["peerings"].as_array().into_iter().flatten() {
+    for p in &peerings {
+        let since = p["activated_at"].as_u64().or(p["first_seen"].as_u64());
+        let f = |d: usize, k: &str| p["forwarded"][d][k].as_u64().unwrap_or(0);
         println!(
-            "{:<22} {:<30} {:<20} {:>12} {:>12}  {}",
-            p["id"].as_str().unwrap_or(""),
-            format!(
-                "{} <-> {}",
-                p["vpcs"][0].as_str().unwrap_or(""),
-                p["vpcs"][1].as_str().unwrap_or("")
-            ),
-            p["state"].as_str().unwrap_or(""),
-            p["forwarded"][0]["packets"].as_u64().unwrap_or(0),
-            p["forwarded"][1]["packets"].as_u64().unwrap_or(0),
+            "{:<16} {:<22} {:<19} {:>6} {:>9} {:>10} {:>9} {:>10}  {}",
+            text(&p["id"]),
+            format!("{} <-> {}", text(&p["vpcs"][0]), text(&p["vpcs"][1])),
+            text(&p["state"]),
+            age(since),
+            f(0, "packets"),
+            human_bytes(f(0, "bytes")),
+            f(1, "packets"),
+            human_bytes(f(1, "bytes")),
             p["reason"].as_str().unwrap_or("")
+        );
+    }
+    if let Some(fl) = s["flow_log"].as_object() {
+        println!(
+            "\nflow log {}: {} records, {} rotations, {} packets lost (flow map full)",
+            fl["path"].as_str().unwrap_or(""),
+            fl["records_written"],
+            fl["rotations"],
+            fl["lost_packets"]
         );
     }
     Ok(())
