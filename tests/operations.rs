@@ -466,3 +466,38 @@ fn plan_shows_adds_removes_and_changes_without_applying() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn switching_the_datapath_between_tc_and_xdp_loses_nothing() {
+    let base = format!(
+        "{}{}",
+        vpc("a", "10.0.0.0/16", &[("pcx-ab", "b")]),
+        vpc("b", "10.1.0.0/16", &[("pcx-ab", "a")])
+    );
+    let Some(env) = started(&base) else { return };
+    env.add_addr("a", "10.0.0.1");
+    env.add_addr("b", "10.1.0.1");
+    let stream = Stream::start(&env);
+    let start_mode = env.status()["datapath"].as_str().unwrap().to_owned();
+    for mode in ["xdp", "tc", "xdp", &start_mode] {
+        env.write_config_with(&format!("datapath = \"{mode}\""), &base);
+        env.wait_status(&format!("datapath {mode}"), BOUND, |st| {
+            st["datapath"] == mode
+        });
+        let host_if = peerd::netns::host_ifname(&env.netns("a"));
+        let link = sh(&["ip", "-d", "link", "show", "dev", &host_if]);
+        assert_eq!(link.contains("prog/xdp"), mode == "xdp", "{link}");
+        assert!(
+            env.tcp_echo("a", "10.0.0.1", "b", "10.1.0.1"),
+            "TCP in {mode} mode"
+        );
+    }
+    let (sent, lost) = stream.finish();
+    assert!(sent > 100);
+    assert!(
+        lost.is_empty(),
+        "lost {} of {sent} across mode switches: {:?}",
+        lost.len(),
+        &lost[..lost.len().min(20)]
+    );
+}

@@ -116,9 +116,6 @@ impl Daemon {
         if let Some(w) = warning {
             warn!("{w}");
         }
-        if cfg.daemon.datapath == config::DatapathMode::Xdp {
-            warn!("datapath = \"xdp\" is not available in this version; running the TC datapath");
-        }
         let dp = Datapath::load(&cfg.daemon.pin_dir)?;
         let mut d = Daemon {
             config_path: config_path.to_owned(),
@@ -151,18 +148,25 @@ impl Daemon {
                 {
                     warn!("pin_dir, netns_prefix and state_dir changes apply at the next restart");
                 }
+                if cfg.daemon.metrics != self.cfg.daemon.metrics
+                    || cfg.daemon.socket != self.cfg.daemon.socket
+                {
+                    warn!("metrics and socket changes apply at the next restart");
+                }
                 self.config_error = None;
-                let mut same = cfg.clone();
-                same.daemon = self.cfg.daemon.clone();
-                if same == self.cfg {
+                // Settings that only apply at a restart keep their running values.
+                let mut cfg = cfg;
+                let running = &self.cfg.daemon;
+                cfg.daemon.pin_dir = running.pin_dir.clone();
+                cfg.daemon.netns_prefix = running.netns_prefix.clone();
+                cfg.daemon.state_dir = running.state_dir.clone();
+                cfg.daemon.metrics = running.metrics;
+                cfg.daemon.socket = running.socket.clone();
+                if cfg == self.cfg {
                     info!("configuration unchanged");
                     return Ok(());
                 }
-                let daemon = self.cfg.daemon.clone();
                 self.cfg = cfg;
-                self.cfg.daemon.pin_dir = daemon.pin_dir;
-                self.cfg.daemon.netns_prefix = daemon.netns_prefix;
-                self.cfg.daemon.state_dir = daemon.state_dir;
                 self.reconcile()
             }
             Err(e) => {
@@ -212,13 +216,24 @@ impl Daemon {
         let mut tables = std::mem::take(&mut plan.tables);
         self.vpc_errors.clear();
         let mut attach = Vec::new();
+        let mut restore_features = Vec::new();
         for v in &plan.vpcs {
             let spec = netns::VpcHostSpec {
                 netns: v.netns.clone(),
                 host_if: v.host_if.clone(),
                 mtu: v.mtu,
                 routes: v.ns_routes.clone(),
+                // Switching XDP -> TC: keep the XDP-friendly features until the XDP links are
+                // gone (below), or redirects into this VPC would be dropped meanwhile.
+                xdp: match self.cfg.daemon.datapath {
+                    config::DatapathMode::Xdp => Some(true),
+                    config::DatapathMode::Tc if self.datapath.has_xdp_link(&v.host_if) => None,
+                    config::DatapathMode::Tc => Some(false),
+                },
             };
+            if spec.xdp.is_none() {
+                restore_features.push(v.netns.clone());
+            }
             match netns::ensure_vpc(&spec) {
                 Ok((host, changes)) => {
                     actions.extend(changes.actions);
@@ -272,7 +287,10 @@ impl Daemon {
         }
         let mut keep = BTreeSet::new();
         for (vpc, ifname, ifindex) in &attach {
-            match self.datapath.attach(ifname, *ifindex) {
+            match self
+                .datapath
+                .attach(self.cfg.daemon.datapath, ifname, *ifindex)
+            {
                 Ok(datapath::Attach::Created) => {
                     actions.push(format!("attached datapath to {ifname}"))
                 }
@@ -300,9 +318,17 @@ impl Daemon {
                 Err(e) => error!(vpc = %gone, error = %e, "removing VPC"),
             }
         }
-        let pruned = self.datapath.prune_links(&keep)?;
+        // Links of removed VPCs, and of the other datapath mode after a switch (the new mode's
+        // links are already attached above).
+        let pruned = self.datapath.prune_links(self.cfg.daemon.datapath, &keep)?;
         if pruned > 0 {
             actions.push(format!("removed {pruned} stale datapath links"));
+        }
+        for ns in restore_features {
+            match netns::set_vpc_features(&ns, false) {
+                Ok(c) => actions.extend(c.actions),
+                Err(e) => error!(netns = %ns, error = %e, "restoring TC features"),
+            }
         }
 
         self.state.save(&self.cfg.daemon.state_dir)?;
@@ -397,7 +423,10 @@ impl Daemon {
         Status {
             generation: self.generation,
             config_error: self.config_error.clone(),
-            datapath: "tc",
+            datapath: match self.cfg.daemon.datapath {
+                config::DatapathMode::Tc => "tc",
+                config::DatapathMode::Xdp => "xdp",
+            },
             vpcs,
             peerings,
             last_reconcile: self.last_reconcile.clone(),

@@ -15,7 +15,8 @@ use aya::{
     programs::{
         links::{FdLink, LinkOrder, PinnedLink},
         tc::{SchedClassifierLink, TcAttachOptions},
-        ProgramError, SchedClassifier, TcAttachType,
+        xdp::XdpLink,
+        ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode,
     },
     util::nr_cpus,
     Ebpf, EbpfLoader,
@@ -27,11 +28,12 @@ use peerd_common::{
 };
 use tracing::{debug, info};
 
-use crate::tables::Tables;
+use crate::{config::DatapathMode, tables::Tables};
 
 /// The datapath object, built from `peerd-ebpf` by build.rs.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/peerd"));
 pub const TC_PROGRAM: &str = "peerd_tc";
+pub const XDP_PROGRAM: &str = "peerd_xdp";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -161,6 +163,18 @@ fn zeroes() -> Result<PerCpuValues<Counter>, Error> {
     Ok(PerCpuValues::try_from(vec![Counter::default(); n]).expect("at least one CPU"))
 }
 
+fn link_err<E: std::error::Error + Send + Sync + 'static>(
+    op: &'static str,
+    path: &Path,
+) -> impl FnOnce(E) -> Error {
+    let path = path.to_owned();
+    move |e| Error::Link {
+        op,
+        path,
+        source: Box::new(e),
+    }
+}
+
 /// What `attach` did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Attach {
@@ -240,6 +254,18 @@ impl Datapath {
                 })?;
             prog.load().map_err(|source| Error::Program {
                 op: "load",
+                source: Box::new(source),
+            })?;
+            let xdp: &mut Xdp = ebpf
+                .program_mut(XDP_PROGRAM)
+                .ok_or(Error::MissingProgram(XDP_PROGRAM))?
+                .try_into()
+                .map_err(|source| Error::Program {
+                    op: "type",
+                    source: Box::new(source),
+                })?;
+            xdp.load().map_err(|source| Error::Program {
+                op: "load XDP",
                 source: Box::new(source),
             })?;
         }
@@ -446,37 +472,58 @@ impl Datapath {
         Ok(st)
     }
 
-    fn link_pin(&self, ifname: &str, ifindex: u32) -> PathBuf {
-        self.link_dir.join(format!("{ifname}-{ifindex}"))
+    fn link_pin(&self, mode: DatapathMode, ifname: &str, ifindex: u32) -> PathBuf {
+        match mode {
+            DatapathMode::Tc => self.link_dir.join(format!("{ifname}-{ifindex}")),
+            DatapathMode::Xdp => self.link_dir.join(format!("xdp-{ifname}-{ifindex}")),
+        }
     }
 
-    /// Makes this program the one on `ifname`'s TC ingress, through a pinned TCX link that
-    /// outlives the daemon. An existing pinned link is updated in place (atomic program
-    /// replacement, no gap) unless it already runs this very program; otherwise a new link is
-    /// created.
-    pub fn attach(&mut self, ifname: &str, ifindex: u32) -> Result<Attach, Error> {
-        let pin = self.link_pin(ifname, ifindex);
-        fn link_err<E: std::error::Error + Send + Sync + 'static>(
-            op: &'static str,
-            path: &Path,
-        ) -> impl FnOnce(E) -> Error {
-            let path = path.to_owned();
-            move |e| Error::Link {
-                op,
-                path,
-                source: Box::new(e),
-            }
+    /// Is an XDP link pinned for host-side link `ifname` (any ifindex)?
+    pub fn has_xdp_link(&self, ifname: &str) -> bool {
+        let prefix = format!("xdp-{ifname}-");
+        fs::read_dir(&self.link_dir)
+            .map(|d| {
+                d.flatten()
+                    .any(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+            })
+            .unwrap_or(false)
+    }
+
+    pub fn xdp_program(&mut self) -> &mut Xdp {
+        self.ebpf
+            .program_mut(XDP_PROGRAM)
+            .and_then(|p| p.try_into().ok())
+            .expect("loaded in Datapath::load")
+    }
+
+    /// Is the program of a pinned link still attached to `ifname`? (TCX can tell; an XDP link
+    /// can only be detached through its pin, which is then gone.)
+    fn still_attached(mode: DatapathMode, ifname: &str, prog_id: u32) -> bool {
+        match mode {
+            DatapathMode::Tc => SchedClassifier::query_tcx(ifname, TcAttachType::Ingress)
+                .map(|(_, progs)| progs.iter().any(|p| p.id() == prog_id))
+                .unwrap_or(false),
+            DatapathMode::Xdp => true,
         }
+    }
+
+    /// Makes this datapath's program (TC or XDP) the one on `ifname`, through a pinned link
+    /// that outlives the daemon. An existing pinned link is updated in place (atomic program
+    /// replacement, no gap) unless it already runs this very program; a link that someone
+    /// detached is replaced; otherwise a new link is created.
+    pub fn attach(
+        &mut self,
+        mode: DatapathMode,
+        ifname: &str,
+        ifindex: u32,
+    ) -> Result<Attach, Error> {
+        let pin = self.link_pin(mode, ifname, ifindex);
         if pin.exists() {
             let pinned = PinnedLink::from_pin(&pin).map_err(link_err("opening", &pin))?;
             let fd: FdLink = pinned.into();
             let prog_id = fd.info().map(|i| i.program_id()).unwrap_or(0);
-            // A pinned link whose program is no longer on the interface was detached by
-            // someone: drop the pin and attach afresh below.
-            let attached = SchedClassifier::query_tcx(ifname, TcAttachType::Ingress)
-                .map(|(_, progs)| progs.iter().any(|p| p.id() == prog_id))
-                .unwrap_or(false);
-            if !attached {
+            if !Self::still_attached(mode, ifname, prog_id) {
                 drop(fd);
                 fs::remove_file(&pin).map_err(|source| Error::Io {
                     op: "unpinning",
@@ -487,52 +534,95 @@ impl Datapath {
                     interface = ifname,
                     "datapath link was detached; attaching again"
                 );
-                return self.attach(ifname, ifindex).map(|_| Attach::Repaired);
+                return self.attach(mode, ifname, ifindex).map(|_| Attach::Repaired);
             }
-            if self.running_same_program(prog_id) {
+            if self.running_same_program(mode, prog_id) {
                 return Ok(Attach::Unchanged);
             }
-            let link = SchedClassifierLink::try_from(fd).map_err(link_err("converting", &pin))?;
-            let prog = self.program();
-            let id = prog.attach_to_link(link).map_err(|source| Error::Program {
-                op: "replace on link",
-                source: Box::new(source),
-            })?;
-            let link = prog.take_link(id).map_err(|source| Error::Program {
-                op: "take link",
-                source: Box::new(source),
-            })?;
+            let prog_err = |op| {
+                move |source| Error::Program {
+                    op,
+                    source: Box::new(source),
+                }
+            };
             // Keep it attached: an FdLink closes its fd on drop without detaching.
-            let _fd: FdLink = link.try_into().map_err(link_err("converting", &pin))?;
-            info!(interface = ifname, ifindex, "datapath program replaced");
+            let _fd: FdLink = match mode {
+                DatapathMode::Tc => {
+                    let link =
+                        SchedClassifierLink::try_from(fd).map_err(link_err("converting", &pin))?;
+                    let prog = self.program();
+                    let id = prog
+                        .attach_to_link(link)
+                        .map_err(prog_err("replace on link"))?;
+                    prog.take_link(id)
+                        .map_err(prog_err("take link"))?
+                        .try_into()
+                        .map_err(link_err("converting", &pin))?
+                }
+                DatapathMode::Xdp => {
+                    let link = XdpLink::try_from(fd).map_err(link_err("converting", &pin))?;
+                    let prog = self.xdp_program();
+                    let id = prog
+                        .attach_to_link(link)
+                        .map_err(prog_err("replace on link"))?;
+                    prog.take_link(id)
+                        .map_err(prog_err("take link"))?
+                        .try_into()
+                        .map_err(link_err("converting", &pin))?
+                }
+            };
+            info!(
+                interface = ifname,
+                ifindex,
+                ?mode,
+                "datapath program replaced"
+            );
             return Ok(Attach::Replaced);
         }
-        let prog = self.program();
-        let id = prog
-            .attach_with_options(
-                ifname,
-                TcAttachType::Ingress,
-                TcAttachOptions::TcxOrder(LinkOrder::default()),
-            )
-            .map_err(|source| Error::Program {
-                op: "attach",
+        let prog_err = |op| {
+            move |source| Error::Program {
+                op,
                 source: Box::new(source),
-            })?;
-        let link = prog.take_link(id).map_err(|source| Error::Program {
-            op: "take link",
-            source: Box::new(source),
-        })?;
-        let fd: FdLink = link.try_into().map_err(link_err("converting", &pin))?;
+            }
+        };
+        let fd: FdLink = match mode {
+            DatapathMode::Tc => {
+                let prog = self.program();
+                let id = prog
+                    .attach_with_options(
+                        ifname,
+                        TcAttachType::Ingress,
+                        TcAttachOptions::TcxOrder(LinkOrder::default()),
+                    )
+                    .map_err(prog_err("attach"))?;
+                prog.take_link(id)
+                    .map_err(prog_err("take link"))?
+                    .try_into()
+                    .map_err(link_err("converting", &pin))?
+            }
+            DatapathMode::Xdp => {
+                let prog = self.xdp_program();
+                let id = prog
+                    .attach_to_if_index(ifindex, XdpMode::Driver)
+                    .map_err(prog_err("attach XDP"))?;
+                prog.take_link(id)
+                    .map_err(prog_err("take link"))?
+                    .try_into()
+                    .map_err(link_err("converting", &pin))?
+            }
+        };
         fd.pin(&pin).map_err(link_err("pinning", &pin))?;
-        info!(interface = ifname, ifindex, "datapath attached");
+        info!(interface = ifname, ifindex, ?mode, "datapath attached");
         Ok(Attach::Created)
     }
 
     /// Is program `id` the same code as ours (same tag)? Then a link running it needs no update.
-    fn running_same_program(&mut self, id: u32) -> bool {
-        let Ok(mine) = self.program().info() else {
-            return false;
+    fn running_same_program(&mut self, mode: DatapathMode, id: u32) -> bool {
+        let mine = match mode {
+            DatapathMode::Tc => self.program().info(),
+            DatapathMode::Xdp => self.xdp_program().info(),
         };
+        let Ok(mine) = mine else { return false };
         if mine.id() == id {
             return true;
         }
@@ -544,8 +634,15 @@ impl Datapath {
 
     /// Removes pinned links that are not for one of `keep` (name, ifindex): their interface is
     /// gone or belongs to a VPC that was removed. Unpinning the last reference detaches them.
-    pub fn prune_links(&self, keep: &BTreeSet<(String, u32)>) -> Result<usize, Error> {
-        let wanted: BTreeSet<PathBuf> = keep.iter().map(|(n, i)| self.link_pin(n, *i)).collect();
+    pub fn prune_links(
+        &self,
+        mode: DatapathMode,
+        keep: &BTreeSet<(String, u32)>,
+    ) -> Result<usize, Error> {
+        let wanted: BTreeSet<PathBuf> = keep
+            .iter()
+            .map(|(n, i)| self.link_pin(mode, n, *i))
+            .collect();
         let mut removed = 0;
         let entries = fs::read_dir(&self.link_dir).map_err(|source| Error::Io {
             op: "listing",

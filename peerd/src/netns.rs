@@ -93,6 +93,10 @@ pub struct VpcHostSpec {
     pub host_if: String,
     pub mtu: u32,
     pub routes: Vec<IpNet>,
+    /// XDP datapath: the VPC-side end needs NAPI (GRO on) to receive XDP redirects, and TX
+    /// checksum offload off (an XDP redirect loses the skb's partial-checksum state). `None`
+    /// leaves them as they are (while switching modes).
+    pub xdp: Option<bool>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -445,6 +449,9 @@ pub fn ensure_vpc(spec: &VpcHostSpec) -> Result<(VpcHostState, Changes), Error> 
             .await?
             .ok_or_else(|| Error::Missing(NS_IFNAME.into()))?;
         link_up(&h, &l, NS_IFNAME, Some(spec2.mtu), &mut c, ns).await?;
+        if let Some(xdp) = spec2.xdp {
+            c.extend(set_xdp_features(xdp, ns)?);
+        }
         let idx = l.header.index;
         ensure_neighbours(&h, idx, host_mac, &mut c, ns).await?;
         ensure_routes(&h, idx, &spec2.routes, &mut c, ns).await?;
@@ -580,6 +587,88 @@ async fn ensure_routes(
         }
     }
     Ok(())
+}
+
+const SIOCETHTOOL: libc::c_ulong = 0x8946;
+const ETHTOOL_GTXCSUM: u32 = 0x16;
+const ETHTOOL_STXCSUM: u32 = 0x17;
+const ETHTOOL_GGRO: u32 = 0x2b;
+const ETHTOOL_SGRO: u32 = 0x2c;
+
+#[repr(C)]
+struct EthtoolValue {
+    cmd: u32,
+    data: u32,
+}
+
+#[repr(C)]
+struct IfreqData {
+    name: [u8; libc::IFNAMSIZ],
+    data: *mut libc::c_void,
+    _pad: [u8; 16],
+}
+
+/// GRO and TX checksum offload of the VPC-side end, for the XDP datapath or for TC; run on a
+/// thread inside the namespace. Returns what changed.
+fn set_xdp_features(xdp: bool, ns: &str) -> Result<Vec<String>, Error> {
+    let (gro, txcsum) = if xdp { (1, 0) } else { (0, 1) };
+    let features = [
+        ("gro", ETHTOOL_GGRO, ETHTOOL_SGRO, gro),
+        ("tx-checksumming", ETHTOOL_GTXCSUM, ETHTOOL_STXCSUM, txcsum),
+    ];
+    let mut c = Vec::new();
+    for (name, get, set, want) in features {
+        let have =
+            ethtool(NS_IFNAME, get, 0).map_err(io("ethtool get on", Path::new(NS_IFNAME)))?;
+        if have != want {
+            ethtool(NS_IFNAME, set, want).map_err(io("ethtool set on", Path::new(NS_IFNAME)))?;
+            let state = if want == 1 { "on" } else { "off" };
+            c.push(format!("set {name} {state} on {NS_IFNAME} in {ns}"));
+        }
+    }
+    Ok(c)
+}
+
+/// Sets the VPC-side features for a datapath mode (after a switch back to TC, once the XDP
+/// links are gone).
+pub fn set_vpc_features(netns: &str, xdp: bool) -> Result<Changes, Error> {
+    let ns = netns.to_owned();
+    let actions = with_handle(
+        Some(netns),
+        move |_h| async move { set_xdp_features(xdp, &ns) },
+    )?;
+    Ok(Changes { actions })
+}
+
+/// One ethtool get/set of a boolean feature, in the calling thread's namespace.
+fn ethtool(ifname: &str, cmd: u32, data: u32) -> std::io::Result<u32> {
+    // SAFETY: a plain socket; closed below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let mut v = EthtoolValue { cmd, data };
+    let mut req = IfreqData {
+        name: [0; libc::IFNAMSIZ],
+        data: &mut v as *mut _ as *mut libc::c_void,
+        _pad: [0; 16],
+    };
+    for (d, s) in req
+        .name
+        .iter_mut()
+        .zip(ifname.bytes().take(libc::IFNAMSIZ - 1))
+    {
+        *d = s;
+    }
+    // SAFETY: req points at a valid ifreq whose data points at a valid ethtool_value.
+    let rc = unsafe { libc::ioctl(fd, SIOCETHTOOL as _, &mut req) };
+    let err = std::io::Error::last_os_error();
+    // SAFETY: fd is ours.
+    unsafe { libc::close(fd) };
+    if rc < 0 {
+        return Err(err);
+    }
+    Ok(v.data)
 }
 
 /// Deletes a VPC's namespace (and with it the veth pair). Fine if it is already gone.

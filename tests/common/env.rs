@@ -93,8 +93,15 @@ impl Env {
         self.write_config_with("", body)
     }
 
-    /// The same with extra `[daemon]` lines.
+    /// The same with extra `[daemon]` lines. `PEERD_TEST_DATAPATH=xdp` runs the suite on the
+    /// XDP datapath (`cargo xtask test` runs the namespace tests in both modes).
     pub fn write_config_with(&self, daemon_extra: &str, body: &str) {
+        let mode = std::env::var("PEERD_TEST_DATAPATH").unwrap_or_else(|_| "tc".into());
+        let daemon_extra = if daemon_extra.contains("datapath =") {
+            daemon_extra.to_owned()
+        } else {
+            format!("datapath = \"{mode}\"\n{daemon_extra}")
+        };
         let text = format!(
             "[daemon]\nnetns_prefix = \"{}\"\nstate_dir = \"{}\"\npin_dir = \"{}\"\nsocket = \"{}\"\n{daemon_extra}\n\n{body}",
             self.prefix,
