@@ -196,20 +196,37 @@ fn leftovers() -> Vec<String> {
 
 fn test(args: &[String]) -> Result<ExitCode> {
     setup()?;
-    let status = Command::new("cargo")
-        .current_dir(root())
-        .args([
-            "nextest",
-            "run",
-            "--workspace",
-            "--exclude",
-            "peerd-ebpf",
-            "--no-fail-fast",
-        ])
-        .args(args)
-        .env("RUST_BACKTRACE", "1")
-        .status()
-        .context("running cargo nextest")?;
+    // Everything on the TC datapath, then the namespace tests again on the XDP datapath: both
+    // datapaths must pass the same integration suite. Each pass ends with nextest's summary.
+    let nextest = |env: Option<(&str, &str)>, filter: Option<&str>| {
+        let mut cmd = Command::new("cargo");
+        cmd.current_dir(root())
+            .args([
+                "nextest",
+                "run",
+                "--workspace",
+                "--exclude",
+                "peerd-ebpf",
+                "--no-fail-fast",
+            ])
+            .args(args)
+            .env("RUST_BACKTRACE", "1");
+        if let Some(f) = filter {
+            cmd.args(["-E", f]);
+        }
+        if let Some((k, v)) = env {
+            cmd.env(k, v);
+        }
+        cmd.status().context("running cargo nextest")
+    };
+    println!("== pass 1 of 2: every test, TC datapath");
+    let tc = nextest(None, None)?;
+    println!("== pass 2 of 2: the namespace tests again, XDP datapath");
+    let xdp = nextest(
+        Some(("PEERD_TEST_DATAPATH", "xdp")),
+        Some("binary(peering) | binary(routing) | binary(operations) | binary(observability)"),
+    )?;
+    let status = if tc.success() { xdp } else { tc };
     // Silent when clean, so the test runner's summary stays the last thing printed.
     let left = leftovers();
     if !left.is_empty() {
