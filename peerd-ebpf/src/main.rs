@@ -3,6 +3,7 @@
 #![no_main]
 
 mod arp;
+mod bench;
 mod decide;
 mod flow;
 mod maps;

@@ -104,6 +104,8 @@ pub struct Daemon {
     /// The flow log, when `[daemon] flow_log` is set.
     pub flow_log: Option<crate::flowlog::Writer>,
     pub flow_log_error: Option<String>,
+    /// Host spec and state of each VPC as last ensured.
+    pub applied: BTreeMap<String, (netns::VpcHostSpec, netns::VpcHostState)>,
 }
 
 pub type Shared = Arc<Mutex<Daemon>>;
@@ -132,6 +134,7 @@ impl Daemon {
             last_reload_unix: state::unix(SystemTime::now()),
             flow_log: None,
             flow_log_error: None,
+            applied: BTreeMap::new(),
         };
         d.reconcile()?;
         Ok(d)
@@ -167,7 +170,9 @@ impl Daemon {
                     return Ok(());
                 }
                 self.cfg = cfg;
-                self.reconcile()
+                // A reload touches only the VPCs whose host spec changed; repairs of the others
+                // are the job of drift events and the periodic full resync.
+                self.reconcile_with(false)
             }
             Err(e) => {
                 error!(error = %e, "configuration rejected; the last good one stays in force");
@@ -178,7 +183,14 @@ impl Daemon {
     }
 
     /// Makes host and datapath match the last good configuration; changes only the difference.
+    /// Every VPC's host state is checked against the system.
     pub fn reconcile(&mut self) -> Result<(), Error> {
+        self.reconcile_with(true)
+    }
+
+    /// `full = false` trusts VPCs whose host spec is unchanged since they were last ensured
+    /// (fast reloads on big hosts).
+    pub fn reconcile_with(&mut self, full: bool) -> Result<(), Error> {
         let started = Instant::now();
         let now = SystemTime::now();
         let mut actions = Vec::new();
@@ -214,8 +226,11 @@ impl Daemon {
 
         // Host: namespaces, links, neighbours, routes.
         let mut tables = std::mem::take(&mut plan.tables);
-        self.vpc_errors.clear();
+        if full {
+            self.vpc_errors.clear();
+        }
         let mut attach = Vec::new();
+        let mut keep = BTreeSet::new();
         let mut restore_features = Vec::new();
         for v in &plan.vpcs {
             let spec = netns::VpcHostSpec {
@@ -234,8 +249,23 @@ impl Daemon {
             if spec.xdp.is_none() {
                 restore_features.push(v.netns.clone());
             }
-            match netns::ensure_vpc(&spec) {
+            let known = self
+                .applied
+                .get(&v.name)
+                .filter(|(s, _)| !full && *s == spec)
+                .map(|(_, h)| *h);
+            let ensured = match known {
+                Some(h) => Ok((h, netns::Changes::default())),
+                None => netns::ensure_vpc(&spec),
+            };
+            if known.is_none() {
+                self.vpc_errors.remove(&v.name);
+            }
+            match ensured {
                 Ok((host, changes)) => {
+                    if known.is_none() {
+                        self.applied.insert(v.name.clone(), (spec.clone(), host));
+                    }
                     actions.extend(changes.actions);
                     tables.ifaces.insert(
                         host.host_ifindex,
@@ -253,9 +283,13 @@ impl Daemon {
                             gw_mac: host.host_mac,
                         },
                     );
-                    attach.push((v.name.clone(), v.host_if.clone(), host.host_ifindex));
+                    if known.is_none() {
+                        attach.push((v.name.clone(), v.host_if.clone(), host.host_ifindex));
+                    }
+                    keep.insert((v.host_if.clone(), host.host_ifindex));
                 }
                 Err(e) => {
+                    self.applied.remove(&v.name);
                     error!(vpc = %v.name, error = %e, "VPC host state not ready");
                     self.vpc_errors.insert(v.name.clone(), e.to_string());
                 }
@@ -285,7 +319,6 @@ impl Daemon {
         if st.removed > 0 {
             actions.push(format!("removed {} datapath map entries", st.removed));
         }
-        let mut keep = BTreeSet::new();
         for (vpc, ifname, ifindex) in &attach {
             match self
                 .datapath
@@ -303,14 +336,15 @@ impl Daemon {
                 Ok(datapath::Attach::Unchanged) => {}
                 Err(e) => {
                     error!(vpc = %vpc, error = %e, "attaching datapath");
+                    self.applied.remove(vpc);
                     self.vpc_errors.insert(vpc.clone(), e.to_string());
                 }
             }
-            keep.insert((ifname.clone(), *ifindex));
         }
 
         // VPCs peerd created that are no longer configured.
         let new_vpcs: BTreeSet<String> = plan.vpcs.iter().map(|v| v.name.clone()).collect();
+        self.applied.retain(|name, _| new_vpcs.contains(name));
         for gone in old_vpcs.difference(&new_vpcs) {
             let ns = format!("{}{}", self.cfg.daemon.netns_prefix, gone);
             match netns::remove_vpc(&ns, &netns::host_ifname(&ns)) {
