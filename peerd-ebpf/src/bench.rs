@@ -8,12 +8,54 @@ use aya_ebpf::{
     },
     helpers::{bpf_redirect, bpf_redirect_peer},
     macros::{classifier, map, xdp},
-    maps::HashMap,
+    maps::{Array, HashMap, PerCpuArray},
     programs::{TcContext, XdpContext},
 };
-use peerd_common::VpcInfo;
+use peerd_common::{BenchGen, VpcInfo};
 
 use crate::parse::{ptr_at, EthHdr};
+
+#[map(name = "PEERD_BENCH_SINK")]
+static SINK: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// The benchmark's sink: on the destination VPC's link, counts and drops (so the count is what
+/// the path delivered, without the cost of a socket).
+#[classifier]
+pub fn bench_sink_tc(_ctx: TcContext) -> i32 {
+    if let Some(c) = SINK.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot.
+        unsafe { *c += 1 };
+    }
+    TC_ACT_SHOT
+}
+
+#[map(name = "PEERD_BENCH_GEN")]
+static GEN: Array<BenchGen> = Array::with_max_entries(1, 0);
+
+/// The benchmark's generator, run with BPF_PROG_TEST_RUN in live-frames mode: frames are
+/// recycled between repetitions, and every hop after it rewrites headers (TTL, MACs), so the
+/// headers are restored from the template each time.
+#[xdp]
+pub fn bench_gen_xdp(ctx: XdpContext) -> u32 {
+    let Some(cfg) = GEN.get(0) else {
+        return XDP_DROP;
+    };
+    let Some(hdr) = ptr_at::<[u8; 34]>(ctx.data(), ctx.data_end(), 0) else {
+        return XDP_DROP;
+    };
+    // SAFETY: bounds-checked by ptr_at. Byte by byte: no memcpy in BPF.
+    unsafe {
+        for i in 0..34 {
+            (*hdr)[i] = cfg.template[i];
+        }
+    }
+    if cfg.action == 1 {
+        // SAFETY: plain helper call.
+        unsafe { bpf_redirect(cfg.ifindex, 0) as u32 }
+    } else {
+        XDP_PASS
+    }
+}
 
 /// Ingress ifindex -> where the ceiling programs send everything.
 #[map(name = "PEERD_BENCH")]

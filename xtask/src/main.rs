@@ -39,6 +39,19 @@ enum Cmd {
     },
     /// Setup, build, and run peerd on configs/demo.toml in the foreground.
     Demo,
+    /// Benchmarks: peerd against the kernel and the hooks' ceilings, and at scale; writes
+    /// bench/results.json, bench/REPORT.md and bench/chart.svg.
+    Bench {
+        /// A short smoke run (fewer rounds, shorter measurements, smaller scales).
+        #[arg(long)]
+        quick: bool,
+        /// Interleaved rounds (default 5; 1 with --quick).
+        #[arg(long)]
+        rounds: Option<u32>,
+        /// Output directory.
+        #[arg(long, default_value = "bench")]
+        out: PathBuf,
+    },
 }
 
 fn root() -> PathBuf {
@@ -240,6 +253,29 @@ fn test(args: &[String]) -> Result<ExitCode> {
     })
 }
 
+fn bench(quick: bool, rounds: Option<u32>, out: &Path) -> Result<()> {
+    setup()?;
+    let root = root();
+    run(Command::new("cargo").current_dir(&root).args([
+        "build",
+        "--release",
+        "-p",
+        "peerd",
+        "--bins",
+    ]))?;
+    let mut cmd = Command::new(root.join("target/release/peerd-bench"));
+    cmd.current_dir(&root).arg("--out").arg(out);
+    if quick {
+        cmd.arg("--quick");
+    }
+    if let Some(r) = rounds {
+        cmd.args(["--rounds", &r.to_string()]);
+    }
+    run(&mut cmd)?;
+    println!("report: {}", root.join(out).join("REPORT.md").display());
+    Ok(())
+}
+
 fn demo() -> Result<()> {
     setup()?;
     let root = root();
@@ -304,6 +340,7 @@ fn main() -> Result<ExitCode> {
         Cmd::Setup => setup().map(|_| ExitCode::SUCCESS),
         Cmd::Test { args } => test(&args),
         Cmd::Demo => demo().map(|_| ExitCode::SUCCESS),
+        Cmd::Bench { quick, rounds, out } => bench(quick, rounds, &out).map(|_| ExitCode::SUCCESS),
     }
 }
 
