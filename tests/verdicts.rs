@@ -73,9 +73,11 @@ fn topology() -> Tables {
             _pad: 0,
         },
     );
+    // No ROUTE_INSIDE_DST here: these tables exercise the full destination check.
     let r = |p, d| RouteTarget {
         peering: p,
         dst_vpc: d,
+        ..Default::default()
     };
     t.routes
         .insert((1, "10.2.0.0/16".parse().unwrap()), r(1, 2));

@@ -179,7 +179,12 @@ pub struct RouteTarget {
     pub peering: u32,
     /// VPC slot of the peering's other end, seen from the table's VPC.
     pub dst_vpc: u32,
+    /// `ROUTE_INSIDE_DST` when the route's prefix lies inside one of `dst_vpc`'s CIDRs: then
+    /// every destination it matches is in the peer, and the datapath skips that lookup.
+    pub flags: u32,
+    pub _pad: u32,
 }
+pub const ROUTE_INSIDE_DST: u32 = 1;
 
 /// `PEERD_SRC_*` value: the route table that applies to sources in this prefix
 /// (a VPC CIDR or a subnet); `TABLE_NONE` when none does.
@@ -246,7 +251,7 @@ macro_rules! assert_layout {
 assert_layout!(IfaceInfo, 8, 4);
 assert_layout!(VpcInfo, 20, 4);
 assert_layout!(PeeringInfo, 16, 4);
-assert_layout!(RouteTarget, 8, 4);
+assert_layout!(RouteTarget, 16, 4);
 assert_layout!(SrcInfo, 4, 4);
 assert_layout!(KeyV4, 8, 1);
 assert_layout!(KeyV6, 20, 1);

@@ -4,7 +4,8 @@
 //! already rewritten: TTL / hop limit decremented, MACs set), reply out of the same link (ARP
 //! for the gateway), or drop (already counted by reason).
 use peerd_common::{
-    fwd_index, DropReason, FlowKey, RouteTarget, SrcInfo, PEERING_ACTIVE, TABLE_NONE, VPC_PRESENT,
+    fwd_index, DropReason, FlowKey, RouteTarget, SrcInfo, PEERING_ACTIVE, ROUTE_INSIDE_DST,
+    TABLE_NONE, VPC_PRESENT,
 };
 
 use crate::{
@@ -123,7 +124,11 @@ fn choose(
     let Some(target) = route(src.table) else {
         return Err(drop(src_vpc, DropReason::NoRoute, len));
     };
-    let (peering, dst_vpc) = (target.peering, target.dst_vpc);
+    let (peering, dst_vpc, inside) = (
+        target.peering,
+        target.dst_vpc,
+        target.flags & ROUTE_INSIDE_DST != 0,
+    );
     let Some(p) = maps::PEERINGS.get(peering) else {
         return Err(drop(src_vpc, DropReason::Blackhole, len));
     };
@@ -131,7 +136,7 @@ fn choose(
         return Err(drop(src_vpc, DropReason::Blackhole, len));
     }
     let dir = if p.vpc_a == src_vpc { 0 } else { 1 };
-    if !dst_in(dst_vpc) {
+    if !inside && !dst_in(dst_vpc) {
         return Err(drop(src_vpc, DropReason::NotPeerDestination, len));
     }
     Ok((peering, dir, dst_vpc))
@@ -252,6 +257,21 @@ fn ipv4_route(
 /// Verifies the IPv4 header checksum over `ihl` 32-bit words (bounded loop).
 #[inline(always)]
 fn ipv4_checksum_ok(data: usize, data_end: usize, ihl: u32) -> bool {
+    if ihl == 5 {
+        // The common case: no options, ten words, unrolled.
+        let Some(h) = ptr_at::<[u8; 20]>(data, data_end, ETH_LEN) else {
+            return false;
+        };
+        // SAFETY: bounds-checked by ptr_at.
+        let h = unsafe { &*h };
+        let mut sum: u32 = 0;
+        for i in 0..10 {
+            sum += u16::from_be_bytes([h[2 * i], h[2 * i + 1]]) as u32;
+        }
+        sum = (sum & 0xffff) + (sum >> 16);
+        sum = (sum & 0xffff) + (sum >> 16);
+        return sum == 0xffff;
+    }
     let mut sum: u32 = 0;
     let words = ihl * 2;
     for i in 0..30u32 {

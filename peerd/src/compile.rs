@@ -6,7 +6,7 @@ use std::{
 };
 
 use ipnet::IpNet;
-use peerd_common::{PeeringInfo, RouteTarget, PEERING_ACTIVE, TABLE_NONE};
+use peerd_common::{PeeringInfo, RouteTarget, PEERING_ACTIVE, ROUTE_INSIDE_DST, TABLE_NONE};
 
 use crate::{
     config::{Config, Peering, PeeringState, Vpc},
@@ -158,11 +158,16 @@ pub fn compile(cfg: &Config, peerings: Vec<Peering>, st: &mut State) -> Result<P
                     let peer = other(&v.name, &r.peering).unwrap_or("");
                     let dst_vpc = slot.get(peer).copied().unwrap_or(0);
                     let pslot = plan.peering_slots.get(&r.peering).copied().unwrap_or(0);
+                    let inside = by_name
+                        .get(peer)
+                        .is_some_and(|p| p.cidrs.iter().any(|c| c.contains(&r.destination)));
                     plan.tables.routes.insert(
                         (id, r.destination),
                         RouteTarget {
                             peering: pslot,
                             dst_vpc,
+                            flags: if inside { ROUTE_INSIDE_DST } else { 0 },
+                            _pad: 0,
                         },
                     );
                     ns_routes.insert(r.destination);
@@ -195,9 +200,12 @@ pub fn compile(cfg: &Config, peerings: Vec<Peering>, st: &mut State) -> Result<P
                 let Some(peer) = other(&v.name, &pe.id).and_then(|n| by_name.get(n)) else {
                     continue;
                 };
+                // Automatic routes are the peer's own CIDRs: always inside it.
                 let target = RouteTarget {
                     peering: plan.peering_slots[&pe.id],
                     dst_vpc: slot[peer.name.as_str()],
+                    flags: ROUTE_INSIDE_DST,
+                    _pad: 0,
                 };
                 for c in &peer.cidrs {
                     plan.tables.routes.insert((id, *c), target);

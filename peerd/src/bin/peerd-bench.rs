@@ -875,6 +875,8 @@ fn scale_tables(vpcs: u32, routes: u32) -> Tables {
             RouteTarget {
                 peering: 1,
                 dst_vpc: other,
+                flags: peerd_common::ROUTE_INSIDE_DST,
+                _pad: 0,
             },
         );
         t.routes.insert(
@@ -882,6 +884,8 @@ fn scale_tables(vpcs: u32, routes: u32) -> Tables {
             RouteTarget {
                 peering: 1,
                 dst_vpc: other,
+                flags: peerd_common::ROUTE_INSIDE_DST,
+                _pad: 0,
             },
         );
         for r in 2..routes {
@@ -891,6 +895,7 @@ fn scale_tables(vpcs: u32, routes: u32) -> Tables {
                 RouteTarget {
                     peering: 1,
                     dst_vpc: other,
+                    ..Default::default()
                 },
             );
         }
