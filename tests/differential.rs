@@ -20,7 +20,7 @@ use peerd::{
     state::State,
     tables::{decide, Decision, Tables},
 };
-use peerd_common::{IfaceInfo, VpcInfo, VPC_PRESENT};
+use peerd_common::{VpcInfo, VPC_PRESENT};
 
 const TOPOLOGIES: u64 = 40;
 const PACKETS_PER_TOPOLOGY: usize = 2600; // 104,000 packets per run
@@ -173,13 +173,21 @@ fn random_config(rng: &mut Rng) -> String {
         }
         if tables.contains_key("t1") {
             let c = rng.pick(cidrs).to_owned();
-            let s = sub(
-                rng,
-                &c,
-                c.prefix_len() + 1,
-                c.max_prefix_len().min(c.prefix_len() + 12),
-            );
-            text += &format!("[[vpc.subnet]]\ncidr = \"{s}\"\nroute_table = \"t1\"\n");
+            if rng.chance(30) && c.prefix_len() + 3 <= c.max_prefix_len() {
+                // Five disjoint subnets: more source prefixes than the datapath keeps inline
+                // in its interface entry, so the source tries are used.
+                for s in c.subnets(c.prefix_len() + 3).unwrap().take(5) {
+                    text += &format!("[[vpc.subnet]]\ncidr = \"{s}\"\nroute_table = \"t1\"\n");
+                }
+            } else {
+                let s = sub(
+                    rng,
+                    &c,
+                    c.prefix_len() + 1,
+                    c.max_prefix_len().min(c.prefix_len() + 12),
+                );
+                text += &format!("[[vpc.subnet]]\ncidr = \"{s}\"\nroute_table = \"t1\"\n");
+            }
         }
         for (t, routes) in tables {
             let r: Vec<String> = routes
@@ -205,13 +213,7 @@ fn tables_for(cfg: &Config) -> Tables {
     let plan = compile::compile(cfg, peerings, &mut st).expect("compile");
     let mut t = plan.tables;
     for v in &plan.vpcs {
-        t.ifaces.insert(
-            1000 + v.slot,
-            IfaceInfo {
-                vpc: v.slot,
-                _pad: 0,
-            },
-        );
+        t.ifaces.insert(1000 + v.slot, v.slot);
         t.vpcs.insert(
             v.slot,
             VpcInfo {

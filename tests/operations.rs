@@ -324,6 +324,62 @@ fn an_active_peering_loses_nothing_through_edits_restarts_kills_and_bad_configs(
     );
 }
 
+/// An upgrade that changed a map's layout: the pinned map of the old build is replaced, not
+/// reused (reusing it would fail to load or misread it), and traffic flows.
+#[test]
+fn a_pinned_map_with_an_old_layout_is_replaced() {
+    if !common::can_run() {
+        return;
+    }
+    let mut env = Env::new();
+    let maps = env.pin_dir.join("maps");
+    std::fs::create_dir_all(&maps).unwrap();
+    let pinned = maps.join("PEERD_IFACES");
+    let old = pinned.to_str().unwrap().to_owned();
+    // The layout before the inline source prefixes: an 8-byte value.
+    sh(&[
+        "bpftool",
+        "map",
+        "create",
+        &old,
+        "type",
+        "hash",
+        "key",
+        "4",
+        "value",
+        "8",
+        "entries",
+        "4096",
+        "name",
+        "PEERD_IFACES",
+    ]);
+    assert!(sh(&["bpftool", "map", "show", "pinned", &old]).contains("value 8B"));
+    env.write_config(&format!(
+        "{}{}",
+        vpc("a", "10.0.0.0/16", &[("pcx-ab", "b")]),
+        vpc("b", "10.1.0.0/16", &[("pcx-ab", "a")])
+    ));
+    env.start();
+    env.add_addr("a", "10.0.0.1");
+    env.add_addr("b", "10.1.0.1");
+    assert!(
+        env.ping("a", "10.0.0.1", "10.1.0.1", 1),
+        "forwards after the upgrade"
+    );
+    let shown = sh(&["bpftool", "map", "show", "pinned", &old]);
+    assert!(
+        shown.contains(&format!(
+            "value {}B",
+            std::mem::size_of::<peerd_common::IfaceInfo>()
+        )),
+        "the pinned map has this build's layout: {shown}"
+    );
+    assert!(
+        env.log().contains("another layout"),
+        "the replacement is logged"
+    );
+}
+
 #[test]
 fn drift_is_repaired() {
     let base = format!(

@@ -11,9 +11,7 @@ use peerd::{
     datapath::Datapath,
     tables::{decide, Decision, Tables},
 };
-use peerd_common::{
-    DropReason, IfaceInfo, PeeringInfo, RouteTarget, VpcInfo, PEERING_ACTIVE, VPC_PRESENT,
-};
+use peerd_common::{DropReason, PeeringInfo, RouteTarget, VpcInfo, PEERING_ACTIVE, VPC_PRESENT};
 
 const TC_ACT_SHOT: u32 = 2;
 const TC_ACT_REDIRECT: u32 = 7;
@@ -40,7 +38,7 @@ fn ip(s: &str) -> IpAddr {
 fn topology() -> Tables {
     let mut t = Tables::default();
     for v in 1..=3u32 {
-        t.ifaces.insert(100 + v, IfaceInfo { vpc: v, _pad: 0 });
+        t.ifaces.insert(100 + v, v);
         t.vpcs.insert(
             v,
             VpcInfo {

@@ -136,12 +136,44 @@ pub struct FlowValue {
 pub const FLOW_ACCEPT: u32 = 0;
 pub const FLOW_REJECT_BASE: u32 = 1;
 
-/// `PEERD_IFACES` value, keyed by the ifindex of a VPC's host-side veth.
+/// `PEERD_IFACES` value, keyed by the ifindex of a VPC's host-side veth: the VPC behind the
+/// link and, when the VPC has few source prefixes (its CIDRs and subnets), those prefixes
+/// inline, so the source check is a few mask compares on data the program already holds
+/// instead of a trie lookup.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct IfaceInfo {
     pub vpc: u32,
+    /// Entries used in `src4` / `src6`, or `IFACE_SRC_TRIE`: too many, look them up in
+    /// `PEERD_SRC_V4` / `PEERD_SRC_V6`.
+    pub n_src4: u32,
+    pub n_src6: u32,
     pub _pad: u32,
+    /// The VPC's source prefixes, longest first (so the first match is the longest).
+    pub src4: [SrcV4; IFACE_SRC4],
+    pub src6: [SrcV6; IFACE_SRC6],
+}
+pub const IFACE_SRC4: usize = 4;
+pub const IFACE_SRC6: usize = 2;
+pub const IFACE_SRC_TRIE: u32 = u32::MAX;
+
+/// An inline IPv4 source prefix: `addr & mask == net` selects route table `table`
+/// (`TABLE_NONE`: none).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SrcV4 {
+    pub net: [u8; 4],
+    pub mask: [u8; 4],
+    pub table: u32,
+}
+
+/// An inline IPv6 source prefix.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SrcV6 {
+    pub net: [u8; 16],
+    pub mask: [u8; 16],
+    pub table: u32,
 }
 
 /// `PEERD_VPCS` value, indexed by VPC slot.
@@ -248,7 +280,9 @@ macro_rules! assert_layout {
         const _: () = assert!(core::mem::align_of::<$t>() == $align);
     };
 }
-assert_layout!(IfaceInfo, 8, 4);
+assert_layout!(IfaceInfo, 136, 4);
+assert_layout!(SrcV4, 12, 4);
+assert_layout!(SrcV6, 36, 4);
 assert_layout!(VpcInfo, 20, 4);
 assert_layout!(PeeringInfo, 16, 4);
 assert_layout!(RouteTarget, 16, 4);

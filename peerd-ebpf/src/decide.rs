@@ -4,8 +4,8 @@
 //! already rewritten: TTL / hop limit decremented, MACs set), reply out of the same link (ARP
 //! for the gateway), or drop (already counted by reason).
 use peerd_common::{
-    fwd_index, DropReason, FlowKey, RouteTarget, SrcInfo, PEERING_ACTIVE, ROUTE_INSIDE_DST,
-    TABLE_NONE, VPC_PRESENT,
+    fwd_index, DropReason, FlowKey, IfaceInfo, RouteTarget, IFACE_SRC4, IFACE_SRC6, IFACE_SRC_TRIE,
+    PEERING_ACTIVE, ROUTE_INSIDE_DST, TABLE_NONE, VPC_PRESENT,
 };
 
 use crate::{
@@ -90,8 +90,8 @@ pub fn process(data: usize, data_end: usize, ifindex: u32, len: u32) -> Verdict 
     let (proto, dst_mac0) = unsafe { (u16::from_be_bytes((*eth).proto), (*eth).dst[0]) };
     match proto {
         ETH_P_IP | ETH_P_IPV6 if dst_mac0 & 1 != 0 => drop(vpc, DropReason::NotUnicast, len),
-        ETH_P_IP => ipv4(data, data_end, vpc, len),
-        ETH_P_IPV6 => ipv6(data, data_end, vpc, len),
+        ETH_P_IP => ipv4(data, data_end, iface, len),
+        ETH_P_IPV6 => ipv6(data, data_end, iface, len),
         ETH_P_ARP => {
             let Some(me) = maps::VPCS.get(vpc) else {
                 return drop(vpc, DropReason::RedirectFailed, len);
@@ -110,18 +110,18 @@ pub fn process(data: usize, data_end: usize, ifindex: u32, len: u32) -> Verdict 
 #[inline(always)]
 fn choose(
     src_vpc: u32,
-    src: Option<&SrcInfo>,
+    src_table: Option<u32>,
     route: impl FnOnce(u32) -> Option<&'static RouteTarget>,
     dst_in: impl FnOnce(u32) -> bool,
     len: u32,
 ) -> Result<(u32, u32, u32), Verdict> {
-    let Some(src) = src else {
+    let Some(table) = src_table else {
         return Err(drop(src_vpc, DropReason::SpoofedSource, len));
     };
-    if src.table == TABLE_NONE {
+    if table == TABLE_NONE {
         return Err(drop(src_vpc, DropReason::NoRoute, len));
     }
-    let Some(target) = route(src.table) else {
+    let Some(target) = route(table) else {
         return Err(drop(src_vpc, DropReason::NoRoute, len));
     };
     let (peering, dst_vpc, inside) = (
@@ -169,8 +169,59 @@ fn deliver(eth: *mut EthHdr, src_vpc: u32, dst_vpc: u32, fwd_slot: u32, len: u32
     }
 }
 
+/// The route table for an IPv4 source in the link's VPC (longest matching source prefix); None
+/// when the source is not the VPC's (spoofed).
 #[inline(always)]
-fn ipv4(data: usize, data_end: usize, vpc: u32, len: u32) -> Verdict {
+fn src_table_v4(iface: &IfaceInfo, src: [u8; 4]) -> Option<u32> {
+    let n = iface.n_src4;
+    if n == IFACE_SRC_TRIE {
+        return maps::src_v4(iface.vpc, src).map(|s| s.table);
+    }
+    let a = u32::from_ne_bytes(src);
+    for i in 0..IFACE_SRC4 {
+        if i as u32 >= n {
+            break;
+        }
+        let e = &iface.src4[i];
+        if a & u32::from_ne_bytes(e.mask) == u32::from_ne_bytes(e.net) {
+            return Some(e.table);
+        }
+    }
+    None
+}
+
+/// As `src_table_v4`, for IPv6 (compared as four 32-bit words).
+#[inline(always)]
+fn src_table_v6(iface: &IfaceInfo, src: &[u8; 16]) -> Option<u32> {
+    let n = iface.n_src6;
+    if n == IFACE_SRC_TRIE {
+        return maps::src_v6(iface.vpc, *src).map(|s| s.table);
+    }
+    let w = |b: &[u8; 16], i: usize| u32::from_ne_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+    for i in 0..IFACE_SRC6 {
+        if i as u32 >= n {
+            break;
+        }
+        let e = &iface.src6[i];
+        if src_word_eq(w(src, 0), w(&e.mask, 0), w(&e.net, 0))
+            && src_word_eq(w(src, 4), w(&e.mask, 4), w(&e.net, 4))
+            && src_word_eq(w(src, 8), w(&e.mask, 8), w(&e.net, 8))
+            && src_word_eq(w(src, 12), w(&e.mask, 12), w(&e.net, 12))
+        {
+            return Some(e.table);
+        }
+    }
+    None
+}
+
+#[inline(always)]
+fn src_word_eq(a: u32, mask: u32, net: u32) -> bool {
+    a & mask == net
+}
+
+#[inline(always)]
+fn ipv4(data: usize, data_end: usize, iface: &IfaceInfo, len: u32) -> Verdict {
+    let vpc = iface.vpc;
     let Some(ip) = ptr_at::<Ipv4Hdr>(data, data_end, ETH_LEN) else {
         return drop(vpc, DropReason::Malformed, len);
     };
@@ -187,30 +238,33 @@ fn ipv4(data: usize, data_end: usize, vpc: u32, len: u32) -> Verdict {
     if !ipv4_checksum_ok(data, data_end, ihl) {
         return drop(vpc, DropReason::Malformed, len);
     }
-    let (src, dst) = (h.src, h.dst);
-    let mut key = FlowKey {
-        src_vpc: vpc,
-        family: 4,
-        proto: h.proto,
-        ..FlowKey::default()
-    };
-    for i in 0..4 {
-        key.src[i] = src[i];
-        key.dst[i] = dst[i];
-    }
-    // Ports from the first fragment of TCP and UDP.
-    let first_fragment = u16::from_be_bytes(h.frag) & 0x1fff == 0;
-    if first_fragment && (h.proto == IPPROTO_TCP || h.proto == IPPROTO_UDP) {
-        let l4 = ETH_LEN + ((ihl as usize) & 0x0f) * 4;
-        if let Some(p) = ptr_at::<[u8; 4]>(data, data_end, l4) {
-            // SAFETY: bounds-checked by ptr_at.
-            let p = unsafe { *p };
-            key.src_port = u16::from_be_bytes([p[0], p[1]]);
-            key.dst_port = u16::from_be_bytes([p[2], p[3]]);
+    let (src, dst, proto, frag) = (h.src, h.dst, h.proto, h.frag);
+    let v = ipv4_route(data, h, iface, src, dst, len);
+    // The flow key only when the flow log is on: building it is a good part of the cost.
+    if flow::enabled() {
+        let mut key = FlowKey {
+            src_vpc: vpc,
+            family: 4,
+            proto,
+            ..FlowKey::default()
+        };
+        for i in 0..4 {
+            key.src[i] = src[i];
+            key.dst[i] = dst[i];
         }
+        // Ports from the first fragment of TCP and UDP.
+        let first_fragment = u16::from_be_bytes(frag) & 0x1fff == 0;
+        if first_fragment && (proto == IPPROTO_TCP || proto == IPPROTO_UDP) {
+            let l4 = ETH_LEN + ((ihl as usize) & 0x0f) * 4;
+            if let Some(p) = ptr_at::<[u8; 4]>(data, data_end, l4) {
+                // SAFETY: bounds-checked by ptr_at.
+                let p = unsafe { *p };
+                key.src_port = u16::from_be_bytes([p[0], p[1]]);
+                key.dst_port = u16::from_be_bytes([p[2], p[3]]);
+            }
+        }
+        flow::record(&key, &v, len);
     }
-    let v = ipv4_route(data, h, vpc, src, dst, len);
-    flow::record(&key, &v, len);
     v
 }
 
@@ -218,17 +272,18 @@ fn ipv4(data: usize, data_end: usize, vpc: u32, len: u32) -> Verdict {
 fn ipv4_route(
     data: usize,
     h: &mut Ipv4Hdr,
-    vpc: u32,
+    iface: &IfaceInfo,
     src: [u8; 4],
     dst: [u8; 4],
     len: u32,
 ) -> Verdict {
+    let vpc = iface.vpc;
     if dst[0] & 0xf0 == 0xe0 || dst == [255, 255, 255, 255] {
         return drop(vpc, DropReason::NotUnicast, len);
     }
     let chosen = choose(
         vpc,
-        maps::src_v4(vpc, src),
+        src_table_v4(iface, src),
         |table| maps::route_v4(table, dst),
         |dst_vpc| maps::src_v4(dst_vpc, dst).is_some(),
         len,
@@ -290,7 +345,8 @@ fn ipv4_checksum_ok(data: usize, data_end: usize, ihl: u32) -> bool {
 }
 
 #[inline(always)]
-fn ipv6(data: usize, data_end: usize, vpc: u32, len: u32) -> Verdict {
+fn ipv6(data: usize, data_end: usize, iface: &IfaceInfo, len: u32) -> Verdict {
+    let vpc = iface.vpc;
     let Some(ip) = ptr_at::<Ipv6Hdr>(data, data_end, ETH_LEN) else {
         return drop(vpc, DropReason::Malformed, len);
     };
@@ -303,25 +359,27 @@ fn ipv6(data: usize, data_end: usize, vpc: u32, len: u32) -> Verdict {
     if payload == 0 || payload + 40 + ETH_LEN as u32 > len {
         return drop(vpc, DropReason::Malformed, len);
     }
-    let (src, dst) = (h.src, h.dst);
-    let mut key = FlowKey {
-        src_vpc: vpc,
-        family: 6,
-        proto: h.next_hdr,
-        src,
-        dst,
-        ..FlowKey::default()
-    };
-    if h.next_hdr == IPPROTO_TCP || h.next_hdr == IPPROTO_UDP {
-        if let Some(p) = ptr_at::<[u8; 4]>(data, data_end, ETH_LEN + 40) {
-            // SAFETY: bounds-checked by ptr_at.
-            let p = unsafe { *p };
-            key.src_port = u16::from_be_bytes([p[0], p[1]]);
-            key.dst_port = u16::from_be_bytes([p[2], p[3]]);
+    let (src, dst, proto) = (h.src, h.dst, h.next_hdr);
+    let v = ipv6_route(data, h, iface, src, dst, len);
+    if flow::enabled() {
+        let mut key = FlowKey {
+            src_vpc: vpc,
+            family: 6,
+            proto,
+            src,
+            dst,
+            ..FlowKey::default()
+        };
+        if proto == IPPROTO_TCP || proto == IPPROTO_UDP {
+            if let Some(p) = ptr_at::<[u8; 4]>(data, data_end, ETH_LEN + 40) {
+                // SAFETY: bounds-checked by ptr_at.
+                let p = unsafe { *p };
+                key.src_port = u16::from_be_bytes([p[0], p[1]]);
+                key.dst_port = u16::from_be_bytes([p[2], p[3]]);
+            }
         }
+        flow::record(&key, &v, len);
     }
-    let v = ipv6_route(data, h, vpc, src, dst, len);
-    flow::record(&key, &v, len);
     v
 }
 
@@ -329,18 +387,19 @@ fn ipv6(data: usize, data_end: usize, vpc: u32, len: u32) -> Verdict {
 fn ipv6_route(
     data: usize,
     h: &mut Ipv6Hdr,
-    vpc: u32,
+    iface: &IfaceInfo,
     src: [u8; 16],
     dst: [u8; 16],
     len: u32,
 ) -> Verdict {
+    let vpc = iface.vpc;
     // Multicast (ff00::/8) and link-local (fe80::/10) destinations are never forwarded.
     if dst[0] == 0xff || (dst[0] == 0xfe && dst[1] & 0xc0 == 0x80) {
         return drop(vpc, DropReason::NotUnicast, len);
     }
     let chosen = choose(
         vpc,
-        maps::src_v6(vpc, src),
+        src_table_v6(iface, &src),
         |table| maps::route_v6(table, dst),
         |dst_vpc| maps::src_v6(dst_vpc, dst).is_some(),
         len,

@@ -11,11 +11,15 @@ use crate::{
 
 const BPF_NOEXIST: u64 = 1;
 
+/// Is the flow log on? Callers build the key only then.
+#[inline(always)]
+pub fn enabled() -> bool {
+    maps::config() & CONFIG_FLOW_LOG != 0
+}
+
+/// Adds the packet to its flow; call only when `enabled()`.
 #[inline(always)]
 pub fn record(key: &FlowKey, verdict: &Verdict, len: u32) {
-    if maps::config() & CONFIG_FLOW_LOG == 0 {
-        return;
-    }
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     let (verdict, dst_vpc, peering) = match verdict.action {

@@ -18,7 +18,7 @@ use crate::{
     state::{self, State},
     tables::Tables,
 };
-use peerd_common::{IfaceInfo, VpcInfo, VPC_PRESENT};
+use peerd_common::{VpcInfo, VPC_PRESENT};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -232,6 +232,11 @@ impl Daemon {
         let mut attach = Vec::new();
         let mut keep = BTreeSet::new();
         let mut restore_features = Vec::new();
+        let mut specs = Vec::with_capacity(plan.vpcs.len());
+        let xdp_links = match self.cfg.daemon.datapath {
+            config::DatapathMode::Tc => self.datapath.xdp_link_ifnames(),
+            config::DatapathMode::Xdp => BTreeSet::new(),
+        };
         for v in &plan.vpcs {
             let spec = netns::VpcHostSpec {
                 netns: v.netns.clone(),
@@ -242,7 +247,7 @@ impl Daemon {
                 // gone (below), or redirects into this VPC would be dropped meanwhile.
                 xdp: match self.cfg.daemon.datapath {
                     config::DatapathMode::Xdp => Some(true),
-                    config::DatapathMode::Tc if self.datapath.has_xdp_link(&v.host_if) => None,
+                    config::DatapathMode::Tc if xdp_links.contains(&v.host_if) => None,
                     config::DatapathMode::Tc => Some(false),
                 },
             };
@@ -254,9 +259,21 @@ impl Daemon {
                 .get(&v.name)
                 .filter(|(s, _)| !full && *s == spec)
                 .map(|(_, h)| *h);
+            specs.push((spec, known));
+        }
+        // The VPCs whose host state must be checked or built, side by side.
+        let todo: Vec<netns::VpcHostSpec> = specs
+            .iter()
+            .filter(|(_, k)| k.is_none())
+            .map(|(s, _)| s.clone())
+            .collect();
+        let mut ensured_all = netns::ensure_vpcs(&todo).into_iter();
+        for (v, (spec, known)) in plan.vpcs.iter().zip(specs) {
             let ensured = match known {
                 Some(h) => Ok((h, netns::Changes::default())),
-                None => netns::ensure_vpc(&spec),
+                None => ensured_all
+                    .next()
+                    .unwrap_or_else(|| Err(netns::Error::Thread(spec.netns.clone()))),
             };
             if known.is_none() {
                 self.vpc_errors.remove(&v.name);
@@ -267,13 +284,7 @@ impl Daemon {
                         self.applied.insert(v.name.clone(), (spec.clone(), host));
                     }
                     actions.extend(changes.actions);
-                    tables.ifaces.insert(
-                        host.host_ifindex,
-                        IfaceInfo {
-                            vpc: v.slot,
-                            _pad: 0,
-                        },
-                    );
+                    tables.ifaces.insert(host.host_ifindex, v.slot);
                     tables.vpcs.insert(
                         v.slot,
                         VpcInfo {
@@ -312,7 +323,11 @@ impl Daemon {
         self.datapath.set_flow_log(self.flow_log.is_some())?;
 
         // Datapath: new entries first, then removals; then attach to new links.
-        let st = self.datapath.sync(&tables)?;
+        let st = if full {
+            self.datapath.sync(&tables)?
+        } else {
+            self.datapath.sync_incremental(&tables)?
+        };
         if st.written > 0 {
             actions.push(format!("wrote {} datapath map entries", st.written));
         }

@@ -26,7 +26,7 @@ use peerd_common::{
     maps as names, Counter, DropReason, FlowKey, FlowValue, IfaceInfo, KeyV4, KeyV6, PeeringInfo,
     RouteTarget, SrcInfo, VpcInfo, CONFIG_FLOW_LOG, DROP_SLOTS,
 };
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::{config::DatapathMode, tables::Tables};
 
@@ -201,6 +201,9 @@ impl SyncStats {
 pub struct Datapath {
     ebpf: Ebpf,
     link_dir: PathBuf,
+    /// What the last successful sync wrote: `sync_incremental` diffs against it instead of
+    /// reading every entry back from the kernel.
+    shadow: Option<Tables>,
     ifaces: HashMap<MapData, u32, IfaceInfo>,
     vpcs: Array<MapData, VpcInfo>,
     peerings: Array<MapData, PeeringInfo>,
@@ -222,6 +225,42 @@ macro_rules! take {
     }};
 }
 
+/// Unpins every map under `map_dir` whose shape (key size, value size, entries) differs from
+/// this build's, so the loader creates it anew instead of reusing it: an upgrade that changed a
+/// map's layout. The running programs keep the old map (they hold a reference) until their
+/// links get the new program, after the new maps are filled; nothing stops forwarding.
+fn unpin_incompatible(map_dir: &Path) -> Result<(), Error> {
+    let obj = aya_obj::Object::parse(OBJECT).map_err(|e| Error::Load {
+        path: map_dir.into(),
+        source: Box::new(aya::EbpfError::ParseError(e)),
+    })?;
+    for (name, m) in &obj.maps {
+        let path = map_dir.join(name);
+        if !path.exists() {
+            continue;
+        }
+        let Ok(info) = aya::maps::MapInfo::from_pin(&path) else {
+            continue;
+        };
+        let have = (info.key_size(), info.value_size(), info.max_entries());
+        let want = (m.key_size(), m.value_size(), m.max_entries());
+        if have != want {
+            warn!(
+                map = %name,
+                pinned = ?have,
+                built = ?want,
+                "pinned map has another layout (an upgrade): replacing it"
+            );
+            fs::remove_file(&path).map_err(|source| Error::Io {
+                op: "unpinning",
+                path: path.clone(),
+                source,
+            })?;
+        }
+    }
+    Ok(())
+}
+
 impl Datapath {
     /// Loads the datapath. Maps are pinned under `pin_dir/maps` and reused when they exist,
     /// so a restarted daemon keeps the tables and counters the running datapath uses.
@@ -236,6 +275,7 @@ impl Datapath {
         let link_dir = pin_dir.join("links");
         mkdir(&map_dir)?;
         mkdir(&link_dir)?;
+        unpin_incompatible(&map_dir)?;
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&map_dir)
             .load(OBJECT)
@@ -284,6 +324,7 @@ impl Datapath {
             flow_lost: take!(ebpf, names::FLOW_LOST),
             ebpf,
             link_dir,
+            shadow: None,
         })
     }
 
@@ -299,13 +340,138 @@ impl Datapath {
             .expect("loaded in Datapath::load")
     }
 
+    /// As `sync`, but when a previous sync succeeded, only the differences between what it
+    /// wrote and `t` are written: a reload at a thousand VPCs touches a handful of entries
+    /// instead of reading tens of thousands back. Anything else writing the maps is repaired by
+    /// the next full `sync` (the periodic resync).
+    pub fn sync_incremental(&mut self, t: &Tables) -> Result<SyncStats, Error> {
+        let Some(old) = self.shadow.take() else {
+            return self.sync(t);
+        };
+        let st = self.sync_diff(&old, t)?;
+        self.shadow = Some(t.clone());
+        Ok(st)
+    }
+
+    fn sync_diff(&mut self, old: &Tables, t: &Tables) -> Result<SyncStats, Error> {
+        let mut st = SyncStats::default();
+        let (new_if, old_if) = (t.iface_infos(), old.iface_infos());
+        for (ifindex, info) in &new_if {
+            if old_if.get(ifindex) != Some(info) {
+                self.ifaces
+                    .insert(ifindex, info, 0)
+                    .map_err(map_err(names::IFACES, "insert"))?;
+                st.written += 1;
+            }
+        }
+        for (slot, info) in &t.vpcs {
+            if old.vpcs.get(slot) != Some(info) {
+                self.vpcs
+                    .set(*slot, info, 0)
+                    .map_err(map_err(names::VPCS, "set"))?;
+                st.written += 1;
+            }
+        }
+        for (slot, info) in &t.peerings {
+            if old.peerings.get(slot) != Some(info) {
+                self.peerings
+                    .set(*slot, info, 0)
+                    .map_err(map_err(names::PEERINGS, "set"))?;
+                st.written += 1;
+            }
+        }
+        for (key @ (id, net), table) in &t.src {
+            if old.src.get(key) == Some(table) {
+                continue;
+            }
+            let v = SrcInfo { table: *table };
+            if let Some(k) = key4(*id, net) {
+                self.src_v4
+                    .insert(&k, v, 0)
+                    .map_err(map_err(names::SRC_V4, "insert"))?;
+            } else if let Some(k) = key6(*id, net) {
+                self.src_v6
+                    .insert(&k, v, 0)
+                    .map_err(map_err(names::SRC_V6, "insert"))?;
+            }
+            st.written += 1;
+        }
+        for (key @ (id, net), v) in &t.routes {
+            if old.routes.get(key) == Some(v) {
+                continue;
+            }
+            if let Some(k) = key4(*id, net) {
+                self.routes_v4
+                    .insert(&k, v, 0)
+                    .map_err(map_err(names::ROUTES_V4, "insert"))?;
+            } else if let Some(k) = key6(*id, net) {
+                self.routes_v6
+                    .insert(&k, v, 0)
+                    .map_err(map_err(names::ROUTES_V6, "insert"))?;
+            }
+            st.written += 1;
+        }
+        // Removals: routes and sources first, then what they point at.
+        for (id, net) in old.routes.keys().filter(|k| !t.routes.contains_key(k)) {
+            if let Some(k) = key4(*id, net) {
+                self.routes_v4
+                    .remove(&k)
+                    .map_err(map_err(names::ROUTES_V4, "remove"))?;
+            } else if let Some(k) = key6(*id, net) {
+                self.routes_v6
+                    .remove(&k)
+                    .map_err(map_err(names::ROUTES_V6, "remove"))?;
+            }
+            st.removed += 1;
+        }
+        for (id, net) in old.src.keys().filter(|k| !t.src.contains_key(k)) {
+            if let Some(k) = key4(*id, net) {
+                self.src_v4
+                    .remove(&k)
+                    .map_err(map_err(names::SRC_V4, "remove"))?;
+            } else if let Some(k) = key6(*id, net) {
+                self.src_v6
+                    .remove(&k)
+                    .map_err(map_err(names::SRC_V6, "remove"))?;
+            }
+            st.removed += 1;
+        }
+        for k in old_if.keys().filter(|k| !new_if.contains_key(k)) {
+            self.ifaces
+                .remove(k)
+                .map_err(map_err(names::IFACES, "remove"))?;
+            st.removed += 1;
+        }
+        for slot in old.peerings.keys().filter(|k| !t.peerings.contains_key(k)) {
+            self.peerings
+                .set(*slot, PeeringInfo::default(), 0)
+                .map_err(map_err(names::PEERINGS, "clear"))?;
+            st.removed += 1;
+        }
+        for slot in old.vpcs.keys().filter(|k| !t.vpcs.contains_key(k)) {
+            self.vpcs
+                .set(*slot, VpcInfo::default(), 0)
+                .map_err(map_err(names::VPCS, "clear"))?;
+            st.removed += 1;
+        }
+        Ok(st)
+    }
+
     /// Makes the maps hold exactly `t`: first every new or changed entry is written, then the
     /// entries `t` does not have are removed, so no packet of an unchanged flow sees a gap.
+    /// Reads every entry back from the kernel, so it also repairs changes made by others.
     pub fn sync(&mut self, t: &Tables) -> Result<SyncStats, Error> {
+        self.shadow = None;
+        let st = self.sync_full(t)?;
+        self.shadow = Some(t.clone());
+        Ok(st)
+    }
+
+    fn sync_full(&mut self, t: &Tables) -> Result<SyncStats, Error> {
         let mut st = SyncStats::default();
 
         // Writes.
-        for (ifindex, info) in &t.ifaces {
+        for (ifindex, info) in &t.iface_infos() {
             if self.ifaces.get(ifindex, 0).ok().as_ref() != Some(info) {
                 self.ifaces
                     .insert(ifindex, info, 0)
@@ -485,14 +651,20 @@ impl Datapath {
     }
 
     /// Is an XDP link pinned for host-side link `ifname` (any ifindex)?
-    pub fn has_xdp_link(&self, ifname: &str) -> bool {
-        let prefix = format!("xdp-{ifname}-");
+    /// The links (by interface name) that have a pinned XDP link: read once per reconcile
+    /// (one directory scan, not one per VPC).
+    pub fn xdp_link_ifnames(&self) -> BTreeSet<String> {
         fs::read_dir(&self.link_dir)
             .map(|d| {
                 d.flatten()
-                    .any(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+                    .filter_map(|e| {
+                        let name = e.file_name().to_string_lossy().into_owned();
+                        let rest = name.strip_prefix("xdp-")?;
+                        rest.rsplit_once('-').map(|(ifname, _)| ifname.to_owned())
+                    })
+                    .collect()
             })
-            .unwrap_or(false)
+            .unwrap_or_default()
     }
 
     pub fn xdp_program(&mut self) -> &mut Xdp {

@@ -16,7 +16,7 @@ use std::{
 use futures::TryStreamExt as _;
 use ipnet::IpNet;
 use netlink_packet_route::{
-    link::{LinkAttribute, LinkFlags, LinkMessage},
+    link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkMessage},
     neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourState},
     route::{RouteAddress, RouteAttribute, RouteProtocol},
     AddressFamily,
@@ -25,7 +25,7 @@ use nix::{
     mount::{mount, umount2, MntFlags, MsFlags},
     sched::{setns, unshare, CloneFlags},
 };
-use rtnetlink::{Handle, LinkUnspec, LinkVeth, RouteMessageBuilder};
+use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
 /// The VPC-side end of the veth pair, inside the namespace.
 pub const NS_IFNAME: &str = "peerd0";
@@ -172,6 +172,9 @@ pub fn list_netns(prefix: &str) -> Result<Vec<String>, Error> {
 /// /run/netns as iproute2 makes it: a shared mount point, so namespaces mounted there are
 /// seen from every mount namespace.
 fn prepare_netns_dir() -> Result<(), Error> {
+    // VPCs are ensured in parallel: one thread at a time checks and fixes the mount.
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let dir = Path::new(NETNS_DIR);
     fs::create_dir_all(dir).map_err(io("creating", dir))?;
     let shared = MsFlags::MS_SHARED | MsFlags::MS_REC;
@@ -321,6 +324,41 @@ fn write_sysctl(path: &str, value: &str) -> Result<bool, Error> {
 
 /// Creates or repairs one VPC's namespace, veth pair, gateway neighbours and routes;
 /// changes only what differs from `spec`.
+/// What `ensure_vpc` returns.
+pub type Ensured = Result<(VpcHostState, Changes), Error>;
+
+/// `ensure_vpc` for many VPCs at once, on up to `ENSURE_THREADS` threads: the work is mostly
+/// waiting on the kernel (namespace creation, RCU grace periods), so VPCs proceed side by
+/// side. Results in the order of `specs`.
+pub fn ensure_vpcs(specs: &[VpcHostSpec]) -> Vec<Ensured> {
+    const ENSURE_THREADS: usize = 16;
+    if specs.len() <= 1 {
+        return specs.iter().map(ensure_vpc).collect();
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let results: Vec<std::sync::Mutex<Option<Ensured>>> =
+        specs.iter().map(|_| std::sync::Mutex::new(None)).collect();
+    std::thread::scope(|sc| {
+        for _ in 0..ENSURE_THREADS.min(specs.len()) {
+            sc.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(spec) = specs.get(i) else { break };
+                let r = ensure_vpc(spec);
+                *results[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
+            });
+        }
+    });
+    results
+        .into_iter()
+        .zip(specs)
+        .map(|(m, spec)| {
+            m.into_inner()
+                .unwrap_or_else(|e| e.into_inner())
+                .unwrap_or_else(|| Err(Error::Thread(spec.netns.clone())))
+        })
+        .collect()
+}
+
 pub fn ensure_vpc(spec: &VpcHostSpec) -> Result<(VpcHostState, Changes), Error> {
     let mut ch = Vec::new();
     if !netns_exists(&spec.netns) {
@@ -369,40 +407,25 @@ pub fn ensure_vpc(spec: &VpcHostSpec) -> Result<(VpcHostState, Changes), Error> 
                     .await
                     .map_err(nl("deleting stale", &tmp))?;
             }
+            // The VPC end is created inside the namespace with its final name: moving a
+            // link between namespaces waits for an RCU grace period under the RTNL lock,
+            // which would serialise every VPC's setup behind it.
+            let peer = LinkMessageBuilder::<LinkUnspec>::new()
+                .name(NS_IFNAME.to_owned())
+                .setns_by_fd(fd)
+                .build();
             h.link()
-                .add(LinkVeth::new(&host_if, &tmp).build())
-                .execute()
-                .await
-                .map_err(nl("creating veth", &host_if))?;
-            let peer = get_link(&h, &tmp)
-                .await?
-                .ok_or_else(|| Error::Missing(tmp.clone()))?;
-            h.link()
-                .set(
-                    LinkUnspec::new_with_index(peer.header.index)
-                        .setns_by_fd(fd)
+                .add(
+                    LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
+                        .name(host_if.clone())
+                        .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
                         .build(),
                 )
                 .execute()
                 .await
-                .map_err(nl("moving into namespace", &tmp))
+                .map_err(nl("creating veth", &host_if))
         })?;
         drop(nsfile);
-        let tmp = format!("{}p", spec.host_if);
-        with_handle(Some(&spec.netns), move |h| async move {
-            let l = get_link(&h, &tmp)
-                .await?
-                .ok_or_else(|| Error::Missing(tmp.clone()))?;
-            h.link()
-                .set(
-                    LinkUnspec::new_with_index(l.header.index)
-                        .name(NS_IFNAME.to_owned())
-                        .build(),
-                )
-                .execute()
-                .await
-                .map_err(nl("renaming", &tmp))
-        })?;
         ch.push(format!(
             "{} veth {} <-> {}/{}",
             if existed { "recreated" } else { "created" },

@@ -5,15 +5,15 @@ use std::{collections::BTreeMap, net::IpAddr};
 
 use ipnet::IpNet;
 use peerd_common::{
-    DropReason, IfaceInfo, PeeringInfo, RouteTarget, VpcInfo, PEERING_ACTIVE, TABLE_NONE,
-    VPC_PRESENT,
+    DropReason, IfaceInfo, PeeringInfo, RouteTarget, SrcV4, SrcV6, VpcInfo, IFACE_SRC4, IFACE_SRC6,
+    IFACE_SRC_TRIE, PEERING_ACTIVE, TABLE_NONE, VPC_PRESENT,
 };
 
 /// Everything the datapath's maps should hold.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Tables {
     /// Host-side veth ifindex -> VPC slot.
-    pub ifaces: BTreeMap<u32, IfaceInfo>,
+    pub ifaces: BTreeMap<u32, u32>,
     /// VPC slot -> delivery info.
     pub vpcs: BTreeMap<u32, VpcInfo>,
     /// Peering slot -> state and ends.
@@ -22,6 +22,68 @@ pub struct Tables {
     pub src: BTreeMap<(u32, IpNet), u32>,
     /// (table, destination) -> target.
     pub routes: BTreeMap<(u32, IpNet), RouteTarget>,
+}
+
+impl Tables {
+    /// The `PEERD_IFACES` values: for every link, its VPC and, when they fit, the VPC's source
+    /// prefixes inline (longest first); otherwise `IFACE_SRC_TRIE` sends the program to the
+    /// source tries. Either way the program finds the same table as `lpm` over `src`.
+    pub fn iface_infos(&self) -> BTreeMap<u32, IfaceInfo> {
+        type Prefixes = Vec<(IpNet, u32)>;
+        let mut by_vpc: BTreeMap<u32, (Prefixes, Prefixes)> = BTreeMap::new();
+        for (&(vpc, net), &table) in &self.src {
+            let e = by_vpc.entry(vpc).or_default();
+            match net {
+                IpNet::V4(_) => e.0.push((net, table)),
+                IpNet::V6(_) => e.1.push((net, table)),
+            }
+        }
+        let none = (Vec::new(), Vec::new());
+        self.ifaces
+            .iter()
+            .map(|(&ifindex, &vpc)| {
+                let (v4, v6) = by_vpc.get(&vpc).unwrap_or(&none);
+                let mut info = IfaceInfo {
+                    vpc,
+                    ..Default::default()
+                };
+                let longest_first = |v: &Vec<(IpNet, u32)>| {
+                    let mut v = v.clone();
+                    v.sort_by_key(|(n, _)| std::cmp::Reverse(n.prefix_len()));
+                    v
+                };
+                if v4.len() > IFACE_SRC4 {
+                    info.n_src4 = IFACE_SRC_TRIE;
+                } else {
+                    info.n_src4 = v4.len() as u32;
+                    for (i, (net, table)) in longest_first(v4).into_iter().enumerate() {
+                        if let IpNet::V4(n) = net {
+                            info.src4[i] = SrcV4 {
+                                net: n.network().octets(),
+                                mask: n.netmask().octets(),
+                                table,
+                            };
+                        }
+                    }
+                }
+                if v6.len() > IFACE_SRC6 {
+                    info.n_src6 = IFACE_SRC_TRIE;
+                } else {
+                    info.n_src6 = v6.len() as u32;
+                    for (i, (net, table)) in longest_first(v6).into_iter().enumerate() {
+                        if let IpNet::V6(n) = net {
+                            info.src6[i] = SrcV6 {
+                                net: n.network().octets(),
+                                mask: n.netmask().octets(),
+                                table,
+                            };
+                        }
+                    }
+                }
+                (ifindex, info)
+            })
+            .collect()
+    }
 }
 
 /// What the datapath does with a packet.
@@ -122,5 +184,45 @@ pub fn trace(t: &Tables, src_vpc: u32, src: IpAddr, dst: IpAddr, ttl: u8) -> Tra
             tr
         }
         _ => drop(tr, DropReason::RedirectFailed),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn net(s: &str) -> IpNet {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn iface_infos_inline_longest_first_and_fall_back_to_the_tries() {
+        let mut t = Tables::default();
+        t.ifaces.insert(7, 1);
+        t.ifaces.insert(8, 2);
+        // VPC 1: a CIDR and a subnet with its own table, one IPv6 CIDR.
+        t.src.insert((1, net("10.0.0.0/16")), 5);
+        t.src.insert((1, net("10.0.3.0/24")), 6);
+        t.src.insert((1, net("fd00::/48")), 5);
+        // VPC 2: more IPv4 prefixes than fit inline, none for IPv6.
+        for i in 0..=IFACE_SRC4 {
+            t.src.insert((2, net(&format!("10.{}.0.0/16", 10 + i))), 9);
+        }
+        let infos = t.iface_infos();
+        let a = infos[&7];
+        assert_eq!((a.vpc, a.n_src4, a.n_src6), (1, 2, 1));
+        assert_eq!(
+            a.src4[0],
+            SrcV4 {
+                net: [10, 0, 3, 0],
+                mask: [255, 255, 255, 0],
+                table: 6
+            },
+            "the subnet (longer) comes first"
+        );
+        assert_eq!(a.src4[1].table, 5);
+        assert_eq!(a.src6[0].mask[..7], [255, 255, 255, 255, 255, 255, 0]);
+        let b = infos[&8];
+        assert_eq!((b.vpc, b.n_src4, b.n_src6), (2, IFACE_SRC_TRIE, 0));
     }
 }

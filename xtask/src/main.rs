@@ -17,6 +17,8 @@ const APT_PACKAGES: &[&str] = &[
     "iputils-ping",
     "nftables",
     "iperf3",
+    // The upgrade test pins a map with an old layout.
+    "bpftool",
 ];
 /// Marker in every name the tests create (namespaces, links, pin dirs).
 const TEST_MARKER: &str = "pdt";
