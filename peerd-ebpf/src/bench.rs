@@ -37,24 +37,61 @@ static GEN: Array<BenchGen> = Array::with_max_entries(1, 0);
 /// headers are restored from the template each time.
 #[xdp]
 pub fn bench_gen_xdp(ctx: XdpContext) -> u32 {
-    let Some(cfg) = GEN.get(0) else {
+    let Some(cfg) = restore(ctx.data(), ctx.data_end()) else {
         return XDP_DROP;
     };
-    let Some(hdr) = ptr_at::<[u8; 34]>(ctx.data(), ctx.data_end(), 0) else {
-        return XDP_DROP;
-    };
-    // SAFETY: bounds-checked by ptr_at. Byte by byte: no memcpy in BPF.
-    unsafe {
-        for i in 0..34 {
-            (*hdr)[i] = cfg.template[i];
-        }
-    }
     if cfg.action == 1 {
         // SAFETY: plain helper call.
         unsafe { bpf_redirect(cfg.ifindex, 0) as u32 }
     } else {
         XDP_PASS
     }
+}
+
+/// Rewrites the frame's first 34 bytes from the template; None without a template or frame.
+#[inline(always)]
+fn restore(data: usize, data_end: usize) -> Option<&'static BenchGen> {
+    let cfg = GEN.get(0)?;
+    let hdr = ptr_at::<[u8; 34]>(data, data_end, 0)?;
+    // SAFETY: bounds-checked by ptr_at. Byte by byte: no memcpy in BPF.
+    unsafe {
+        for i in 0..34 {
+            (*hdr)[i] = cfg.template[i];
+        }
+    }
+    Some(cfg)
+}
+
+// Program cost. BPF_PROG_TEST_RUN runs a program `repeat` times on the same buffer, and the
+// datapath rewrites it (TTL, MACs): after 63 runs every packet would be a TTL drop. So the cost
+// programs restore the headers first, and the baseline is a program that only restores.
+
+#[classifier]
+pub fn bench_restore_tc(ctx: TcContext) -> i32 {
+    let _ = restore(ctx.data(), ctx.data_end());
+    TC_ACT_OK
+}
+
+#[classifier]
+pub fn bench_peerd_tc(ctx: TcContext) -> i32 {
+    if restore(ctx.data(), ctx.data_end()).is_none() {
+        return TC_ACT_SHOT;
+    }
+    crate::tc_run(&ctx)
+}
+
+#[xdp]
+pub fn bench_restore_xdp(ctx: XdpContext) -> u32 {
+    let _ = restore(ctx.data(), ctx.data_end());
+    XDP_PASS
+}
+
+#[xdp]
+pub fn bench_peerd_xdp(ctx: XdpContext) -> u32 {
+    if restore(ctx.data(), ctx.data_end()).is_none() {
+        return XDP_DROP;
+    }
+    crate::xdp_run(&ctx)
 }
 
 /// Ingress ifindex -> where the ceiling programs send everything.

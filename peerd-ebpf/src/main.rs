@@ -23,6 +23,11 @@ use decide::Action;
 /// TC ingress on a VPC's host-side veth: every packet a VPC sends comes through here.
 #[classifier]
 pub fn peerd_tc(ctx: TcContext) -> i32 {
+    tc_run(&ctx)
+}
+
+#[inline(always)]
+fn tc_run(ctx: &TcContext) -> i32 {
     // SAFETY: the context pointer is valid for the duration of the program.
     let ifindex = unsafe { (*ctx.skb.skb).ingress_ifindex };
     let len = ctx.len();
@@ -51,6 +56,11 @@ pub fn peerd_tc(ctx: TcContext) -> i32 {
 /// on there) to receive it.
 #[xdp]
 pub fn peerd_xdp(ctx: XdpContext) -> u32 {
+    xdp_run(&ctx)
+}
+
+#[inline(always)]
+fn xdp_run(ctx: &XdpContext) -> u32 {
     // SAFETY: the context pointer is valid for the duration of the program.
     let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
     let (data, data_end) = (ctx.data(), ctx.data_end());

@@ -35,9 +35,7 @@ use peerd::{
     netns::{self, VpcHostSpec},
     tables::Tables,
 };
-use peerd_common::{
-    BenchGen, IfaceInfo, PeeringInfo, RouteTarget, VpcInfo, PEERING_ACTIVE, VPC_PRESENT,
-};
+use peerd_common::{BenchGen, PeeringInfo, RouteTarget, VpcInfo, PEERING_ACTIVE, VPC_PRESENT};
 use serde::Serialize;
 
 type Res<T> = Result<T, String>;
@@ -433,6 +431,82 @@ fn ceiling_path(prefix: &str, xdp: bool, c: &mut Cleanup) -> Res<(Path2, Datapat
         },
         dp,
     ))
+}
+
+/// A real pair of VPC namespaces whose host-side links run the loaded datapath's `peerd_tc`
+/// (attached here, detached when the datapath is dropped): the scale rows' hot pair.
+struct HotPair {
+    path: Path2,
+    hosts: [netns::VpcHostState; 2],
+}
+
+impl HotPair {
+    /// Points VPC slots 1 and 2 of `t` (the hot pair of `scale_tables`) at the real links.
+    fn patch(&self, t: &mut Tables) {
+        for (slot, h) in [(1u32, &self.hosts[0]), (2, &self.hosts[1])] {
+            t.ifaces.insert(h.host_ifindex, slot);
+            t.vpcs.insert(
+                slot,
+                VpcInfo {
+                    host_ifindex: h.host_ifindex,
+                    flags: VPC_PRESENT,
+                    ns_mac: h.ns_mac,
+                    gw_mac: h.host_mac,
+                },
+            );
+        }
+    }
+}
+
+fn scale_path(prefix: &str, dp: &mut Datapath, c: &mut Cleanup) -> Res<HotPair> {
+    let p = format!("{prefix}s-");
+    let mut hosts = Vec::new();
+    for (v, route) in [("a", "10.2.0.0/16"), ("b", "10.1.0.0/16")] {
+        let ns = format!("{p}{v}");
+        c.netns.push(ns.clone());
+        let spec = VpcHostSpec {
+            netns: ns.clone(),
+            host_if: netns::host_ifname(&ns),
+            mtu: 1500,
+            routes: vec![route.parse().unwrap()],
+            xdp: Some(false),
+        };
+        let (h, _) = netns::ensure_vpc(&spec).map_err(|e| e.to_string())?;
+        let prog: &mut SchedClassifier = dp
+            .ebpf_mut()
+            .program_mut("peerd_tc")
+            .ok_or("no program")?
+            .try_into()
+            .map_err(|e: aya::programs::ProgramError| e.to_string())?;
+        if prog.fd().is_err() {
+            prog.load().map_err(|e| e.to_string())?;
+        }
+        prog.attach_with_options(
+            &spec.host_if,
+            TcAttachType::Ingress,
+            TcAttachOptions::TcxOrder(LinkOrder::default()),
+        )
+        .map_err(|e| e.to_string())?;
+        hosts.push(h);
+    }
+    let (sa, da) = (Ipv4Addr::new(10, 1, 0, 1), Ipv4Addr::new(10, 2, 0, 1));
+    add_lo_addr(&format!("{p}a"), sa)?;
+    add_lo_addr(&format!("{p}b"), da)?;
+    Ok(HotPair {
+        path: Path2 {
+            name: "peerd-tc (scale)",
+            src_ns: format!("{p}a"),
+            src: sa,
+            dst_ns: format!("{p}b"),
+            dst: da,
+            gen_ns: None,
+            gen_ifindex: hosts[0].host_ifindex,
+            gen_mac: hosts[0].host_mac,
+            gen_redirect: None,
+            dst_dev: "peerd0",
+        },
+        hosts: [hosts[0], hosts[1]],
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -846,7 +920,7 @@ fn scale_tables(vpcs: u32, routes: u32) -> Tables {
         }
     };
     for v in 1..=vpcs.max(2) {
-        t.ifaces.insert(1, IfaceInfo { vpc: 1, _pad: 0 });
+        t.ifaces.insert(1, 1);
         t.vpcs.insert(
             v,
             VpcInfo {
@@ -913,12 +987,32 @@ fn scale_tables(vpcs: u32, routes: u32) -> Tables {
 }
 
 fn cost_of(dp: &mut Datapath, which: &str, frame: &[u8], repeat: u32) -> Res<f64> {
+    // The restore template: the frame's own headers.
+    let mut template = [0u8; 40];
+    template[..34].copy_from_slice(&frame[..34]);
+    let mut gen: aya::maps::Array<_, BenchGen> = aya::maps::Array::try_from(
+        dp.ebpf_mut()
+            .map_mut("PEERD_BENCH_GEN")
+            .ok_or("no PEERD_BENCH_GEN")?,
+    )
+    .map_err(|e| e.to_string())?;
+    gen.set(
+        0,
+        BenchGen {
+            action: 0,
+            ifindex: 0,
+            template,
+        },
+        0,
+    )
+    .map_err(|e| e.to_string())?;
     // The TC programs see ingress_ifindex 1 (lo) through the context; XDP test runs get lo.
     let mut ctx = [0u8; 192];
     ctx[36..40].copy_from_slice(&1u32.to_ne_bytes());
     let mut out = vec![0u8; frame.len() + 64];
     let r = match which {
-        "peerd_tc" | "bench_empty_tc" | "bench_redirect_tc" => {
+        "peerd_tc" | "bench_empty_tc" | "bench_redirect_tc" | "bench_restore_tc"
+        | "bench_peerd_tc" => {
             let prog: &mut SchedClassifier = dp
                 .ebpf_mut()
                 .program_mut(which)
@@ -984,6 +1078,13 @@ fn stat(mut v: Vec<f64>) -> Stat {
     }
 }
 
+#[derive(Serialize)]
+struct ScaleRow {
+    cost_over_baseline_ns: Stat,
+    pps_64b: Stat,
+    sync_s: f64,
+}
+
 #[derive(Serialize, Default)]
 struct Results {
     machine: BTreeMap<String, String>,
@@ -993,8 +1094,9 @@ struct Results {
     /// name -> ns per packet (average over the repeats), and minus the empty program's cost.
     program_cost_ns: BTreeMap<String, f64>,
     program_cost_over_empty_ns: BTreeMap<String, f64>,
-    /// "routes=R vpcs=V" -> ns over empty, IPv4 forward of the hot pair
-    scale_cost_over_empty_ns: BTreeMap<String, f64>,
+    /// "routes/VPC=R VPCs=V" -> IPv4 forward of the hot pair: program cost over the baseline,
+    /// 64-byte rate of a real pair, time to write the tables.
+    scale: BTreeMap<String, ScaleRow>,
     map_bytes_per_route: Option<f64>,
     control_plane: BTreeMap<String, f64>,
     notes: Vec<String>,
@@ -1048,28 +1150,35 @@ fn run() -> Res<()> {
         }
     }
 
-    // 1. Program cost.
-    eprintln!("program cost ...");
+    let only = arg("--only").unwrap_or_else(|| "cost,forwarding,control".into());
+    let section = |name: &str| only.split(',').any(|s| s == name);
+
+    // 1. Program cost, and the forwarding rate of one hot pair as the tables grow.
     let repeat = if quick { 100_000 } else { 1_000_000 };
     let pins = PathBuf::from("/sys/fs/bpf").join(format!("{prefix}-cost"));
     c.pins.push(pins.clone());
     let mut dp = Datapath::load(&pins).map_err(|e| e.to_string())?;
-    {
+    if section("cost") {
+        eprintln!("program cost ...");
         dp.sync(&scale_tables(2, 2)).map_err(|e| e.to_string())?;
         let f4 = frame_v4([10, 1, 0, 1], [10, 2, 0, 1]);
         let f6 = frame_v6(
             0xfd00_0001_0000_0000_0000_0000_0000_0001,
             0xfd00_0002_0000_0000_0000_0000_0000_0001,
         );
-        let fdrop = frame_v4([10, 9, 0, 1], [10, 2, 0, 1]);
-        let cases: [(&str, &str, &Vec<u8>); 7] = [
+        let spoofed = frame_v4([10, 9, 0, 1], [10, 2, 0, 1]);
+        let no_route = frame_v4([10, 1, 0, 1], [10, 9, 0, 1]);
+        let cases: [(&str, &str, &Vec<u8>); 10] = [
             ("empty-tc", "bench_empty_tc", &f4),
+            ("restore-tc", "bench_restore_tc", &f4),
             ("ceiling-tc", "bench_redirect_tc", &f4),
-            ("peerd-tc forward IPv4", "peerd_tc", &f4),
-            ("peerd-tc forward IPv6", "peerd_tc", &f6),
-            ("peerd-tc drop (spoofed)", "peerd_tc", &fdrop),
+            ("peerd-tc forward IPv4", "bench_peerd_tc", &f4),
+            ("peerd-tc forward IPv6", "bench_peerd_tc", &f6),
+            ("peerd-tc drop (spoofed source)", "bench_peerd_tc", &spoofed),
+            ("peerd-tc drop (no route)", "bench_peerd_tc", &no_route),
             ("empty-xdp", "bench_empty_xdp", &f4),
-            ("peerd-xdp forward IPv4", "peerd_xdp", &f4),
+            ("restore-xdp", "bench_restore_xdp", &f4),
+            ("peerd-xdp forward IPv4", "bench_peerd_xdp", &f4),
         ];
         // Interleave the cases, keep the median of rounds.
         let mut samples: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
@@ -1084,36 +1193,58 @@ fn run() -> Res<()> {
         for (name, v) in samples {
             res.program_cost_ns.insert(name.to_owned(), stat(v).median);
         }
-        let e_tc = res.program_cost_ns["empty-tc"];
-        let e_xdp = res.program_cost_ns["empty-xdp"];
-        for (k, v) in res.program_cost_ns.clone() {
-            let base = if k.contains("xdp") { e_xdp } else { e_tc };
+        // peerd's cost is over the program that only restores the headers (the same work
+        // minus the decision); the ceiling's over the empty program.
+        let pc = res.program_cost_ns.clone();
+        for (k, v) in &pc {
+            let xdp = k.contains("xdp");
+            let base = match (k.starts_with("peerd"), xdp) {
+                (true, false) => pc["restore-tc"],
+                (true, true) => pc["restore-xdp"],
+                (false, false) => pc["empty-tc"],
+                (false, true) => pc["empty-xdp"],
+            };
             if !k.starts_with("empty") {
-                res.program_cost_over_empty_ns.insert(k, v - base);
+                res.program_cost_over_empty_ns.insert(k.clone(), v - base);
             }
         }
-        // Scale: routes per VPC, VPCs present.
-        eprintln!("program cost at scale ...");
+    }
+    if section("cost") || section("scale") {
+        // Scale: routes per VPC, VPCs present. Cost with BPF_PROG_TEST_RUN, and the rate of a
+        // real hot pair (two namespaces whose links run this datapath) with the same tables.
+        eprintln!("scale ...");
+        let hot = scale_path(&format!("{prefix}-"), &mut dp, &mut c)?;
+        let f4 = frame_v4([10, 1, 0, 1], [10, 2, 0, 1]);
         let grid: &[(u32, u32)] = if quick {
             &[(2, 1), (2, 100)]
         } else {
             &[(2, 1), (2, 100), (2, 10_000), (100, 100), (1000, 100)]
         };
+        let frames: u32 = if quick { 300_000 } else { 2_000_000 };
         for &(vpcs, routes) in grid {
-            let t = scale_tables(vpcs, routes);
+            let mut t = scale_tables(vpcs, routes);
+            hot.patch(&mut t);
+            let t0 = Instant::now();
             dp.sync(&t).map_err(|e| e.to_string())?;
-            let mut v = Vec::new();
-            for _ in 0..3 {
-                let e = cost_of(&mut dp, "bench_empty_tc", &f4, repeat)?;
-                let p = cost_of(&mut dp, "peerd_tc", &f4, repeat)?;
-                v.push(p - e);
+            let sync_s = t0.elapsed().as_secs_f64();
+            let (mut cost, mut rate) = (Vec::new(), Vec::new());
+            for _ in 0..rounds.max(3) {
+                let e = cost_of(&mut dp, "bench_restore_tc", &f4, repeat)?;
+                let p = cost_of(&mut dp, "bench_peerd_tc", &f4, repeat)?;
+                cost.push(p - e);
+                rate.push(pps_sink(&mut dp, &hot.path, frames)?);
             }
-            res.scale_cost_over_empty_ns.insert(
-                format!(
-                    "routes={routes} vpcs={vpcs} (total routes {})",
-                    t.routes.len()
-                ),
-                stat(v).median,
+            let key = format!(
+                "routes/VPC={routes} VPCs={vpcs} (routes in all {})",
+                t.routes.len()
+            );
+            res.scale.insert(
+                key,
+                ScaleRow {
+                    cost_over_baseline_ns: stat(cost),
+                    pps_64b: stat(rate),
+                    sync_s,
+                },
             );
             if vpcs == 1000 || (quick && routes == 100) {
                 res.map_bytes_per_route = map_bytes_per_route(t.routes.len());
@@ -1122,90 +1253,103 @@ fn run() -> Res<()> {
     }
 
     // 2. Forwarding, interleaved.
-    eprintln!("building forwarding topologies ...");
-    let mut paths = Vec::new();
-    paths.push(kernel_fwd(&format!("{prefix}-"), true, &mut c)?);
-    paths.push(kernel_fwd(&format!("{prefix}-"), false, &mut c)?);
-    let (ct, _ct_dp) = ceiling_path(&format!("{prefix}-"), false, &mut c)?;
-    let (cx, _cx_dp) = ceiling_path(&format!("{prefix}-"), true, &mut c)?;
-    let (pt, _pt_d) = peerd_path(&format!("{prefix}-"), "tc", &mut c)?;
-    let (px, _px_d) = peerd_path(&format!("{prefix}-"), "xdp", &mut c)?;
-    paths.extend([ct, cx, pt, px]);
-    let secs = if quick { 0.5 } else { 2.0 };
-    let frames: u32 = if quick { 300_000 } else { 2_000_000 };
-    let tcp_secs = if quick { 1 } else { 3 };
-    let mut samples: BTreeMap<(String, String), Vec<f64>> = BTreeMap::new();
-    for round in 0..rounds {
-        eprintln!("round {}/{rounds} ...", round + 1);
-        for p in &paths {
-            let mut push = |m: &str, v: f64| {
-                samples
-                    .entry((p.name.to_owned(), m.to_owned()))
-                    .or_default()
-                    .push(v)
-            };
-            let gen = generator(&mut dp, p);
-            let r = gen.and_then(|g| pps_live(p, g, frames));
-            if std::env::var_os("PEERD_BENCH_DEBUG").is_some() {
-                eprintln!("{}: {r:?}", p.name);
-                for d in [&_pt_d, &_px_d] {
-                    let st = d.status();
-                    eprintln!(
-                        "  drops {:?} fwd {:?}",
-                        st.vpcs
-                            .iter()
-                            .map(|v| (&v.name, &v.drops))
-                            .collect::<Vec<_>>(),
-                        st.peerings.iter().map(|p| &p.forwarded).collect::<Vec<_>>()
-                    );
+    if section("forwarding") {
+        eprintln!("building forwarding topologies ...");
+        let mut paths = Vec::new();
+        paths.push(kernel_fwd(&format!("{prefix}-"), true, &mut c)?);
+        paths.push(kernel_fwd(&format!("{prefix}-"), false, &mut c)?);
+        let (ct, _ct_dp) = ceiling_path(&format!("{prefix}-"), false, &mut c)?;
+        let (cx, _cx_dp) = ceiling_path(&format!("{prefix}-"), true, &mut c)?;
+        let (pt, _pt_d) = peerd_path(&format!("{prefix}-"), "tc", &mut c)?;
+        let (px, _px_d) = peerd_path(&format!("{prefix}-"), "xdp", &mut c)?;
+        paths.extend([ct, cx, pt, px]);
+        let secs = if quick { 0.5 } else { 2.0 };
+        let frames: u32 = if quick { 300_000 } else { 2_000_000 };
+        let tcp_secs = if quick { 1 } else { 3 };
+        let mut samples: BTreeMap<(String, String), Vec<f64>> = BTreeMap::new();
+        for round in 0..rounds {
+            eprintln!("round {}/{rounds} ...", round + 1);
+            for p in &paths {
+                let mut push = |m: &str, v: f64| {
+                    samples
+                        .entry((p.name.to_owned(), m.to_owned()))
+                        .or_default()
+                        .push(v)
+                };
+                let gen = generator(&mut dp, p);
+                let r = gen.and_then(|g| pps_live(p, g, frames));
+                if std::env::var_os("PEERD_BENCH_DEBUG").is_some() {
+                    eprintln!("{}: {r:?}", p.name);
+                    for d in [&_pt_d, &_px_d] {
+                        let st = d.status();
+                        eprintln!(
+                            "  drops {:?} fwd {:?}",
+                            st.vpcs
+                                .iter()
+                                .map(|v| (&v.name, &v.drops))
+                                .collect::<Vec<_>>(),
+                            st.peerings.iter().map(|p| &p.forwarded).collect::<Vec<_>>()
+                        );
+                    }
+                    let _ = Command::new("ip")
+                        .args([
+                            "netns",
+                            "exec",
+                            &p.dst_ns,
+                            "nstat",
+                            "-az",
+                            "UdpInErrors",
+                            "UdpRcvbufErrors",
+                            "UdpInDatagrams",
+                            "IpInReceives",
+                            "IpInAddrErrors",
+                            "IpInDiscards",
+                        ])
+                        .status();
                 }
-                let _ = Command::new("ip")
-                    .args([
-                        "netns",
-                        "exec",
-                        &p.dst_ns,
-                        "nstat",
-                        "-az",
-                        "UdpInErrors",
-                        "UdpRcvbufErrors",
-                        "UdpInDatagrams",
-                        "IpInReceives",
-                        "IpInAddrErrors",
-                        "IpInDiscards",
-                    ])
-                    .status();
+                match r {
+                    Ok(v) => push("pps_64B_udp_sink", v),
+                    Err(e) => res.notes.push(format!("{}: {e}", p.name)),
+                }
+                push("pps_64B_socket_sender", pps(p, secs));
+                match pps_sink(&mut dp, p, frames) {
+                    Ok(v) => push("pps_64B", v),
+                    Err(e) => res.notes.push(format!("{}: {e}", p.name)),
+                }
+                match tcp(p, 1, tcp_secs) {
+                    Ok(g) => push("tcp_1_stream_gbps", g),
+                    Err(e) => res.notes.push(format!("{}: {e}", p.name)),
+                }
+                if let Ok(g) = tcp(p, 4, tcp_secs) {
+                    push("tcp_4_streams_gbps", g);
+                }
+                let (p50, p99) = latency(p, if quick { 500 } else { 3000 });
+                push("latency_p50_us", p50);
+                push("latency_p99_us", p99);
             }
-            match r {
-                Ok(v) => push("pps_64B_udp_sink", v),
-                Err(e) => res.notes.push(format!("{}: {e}", p.name)),
-            }
-            push("pps_64B_socket_sender", pps(p, secs));
-            match pps_sink(&mut dp, p, frames) {
-                Ok(v) => push("pps_64B", v),
-                Err(e) => res.notes.push(format!("{}: {e}", p.name)),
-            }
-            match tcp(p, 1, tcp_secs) {
-                Ok(g) => push("tcp_1_stream_gbps", g),
-                Err(e) => res.notes.push(format!("{}: {e}", p.name)),
-            }
-            if let Ok(g) = tcp(p, 4, tcp_secs) {
-                push("tcp_4_streams_gbps", g);
-            }
-            let (p50, p99) = latency(p, if quick { 500 } else { 3000 });
-            push("latency_p50_us", p50);
-            push("latency_p99_us", p99);
         }
+        for ((s, m), v) in samples {
+            res.forwarding.entry(s).or_default().insert(m, stat(v));
+        }
+        drop(paths);
     }
-    for ((s, m), v) in samples {
-        res.forwarding.entry(s).or_default().insert(m, stat(v));
-    }
-    drop(paths);
     drop(dp);
 
     // 3. Control plane.
-    eprintln!("control plane ...");
-    let sizes: &[usize] = if quick { &[1, 100] } else { &[1, 100, 1000] };
+    let custom: Vec<usize> = arg("--vpcs")
+        .map(|v| v.split(',').filter_map(|n| n.parse().ok()).collect())
+        .unwrap_or_default();
+    let sizes: &[usize] = if !section("control") {
+        &[]
+    } else if !custom.is_empty() {
+        &custom
+    } else if quick {
+        &[1, 100]
+    } else {
+        &[1, 100, 1000]
+    };
     for &n in sizes {
+        eprintln!("control plane, {n} VPCs ...");
         match control_plane(&format!("{prefix}-"), n, &mut res) {
             Ok(()) => {}
             Err(e) => res.notes.push(format!("control plane at {n} VPCs: {e}")),
@@ -1458,7 +1602,7 @@ fn write_results(out: &Path, res: &Results) -> Res<()> {
             v.map(|v| format!("{v:.2}")).unwrap_or_else(|| "n/a".into())
         );
     }
-    md += "\n## Program cost (BPF_PROG_TEST_RUN, ns per packet)\n\n| program | ns | over empty |\n| --- | --- | --- |\n";
+    md += "\n## Program cost (BPF_PROG_TEST_RUN, ns per packet)\n\nEach run repeats the program on one buffer; peerd rewrites headers (TTL, MACs), so the peerd cases run a wrapper that first restores the headers from a template and then runs the datapath's entry point, and their baseline is a program that only restores (restore-tc / restore-xdp, itself a few ns over the empty program). The ceiling's baseline is the empty program.\n\n| program | ns | over baseline |\n| --- | --- | --- |\n";
     for (k, v) in &res.program_cost_ns {
         md += &format!(
             "| {k} | {v:.1} | {} |\n",
@@ -1468,9 +1612,14 @@ fn write_results(out: &Path, res: &Results) -> Res<()> {
                 .unwrap_or_else(|| "—".into())
         );
     }
-    md += "\n### At scale (peerd-tc, IPv4 forward of one hot pair, ns over the empty program)\n\n| tables | ns over empty |\n| --- | --- |\n";
-    for (k, v) in &res.scale_cost_over_empty_ns {
-        md += &format!("| {k} | {v:.1} |\n");
+    md += "\n### At scale\n\npeerd-tc, IPv4 forward of one hot pair (routes inside the peer) while the tables hold more VPCs and routes (filler routes are /32s in every VPC's main table): program cost over the restore baseline, and the 64-byte rate of a real pair of namespaces running this datapath with the same tables (generator and sink as above).\n\n| tables | ns over baseline | 64 B pps | tables written in (s) |\n| --- | --- | --- | --- |\n";
+    for (k, r) in &res.scale {
+        md += &format!(
+            "| {k} | {} | {} | {:.2} |\n",
+            cell(Some(&r.cost_over_baseline_ns), 1),
+            cell(Some(&r.pps_64b), 0),
+            r.sync_s
+        );
     }
     if let Some(b) = res.map_bytes_per_route {
         md += &format!(
