@@ -203,20 +203,30 @@ fn src_table_v6(iface: &IfaceInfo, src: &[u8; 16]) -> Option<u32> {
             break;
         }
         let e = &iface.src6[i];
-        if src_word_eq(w(src, 0), w(&e.mask, 0), w(&e.net, 0))
-            && src_word_eq(w(src, 4), w(&e.mask, 4), w(&e.net, 4))
-            && src_word_eq(w(src, 8), w(&e.mask, 8), w(&e.net, 8))
-            && src_word_eq(w(src, 12), w(&e.mask, 12), w(&e.net, 12))
-        {
+        let mut same = true;
+        for j in [0, 4, 8, 12] {
+            same &= w(src, j) & w(&e.mask, j) == w(&e.net, j);
+        }
+        if same {
             return Some(e.table);
         }
     }
     None
 }
 
+/// Source and destination ports of a TCP or UDP header at `l4` (0, 0 when cut short).
 #[inline(always)]
-fn src_word_eq(a: u32, mask: u32, net: u32) -> bool {
-    a & mask == net
+fn ports(data: usize, data_end: usize, l4: usize) -> (u16, u16) {
+    match ptr_at::<[u8; 4]>(data, data_end, l4) {
+        // SAFETY: bounds-checked by ptr_at.
+        Some(p) => unsafe {
+            (
+                u16::from_be_bytes([(*p)[0], (*p)[1]]),
+                u16::from_be_bytes([(*p)[2], (*p)[3]]),
+            )
+        },
+        None => (0, 0),
+    }
 }
 
 #[inline(always)]
@@ -256,12 +266,7 @@ fn ipv4(data: usize, data_end: usize, iface: &IfaceInfo, len: u32) -> Verdict {
         let first_fragment = u16::from_be_bytes(frag) & 0x1fff == 0;
         if first_fragment && (proto == IPPROTO_TCP || proto == IPPROTO_UDP) {
             let l4 = ETH_LEN + ((ihl as usize) & 0x0f) * 4;
-            if let Some(p) = ptr_at::<[u8; 4]>(data, data_end, l4) {
-                // SAFETY: bounds-checked by ptr_at.
-                let p = unsafe { *p };
-                key.src_port = u16::from_be_bytes([p[0], p[1]]);
-                key.dst_port = u16::from_be_bytes([p[2], p[3]]);
-            }
+            (key.src_port, key.dst_port) = ports(data, data_end, l4);
         }
         flow::record(&key, &v, len);
     }
@@ -371,12 +376,7 @@ fn ipv6(data: usize, data_end: usize, iface: &IfaceInfo, len: u32) -> Verdict {
             ..FlowKey::default()
         };
         if proto == IPPROTO_TCP || proto == IPPROTO_UDP {
-            if let Some(p) = ptr_at::<[u8; 4]>(data, data_end, ETH_LEN + 40) {
-                // SAFETY: bounds-checked by ptr_at.
-                let p = unsafe { *p };
-                key.src_port = u16::from_be_bytes([p[0], p[1]]);
-                key.dst_port = u16::from_be_bytes([p[2], p[3]]);
-            }
+            (key.src_port, key.dst_port) = ports(data, data_end, ETH_LEN + 40);
         }
         flow::record(&key, &v, len);
     }

@@ -185,6 +185,29 @@ pub enum Attach {
     Unchanged,
 }
 
+/// The maps' contents as plain values: what a sync wants (from `Tables`) or what the maps
+/// hold (read back, or remembered from the last sync).
+#[derive(Default)]
+struct Contents {
+    ifaces: BTreeMap<u32, IfaceInfo>,
+    vpcs: BTreeMap<u32, VpcInfo>,
+    peerings: BTreeMap<u32, PeeringInfo>,
+    src: BTreeMap<(u32, IpNet), u32>,
+    routes: BTreeMap<(u32, IpNet), RouteTarget>,
+}
+
+impl Contents {
+    fn of(t: &Tables) -> Self {
+        Contents {
+            ifaces: t.iface_infos(),
+            vpcs: t.vpcs.clone(),
+            peerings: t.peerings.clone(),
+            src: t.src.clone(),
+            routes: t.routes.clone(),
+        }
+    }
+}
+
 /// What a sync changed, by map entry.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct SyncStats {
@@ -203,7 +226,7 @@ pub struct Datapath {
     link_dir: PathBuf,
     /// What the last successful sync wrote: `sync_incremental` diffs against it instead of
     /// reading every entry back from the kernel.
-    shadow: Option<Tables>,
+    shadow: Option<Contents>,
     ifaces: HashMap<MapData, u32, IfaceInfo>,
     vpcs: Array<MapData, VpcInfo>,
     peerings: Array<MapData, PeeringInfo>,
@@ -340,48 +363,103 @@ impl Datapath {
             .expect("loaded in Datapath::load")
     }
 
-    /// As `sync`, but when a previous sync succeeded, only the differences between what it
-    /// wrote and `t` are written: a reload at a thousand VPCs touches a handful of entries
-    /// instead of reading tens of thousands back. Anything else writing the maps is repaired by
-    /// the next full `sync` (the periodic resync).
-    pub fn sync_incremental(&mut self, t: &Tables) -> Result<SyncStats, Error> {
-        let Some(old) = self.shadow.take() else {
-            return self.sync(t);
-        };
-        let st = self.sync_diff(&old, t)?;
-        self.shadow = Some(t.clone());
-        Ok(st)
+    /// Makes the maps hold exactly `t`: first every new or changed entry is written, then the
+    /// entries `t` does not have are removed, so no packet of an unchanged flow sees a gap.
+    /// Reads every entry back from the kernel, so it also repairs changes made by others.
+    pub fn sync(&mut self, t: &Tables) -> Result<SyncStats, Error> {
+        self.shadow = None;
+        let have = self.read_contents()?;
+        self.apply(have, Contents::of(t))
     }
 
-    fn sync_diff(&mut self, old: &Tables, t: &Tables) -> Result<SyncStats, Error> {
+    /// As `sync`, but when a previous sync succeeded it diffs against what that sync wrote
+    /// instead of reading every entry back: a reload at a thousand VPCs touches a handful of
+    /// entries instead of reading tens of thousands. Anything else writing the maps is
+    /// repaired by the next full `sync` (the periodic resync).
+    pub fn sync_incremental(&mut self, t: &Tables) -> Result<SyncStats, Error> {
+        match self.shadow.take() {
+            Some(have) => self.apply(have, Contents::of(t)),
+            None => self.sync(t),
+        }
+    }
+
+    /// What the maps hold now, read from the kernel.
+    fn read_contents(&self) -> Result<Contents, Error> {
+        let mut c = Contents::default();
+        for e in self.ifaces.iter() {
+            let (k, v) = e.map_err(map_err(names::IFACES, "reading"))?;
+            c.ifaces.insert(k, v);
+        }
+        for (i, v) in self.vpcs.iter().enumerate() {
+            let v = v.map_err(map_err(names::VPCS, "reading"))?;
+            if v != VpcInfo::default() {
+                c.vpcs.insert(i as u32, v);
+            }
+        }
+        for (i, v) in self.peerings.iter().enumerate() {
+            let v = v.map_err(map_err(names::PEERINGS, "reading"))?;
+            if v != PeeringInfo::default() {
+                c.peerings.insert(i as u32, v);
+            }
+        }
+        // LPM tries: a lookup is a longest-prefix match, so values are read for the keys the
+        // trie has (for a present key, the longest match is the key itself).
+        for k in self.src_v4.keys().filter_map(Result::ok) {
+            if let Ok(v) = self.src_v4.get(&k, 0) {
+                c.src.insert(from_key4(&k), v.table);
+            }
+        }
+        for k in self.src_v6.keys().filter_map(Result::ok) {
+            if let Ok(v) = self.src_v6.get(&k, 0) {
+                c.src.insert(from_key6(&k), v.table);
+            }
+        }
+        for k in self.routes_v4.keys().filter_map(Result::ok) {
+            if let Ok(v) = self.routes_v4.get(&k, 0) {
+                c.routes.insert(from_key4(&k), v);
+            }
+        }
+        for k in self.routes_v6.keys().filter_map(Result::ok) {
+            if let Ok(v) = self.routes_v6.get(&k, 0) {
+                c.routes.insert(from_key6(&k), v);
+            }
+        }
+        Ok(c)
+    }
+
+    /// Writes what `want` has and `have` lacks or holds differently, then removes what only
+    /// `have` has (routes and sources first, then what they point at). On success `want`
+    /// becomes the shadow for the next incremental sync.
+    fn apply(&mut self, have: Contents, want: Contents) -> Result<SyncStats, Error> {
         let mut st = SyncStats::default();
-        let (new_if, old_if) = (t.iface_infos(), old.iface_infos());
-        for (ifindex, info) in &new_if {
-            if old_if.get(ifindex) != Some(info) {
+
+        // Writes.
+        for (k, v) in &want.ifaces {
+            if have.ifaces.get(k) != Some(v) {
                 self.ifaces
-                    .insert(ifindex, info, 0)
+                    .insert(k, v, 0)
                     .map_err(map_err(names::IFACES, "insert"))?;
                 st.written += 1;
             }
         }
-        for (slot, info) in &t.vpcs {
-            if old.vpcs.get(slot) != Some(info) {
+        for (k, v) in &want.vpcs {
+            if have.vpcs.get(k) != Some(v) {
                 self.vpcs
-                    .set(*slot, info, 0)
+                    .set(*k, v, 0)
                     .map_err(map_err(names::VPCS, "set"))?;
                 st.written += 1;
             }
         }
-        for (slot, info) in &t.peerings {
-            if old.peerings.get(slot) != Some(info) {
+        for (k, v) in &want.peerings {
+            if have.peerings.get(k) != Some(v) {
                 self.peerings
-                    .set(*slot, info, 0)
+                    .set(*k, v, 0)
                     .map_err(map_err(names::PEERINGS, "set"))?;
                 st.written += 1;
             }
         }
-        for (key @ (id, net), table) in &t.src {
-            if old.src.get(key) == Some(table) {
+        for (key @ (id, net), table) in &want.src {
+            if have.src.get(key) == Some(table) {
                 continue;
             }
             let v = SrcInfo { table: *table };
@@ -396,8 +474,8 @@ impl Datapath {
             }
             st.written += 1;
         }
-        for (key @ (id, net), v) in &t.routes {
-            if old.routes.get(key) == Some(v) {
+        for (key @ (id, net), v) in &want.routes {
+            if have.routes.get(key) == Some(v) {
                 continue;
             }
             if let Some(k) = key4(*id, net) {
@@ -411,8 +489,9 @@ impl Datapath {
             }
             st.written += 1;
         }
-        // Removals: routes and sources first, then what they point at.
-        for (id, net) in old.routes.keys().filter(|k| !t.routes.contains_key(k)) {
+
+        // Removals.
+        for (id, net) in have.routes.keys().filter(|k| !want.routes.contains_key(k)) {
             if let Some(k) = key4(*id, net) {
                 self.routes_v4
                     .remove(&k)
@@ -424,7 +503,7 @@ impl Datapath {
             }
             st.removed += 1;
         }
-        for (id, net) in old.src.keys().filter(|k| !t.src.contains_key(k)) {
+        for (id, net) in have.src.keys().filter(|k| !want.src.contains_key(k)) {
             if let Some(k) = key4(*id, net) {
                 self.src_v4
                     .remove(&k)
@@ -436,200 +515,26 @@ impl Datapath {
             }
             st.removed += 1;
         }
-        for k in old_if.keys().filter(|k| !new_if.contains_key(k)) {
+        for k in have.ifaces.keys().filter(|k| !want.ifaces.contains_key(k)) {
             self.ifaces
                 .remove(k)
                 .map_err(map_err(names::IFACES, "remove"))?;
             st.removed += 1;
         }
-        for slot in old.peerings.keys().filter(|k| !t.peerings.contains_key(k)) {
-            self.peerings
-                .set(*slot, PeeringInfo::default(), 0)
-                .map_err(map_err(names::PEERINGS, "clear"))?;
-            st.removed += 1;
-        }
-        for slot in old.vpcs.keys().filter(|k| !t.vpcs.contains_key(k)) {
-            self.vpcs
-                .set(*slot, VpcInfo::default(), 0)
-                .map_err(map_err(names::VPCS, "clear"))?;
-            st.removed += 1;
-        }
-        Ok(st)
-    }
-
-    /// Makes the maps hold exactly `t`: first every new or changed entry is written, then the
-    /// entries `t` does not have are removed, so no packet of an unchanged flow sees a gap.
-    /// Reads every entry back from the kernel, so it also repairs changes made by others.
-    pub fn sync(&mut self, t: &Tables) -> Result<SyncStats, Error> {
-        self.shadow = None;
-        let st = self.sync_full(t)?;
-        self.shadow = Some(t.clone());
-        Ok(st)
-    }
-
-    fn sync_full(&mut self, t: &Tables) -> Result<SyncStats, Error> {
-        let mut st = SyncStats::default();
-
-        // Writes.
-        for (ifindex, info) in &t.iface_infos() {
-            if self.ifaces.get(ifindex, 0).ok().as_ref() != Some(info) {
-                self.ifaces
-                    .insert(ifindex, info, 0)
-                    .map_err(map_err(names::IFACES, "insert"))?;
-                st.written += 1;
-            }
-        }
-        for (slot, info) in &t.vpcs {
-            if self.vpcs.get(slot, 0).ok().as_ref() != Some(info) {
-                self.vpcs
-                    .set(*slot, info, 0)
-                    .map_err(map_err(names::VPCS, "set"))?;
-                st.written += 1;
-            }
-        }
-        for (slot, info) in &t.peerings {
-            if self.peerings.get(slot, 0).ok().as_ref() != Some(info) {
-                self.peerings
-                    .set(*slot, info, 0)
-                    .map_err(map_err(names::PEERINGS, "set"))?;
-                st.written += 1;
-            }
-        }
-        // LPM tries: a lookup is a longest-prefix match, not an exact one, so whether a key is
-        // present is decided from the set of keys, and only then is its value compared.
-        let have_src4: BTreeSet<(u32, IpNet)> = self
-            .src_v4
-            .keys()
-            .filter_map(Result::ok)
-            .map(|k| from_key4(&k))
-            .collect();
-        let have_src6: BTreeSet<(u32, IpNet)> = self
-            .src_v6
-            .keys()
-            .filter_map(Result::ok)
-            .map(|k| from_key6(&k))
-            .collect();
-        let have_rt4: BTreeSet<(u32, IpNet)> = self
-            .routes_v4
-            .keys()
-            .filter_map(Result::ok)
-            .map(|k| from_key4(&k))
-            .collect();
-        let have_rt6: BTreeSet<(u32, IpNet)> = self
-            .routes_v6
-            .keys()
-            .filter_map(Result::ok)
-            .map(|k| from_key6(&k))
-            .collect();
-        for (key @ (id, net), table) in &t.src {
-            let v = SrcInfo { table: *table };
-            if let Some(k) = key4(*id, net) {
-                if !have_src4.contains(key) || self.src_v4.get(&k, 0).ok() != Some(v) {
-                    self.src_v4
-                        .insert(&k, v, 0)
-                        .map_err(map_err(names::SRC_V4, "insert"))?;
-                    st.written += 1;
-                }
-            } else if let Some(k) = key6(*id, net) {
-                if !have_src6.contains(key) || self.src_v6.get(&k, 0).ok() != Some(v) {
-                    self.src_v6
-                        .insert(&k, v, 0)
-                        .map_err(map_err(names::SRC_V6, "insert"))?;
-                    st.written += 1;
-                }
-            }
-        }
-        for (key @ (id, net), v) in &t.routes {
-            if let Some(k) = key4(*id, net) {
-                if !have_rt4.contains(key) || self.routes_v4.get(&k, 0).ok().as_ref() != Some(v) {
-                    self.routes_v4
-                        .insert(&k, v, 0)
-                        .map_err(map_err(names::ROUTES_V4, "insert"))?;
-                    st.written += 1;
-                }
-            } else if let Some(k) = key6(*id, net) {
-                if !have_rt6.contains(key) || self.routes_v6.get(&k, 0).ok().as_ref() != Some(v) {
-                    self.routes_v6
-                        .insert(&k, v, 0)
-                        .map_err(map_err(names::ROUTES_V6, "insert"))?;
-                    st.written += 1;
-                }
-            }
-        }
-
-        // Removals: routes and sources first, then what they point at.
-        for key in have_rt4.iter().filter(|k| !t.routes.contains_key(k)) {
-            let k = key4(key.0, &key.1).expect("IPv4 key");
-            self.routes_v4
-                .remove(&k)
-                .map_err(map_err(names::ROUTES_V4, "remove"))?;
-            st.removed += 1;
-        }
-        for key in have_rt6.iter().filter(|k| !t.routes.contains_key(k)) {
-            let k = key6(key.0, &key.1).expect("IPv6 key");
-            self.routes_v6
-                .remove(&k)
-                .map_err(map_err(names::ROUTES_V6, "remove"))?;
-            st.removed += 1;
-        }
-        for key in have_src4.iter().filter(|k| !t.src.contains_key(k)) {
-            let k = key4(key.0, &key.1).expect("IPv4 key");
-            self.src_v4
-                .remove(&k)
-                .map_err(map_err(names::SRC_V4, "remove"))?;
-            st.removed += 1;
-        }
-        for key in have_src6.iter().filter(|k| !t.src.contains_key(k)) {
-            let k = key6(key.0, &key.1).expect("IPv6 key");
-            self.src_v6
-                .remove(&k)
-                .map_err(map_err(names::SRC_V6, "remove"))?;
-            st.removed += 1;
-        }
-        let stale: Vec<u32> = self
-            .ifaces
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| !t.ifaces.contains_key(k))
-            .collect();
-        for k in stale {
-            self.ifaces
-                .remove(&k)
-                .map_err(map_err(names::IFACES, "remove"))?;
-            st.removed += 1;
-        }
-        // Arrays: clear slots in use that `t` no longer has.
-        let used: Vec<u32> = self
+        // Arrays: clear the slots `want` no longer uses.
+        for k in have
             .peerings
-            .iter()
-            .enumerate()
-            .filter_map(|(i, v)| {
-                v.ok()
-                    .filter(|v| *v != PeeringInfo::default())
-                    .map(|_| i as u32)
-            })
-            .filter(|i| !t.peerings.contains_key(i))
-            .collect();
-        for slot in used {
+            .keys()
+            .filter(|k| !want.peerings.contains_key(k))
+        {
             self.peerings
-                .set(slot, PeeringInfo::default(), 0)
+                .set(*k, PeeringInfo::default(), 0)
                 .map_err(map_err(names::PEERINGS, "clear"))?;
             st.removed += 1;
         }
-        let used: Vec<u32> = self
-            .vpcs
-            .iter()
-            .enumerate()
-            .filter_map(|(i, v)| {
-                v.ok()
-                    .filter(|v| *v != VpcInfo::default())
-                    .map(|_| i as u32)
-            })
-            .filter(|i| !t.vpcs.contains_key(i))
-            .collect();
-        for slot in used {
+        for k in have.vpcs.keys().filter(|k| !want.vpcs.contains_key(k)) {
             self.vpcs
-                .set(slot, VpcInfo::default(), 0)
+                .set(*k, VpcInfo::default(), 0)
                 .map_err(map_err(names::VPCS, "clear"))?;
             st.removed += 1;
         }
@@ -640,6 +545,7 @@ impl Datapath {
                 "datapath maps synced"
             );
         }
+        self.shadow = Some(want);
         Ok(st)
     }
 
@@ -650,7 +556,6 @@ impl Datapath {
         }
     }
 
-    /// Is an XDP link pinned for host-side link `ifname` (any ifindex)?
     /// The links (by interface name) that have a pinned XDP link: read once per reconcile
     /// (one directory scan, not one per VPC).
     pub fn xdp_link_ifnames(&self) -> BTreeSet<String> {

@@ -322,8 +322,6 @@ fn write_sysctl(path: &str, value: &str) -> Result<bool, Error> {
     Ok(true)
 }
 
-/// Creates or repairs one VPC's namespace, veth pair, gateway neighbours and routes;
-/// changes only what differs from `spec`.
 /// What `ensure_vpc` returns.
 pub type Ensured = Result<(VpcHostState, Changes), Error>;
 
@@ -336,30 +334,39 @@ pub fn ensure_vpcs(specs: &[VpcHostSpec]) -> Vec<Ensured> {
         return specs.iter().map(ensure_vpc).collect();
     }
     let next = std::sync::atomic::AtomicUsize::new(0);
-    let results: Vec<std::sync::Mutex<Option<Ensured>>> =
-        specs.iter().map(|_| std::sync::Mutex::new(None)).collect();
+    let mut results: Vec<Option<Ensured>> = specs.iter().map(|_| None).collect();
     std::thread::scope(|sc| {
-        for _ in 0..ENSURE_THREADS.min(specs.len()) {
-            sc.spawn(|| loop {
-                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let Some(spec) = specs.get(i) else { break };
-                let r = ensure_vpc(spec);
-                *results[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
-            });
+        let workers: Vec<_> = (0..ENSURE_THREADS.min(specs.len()))
+            .map(|_| {
+                sc.spawn(|| {
+                    let mut done = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(spec) = specs.get(i) else {
+                            return done;
+                        };
+                        done.push((i, ensure_vpc(spec)));
+                    }
+                })
+            })
+            .collect();
+        for w in workers {
+            // A worker that panicked leaves its VPCs without a result: reported below.
+            for (i, r) in w.join().unwrap_or_default() {
+                results[i] = Some(r);
+            }
         }
     });
     results
         .into_iter()
         .zip(specs)
-        .map(|(m, spec)| {
-            m.into_inner()
-                .unwrap_or_else(|e| e.into_inner())
-                .unwrap_or_else(|| Err(Error::Thread(spec.netns.clone())))
-        })
+        .map(|(r, spec)| r.unwrap_or_else(|| Err(Error::Thread(spec.netns.clone()))))
         .collect()
 }
 
-pub fn ensure_vpc(spec: &VpcHostSpec) -> Result<(VpcHostState, Changes), Error> {
+/// Creates or repairs one VPC's namespace, veth pair, gateway neighbours and routes;
+/// changes only what differs from `spec`.
+pub fn ensure_vpc(spec: &VpcHostSpec) -> Ensured {
     let mut ch = Vec::new();
     if !netns_exists(&spec.netns) {
         create_netns(&spec.netns)?;
@@ -387,6 +394,8 @@ pub fn ensure_vpc(spec: &VpcHostSpec) -> Result<(VpcHostState, Changes), Error> 
             })?;
         }
         let host_if = spec.host_if.clone();
+        // Builds before this one created the VPC end here as `{host_if}p` and moved it; one
+        // interrupted mid-setup may have left it behind.
         let tmp = format!("{}p", spec.host_if);
         let nsfile_path = Path::new(NETNS_DIR).join(&spec.netns);
         let nsfile = fs::File::open(&nsfile_path).map_err(io("opening", &nsfile_path))?;

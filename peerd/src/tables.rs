@@ -3,10 +3,10 @@
 //! the same tables (written to its maps by `datapath`); tests compare the two.
 use std::{collections::BTreeMap, net::IpAddr};
 
-use ipnet::IpNet;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use peerd_common::{
-    DropReason, IfaceInfo, PeeringInfo, RouteTarget, SrcV4, SrcV6, VpcInfo, IFACE_SRC4, IFACE_SRC6,
-    IFACE_SRC_TRIE, PEERING_ACTIVE, TABLE_NONE, VPC_PRESENT,
+    DropReason, IfaceInfo, PeeringInfo, RouteTarget, SrcV4, SrcV6, VpcInfo, IFACE_SRC_TRIE,
+    PEERING_ACTIVE, TABLE_NONE, VPC_PRESENT,
 };
 
 /// Everything the datapath's maps should hold.
@@ -29,16 +29,21 @@ impl Tables {
     /// prefixes inline (longest first); otherwise `IFACE_SRC_TRIE` sends the program to the
     /// source tries. Either way the program finds the same table as `lpm` over `src`.
     pub fn iface_infos(&self) -> BTreeMap<u32, IfaceInfo> {
-        type Prefixes = Vec<(IpNet, u32)>;
-        let mut by_vpc: BTreeMap<u32, (Prefixes, Prefixes)> = BTreeMap::new();
+        // Per VPC: its IPv4 and IPv6 source prefixes, longest first.
+        type Prefixes<N> = Vec<(N, u32)>;
+        let mut by_vpc: BTreeMap<u32, (Prefixes<Ipv4Net>, Prefixes<Ipv6Net>)> = BTreeMap::new();
         for (&(vpc, net), &table) in &self.src {
             let e = by_vpc.entry(vpc).or_default();
             match net {
-                IpNet::V4(_) => e.0.push((net, table)),
-                IpNet::V6(_) => e.1.push((net, table)),
+                IpNet::V4(n) => e.0.push((n, table)),
+                IpNet::V6(n) => e.1.push((n, table)),
             }
         }
-        let none = (Vec::new(), Vec::new());
+        for (v4, v6) in by_vpc.values_mut() {
+            v4.sort_by_key(|(n, _)| std::cmp::Reverse(n.prefix_len()));
+            v6.sort_by_key(|(n, _)| std::cmp::Reverse(n.prefix_len()));
+        }
+        let none = Default::default();
         self.ifaces
             .iter()
             .map(|(&ifindex, &vpc)| {
@@ -47,43 +52,32 @@ impl Tables {
                     vpc,
                     ..Default::default()
                 };
-                let longest_first = |v: &Vec<(IpNet, u32)>| {
-                    let mut v = v.clone();
-                    v.sort_by_key(|(n, _)| std::cmp::Reverse(n.prefix_len()));
-                    v
-                };
-                if v4.len() > IFACE_SRC4 {
-                    info.n_src4 = IFACE_SRC_TRIE;
-                } else {
-                    info.n_src4 = v4.len() as u32;
-                    for (i, (net, table)) in longest_first(v4).into_iter().enumerate() {
-                        if let IpNet::V4(n) = net {
-                            info.src4[i] = SrcV4 {
-                                net: n.network().octets(),
-                                mask: n.netmask().octets(),
-                                table,
-                            };
-                        }
-                    }
-                }
-                if v6.len() > IFACE_SRC6 {
-                    info.n_src6 = IFACE_SRC_TRIE;
-                } else {
-                    info.n_src6 = v6.len() as u32;
-                    for (i, (net, table)) in longest_first(v6).into_iter().enumerate() {
-                        if let IpNet::V6(n) = net {
-                            info.src6[i] = SrcV6 {
-                                net: n.network().octets(),
-                                mask: n.netmask().octets(),
-                                table,
-                            };
-                        }
-                    }
-                }
+                info.n_src4 = inline(v4, &mut info.src4, |n, table| SrcV4 {
+                    net: n.network().octets(),
+                    mask: n.netmask().octets(),
+                    table,
+                });
+                info.n_src6 = inline(v6, &mut info.src6, |n, table| SrcV6 {
+                    net: n.network().octets(),
+                    mask: n.netmask().octets(),
+                    table,
+                });
                 (ifindex, info)
             })
             .collect()
     }
+}
+
+/// Fills `slots` with `prefixes` and returns how many, or `IFACE_SRC_TRIE` when they do not
+/// fit (the program then uses the source tries).
+fn inline<N, T>(prefixes: &[(N, u32)], slots: &mut [T], entry: impl Fn(&N, u32) -> T) -> u32 {
+    if prefixes.len() > slots.len() {
+        return IFACE_SRC_TRIE;
+    }
+    for (slot, (net, table)) in slots.iter_mut().zip(prefixes) {
+        *slot = entry(net, *table);
+    }
+    prefixes.len() as u32
 }
 
 /// What the datapath does with a packet.
@@ -190,6 +184,7 @@ pub fn trace(t: &Tables, src_vpc: u32, src: IpAddr, dst: IpAddr, ttl: u8) -> Tra
 #[cfg(test)]
 mod tests {
     use super::*;
+    use peerd_common::IFACE_SRC4;
 
     fn net(s: &str) -> IpNet {
         s.parse().unwrap()
