@@ -835,7 +835,7 @@ fn latency(p: &Path2, n: usize) -> (f64, f64) {
             let _ = server.send_to(&buf[..len], from);
         }
     });
-    pin_cpu(0);
+    // The client runs on the caller's thread, which the forwarding section pins to CPU 0.
     let mut rtts = Vec::with_capacity(n);
     let mut buf = [0u8; 64];
     for i in 0..n + 100 {
@@ -1154,7 +1154,9 @@ fn run() -> Res<()> {
         // Scale: routes per VPC, VPCs present. Cost with BPF_PROG_TEST_RUN, and the rate of a
         // real hot pair (two namespaces whose links run this datapath) with the same tables.
         eprintln!("scale ...");
-        let hot = scale_path(&format!("{prefix}-"), &mut dp, &mut c)?;
+        // Its own cleanup: gone before the next section starts.
+        let mut sc = Cleanup::default();
+        let hot = scale_path(&format!("{prefix}-"), &mut dp, &mut sc)?;
         let f4 = frame_v4([10, 1, 0, 1], [10, 2, 0, 1]);
         let grid: &[(u32, u32)] = if quick {
             &[(2, 1), (2, 100)]
@@ -1194,13 +1196,23 @@ fn run() -> Res<()> {
     // 2. Forwarding, interleaved.
     if section("forwarding") {
         eprintln!("building forwarding topologies ...");
+        // Declared before what uses them: removed last, and before the control plane runs
+        // (live topologies with programs attached slow its setup down).
+        let mut fc = Cleanup::default();
+        // The whole section runs with this thread, and every thread and process it starts
+        // (iperf3 among them), on CPU 0 unless a measurement pins one elsewhere (the sinks and
+        // the echo server on CPU 1); the previous affinity comes back afterwards, so the
+        // control plane below runs on every CPU.
+        let pid = nix::unistd::Pid::from_raw(0);
+        let saved = nix::sched::sched_getaffinity(pid).map_err(|e| e.to_string())?;
+        pin_cpu(0);
         let mut paths = Vec::new();
-        paths.push(kernel_fwd(&format!("{prefix}-"), true, &mut c)?);
-        paths.push(kernel_fwd(&format!("{prefix}-"), false, &mut c)?);
-        let (ct, _ct_dp) = ceiling_path(&format!("{prefix}-"), false, &mut c)?;
-        let (cx, _cx_dp) = ceiling_path(&format!("{prefix}-"), true, &mut c)?;
-        let (pt, _pt_d) = peerd_path(&format!("{prefix}-"), "tc", &mut c)?;
-        let (px, _px_d) = peerd_path(&format!("{prefix}-"), "xdp", &mut c)?;
+        paths.push(kernel_fwd(&format!("{prefix}-"), true, &mut fc)?);
+        paths.push(kernel_fwd(&format!("{prefix}-"), false, &mut fc)?);
+        let (ct, _ct_dp) = ceiling_path(&format!("{prefix}-"), false, &mut fc)?;
+        let (cx, _cx_dp) = ceiling_path(&format!("{prefix}-"), true, &mut fc)?;
+        let (pt, _pt_d) = peerd_path(&format!("{prefix}-"), "tc", &mut fc)?;
+        let (px, _px_d) = peerd_path(&format!("{prefix}-"), "xdp", &mut fc)?;
         paths.extend([ct, cx, pt, px]);
         let secs = if quick { 0.5 } else { 2.0 };
         let frames: u32 = if quick { 300_000 } else { 2_000_000 };
@@ -1271,6 +1283,7 @@ fn run() -> Res<()> {
             res.forwarding.entry(s).or_default().insert(m, stat(v));
         }
         drop(paths);
+        nix::sched::sched_setaffinity(pid, &saved).map_err(|e| e.to_string())?;
     }
     drop(dp);
 
