@@ -34,6 +34,7 @@ fn started(body: &str) -> Option<Env> {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn lifecycle_pending_active_disconnected_rejected_and_survives_restart() {
     let a = |p: &[(&str, &str)]| vpc("a", "10.0.0.0/16", p);
     let b = |p: &[(&str, &str)]| vpc("b", "10.1.0.0/16", p);
@@ -106,6 +107,7 @@ fn lifecycle_pending_active_disconnected_rejected_and_survives_restart() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn pending_requests_expire_and_stay_expired() {
     let body = format!(
         "{}{}",
@@ -234,6 +236,7 @@ fn set_rcvbuf(s: &UdpSocket, bytes: i32) {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn an_active_peering_loses_nothing_through_edits_restarts_kills_and_bad_configs() {
     let base = format!(
         "{}{}",
@@ -327,6 +330,7 @@ fn an_active_peering_loses_nothing_through_edits_restarts_kills_and_bad_configs(
 /// An upgrade that changed a map's layout: the pinned map of the old build is replaced, not
 /// reused (reusing it would fail to load or misread it), and traffic flows.
 #[test]
+#[ignore = "needs root"]
 fn a_pinned_map_with_an_old_layout_is_replaced() {
     if !common::can_run() {
         return;
@@ -381,6 +385,7 @@ fn a_pinned_map_with_an_old_layout_is_replaced() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn drift_is_repaired() {
     let base = format!(
         "{}{}",
@@ -401,7 +406,7 @@ fn drift_is_repaired() {
         env.ping("a", "10.0.0.1", "10.1.0.1", 1)
     };
     assert!(works(&env));
-    let host_if = |v: &str| peerd::netns::host_ifname(&env.netns(v));
+    let host_if = |v: &str| peerd::state::link_name(&env.netns(v));
 
     // A namespace deleted by hand.
     sh(&["ip", "netns", "del", &env.netns("b")]);
@@ -445,6 +450,7 @@ fn drift_is_repaired() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn plan_shows_adds_removes_and_changes_without_applying() {
     let base = format!(
         "{}{}{}",
@@ -524,6 +530,7 @@ fn plan_shows_adds_removes_and_changes_without_applying() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn switching_the_datapath_between_tc_and_xdp_loses_nothing() {
     let base = format!(
         "{}{}",
@@ -540,7 +547,7 @@ fn switching_the_datapath_between_tc_and_xdp_loses_nothing() {
         env.wait_status(&format!("datapath {mode}"), BOUND, |st| {
             st["datapath"] == mode
         });
-        let host_if = peerd::netns::host_ifname(&env.netns("a"));
+        let host_if = peerd::state::link_name(&env.netns("a"));
         let link = sh(&["ip", "-d", "link", "show", "dev", &host_if]);
         assert_eq!(link.contains("prog/xdp"), mode == "xdp", "{link}");
         assert!(

@@ -39,6 +39,7 @@ fn setup(body: &str) -> Option<Env> {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn two_peered_vpcs_talk_both_ways_and_a_third_gets_nothing() {
     let Some(mut env) = setup(TWO_PEERED_AND_C) else {
         return;
@@ -133,6 +134,7 @@ fn two_peered_vpcs_talk_both_ways_and_a_third_gets_nothing() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn hub_and_spokes_no_transit() {
     let body = r#"
 [[vpc]]
@@ -210,6 +212,7 @@ cidrs = ["10.72.0.0/16", "fd00:72::/48"]
 }
 
 #[test]
+#[ignore = "needs root"]
 fn spoofed_source_is_dropped_and_counted() {
     let Some(env) = setup(TWO_PEERED_AND_C) else {
         return;
@@ -229,6 +232,7 @@ fn spoofed_source_is_dropped_and_counted() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn overlapping_and_one_sided_peerings_carry_nothing() {
     let body = r#"
 [[vpc]]
@@ -279,6 +283,7 @@ cidrs = ["10.82.0.0/16"]
 }
 
 #[test]
+#[ignore = "needs root"]
 fn nothing_from_a_vpc_reaches_the_host() {
     let Some(env) = setup(TWO_PEERED_AND_C) else {
         return;
@@ -356,6 +361,7 @@ fn nothing_from_a_vpc_reaches_the_host() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn host_side_is_as_specified() {
     let Some(env) = setup(TWO_PEERED_AND_C) else {
         return;
@@ -383,6 +389,7 @@ fn host_side_is_as_specified() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn check_reports_errors_with_location_and_teardown_removes_everything() {
     if !common::can_run() {
         return;
@@ -422,7 +429,7 @@ fn check_reports_errors_with_location_and_teardown_removes_everything() {
     let links = common::env::sh(&["ip", "-o", "link", "show", "type", "veth"]);
     let st_host_ifs: Vec<String> = ["a", "b", "c"]
         .iter()
-        .map(|v| peerd::netns::host_ifname(&env.netns(v)))
+        .map(|v| peerd::state::link_name(&env.netns(v)))
         .collect();
     for h in st_host_ifs {
         assert!(!links.contains(&h), "{h} left: {links}");

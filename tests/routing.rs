@@ -43,6 +43,7 @@ fn explain(env: &Env, from: &str, src: &str, dst: &str) -> Value {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn subnets_reach_peers_with_identical_cidrs() {
     let Some(env) = setup(include_str!("../configs/examples/identical-cidrs.toml")) else {
         return;
@@ -112,6 +113,7 @@ fn subnets_reach_peers_with_identical_cidrs() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn a_host_route_wins_over_the_covering_block() {
     let Some(env) = setup(include_str!("../configs/examples/longest-prefix.toml")) else {
         return;
@@ -160,6 +162,7 @@ fn a_host_route_wins_over_the_covering_block() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn only_the_routed_cidr_of_a_two_cidr_vpc_works_both_ways() {
     let Some(env) = setup(include_str!("../configs/examples/partial-cidrs.toml")) else {
         return;
@@ -190,6 +193,7 @@ fn only_the_routed_cidr_of_a_two_cidr_vpc_works_both_ways() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn routes_for_specific_hosts_only() {
     let Some(env) = setup(include_str!("../configs/examples/specific-hosts.toml")) else {
         return;
@@ -211,6 +215,7 @@ fn routes_for_specific_hosts_only() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn full_mesh_of_three_every_pair_both_ways() {
     let Some(env) = setup(include_str!("../configs/examples/full-mesh.toml")) else {
         return;
@@ -241,6 +246,7 @@ fn full_mesh_of_three_every_pair_both_ways() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn hub_with_six_spokes_no_spoke_to_spoke() {
     let Some(env) = setup(include_str!("../configs/examples/hub-and-spokes.toml")) else {
         return;
@@ -291,6 +297,7 @@ fn hub_with_six_spokes_no_spoke_to_spoke() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn ipv6_added_to_peered_vpcs_uses_the_same_peering() {
     let v4_only = r#"
 [[vpc]]

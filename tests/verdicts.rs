@@ -117,7 +117,7 @@ impl Harness {
         let mut out = vec![0u8; frame.len() + 64];
         let res = self
             .dp
-            .program()
+            .tc_program()
             .test_run(TestRunOptions {
                 data_in: Some(frame),
                 data_out: Some(&mut out),
@@ -134,7 +134,7 @@ impl Harness {
 
     fn drops(&self, vpc: u32, reason: DropReason) -> u64 {
         self.dp
-            .drops(vpc)
+            .counters().drops(vpc)
             .get(&reason)
             .map(|c| c.packets)
             .unwrap_or(0)
@@ -160,6 +160,7 @@ impl Harness {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn forwards_ipv4_between_peers_with_ttl_checksum_and_macs() {
     if !common::can_run() {
         return;
@@ -171,7 +172,7 @@ fn forwards_ipv4_between_peers_with_ttl_checksum_and_macs() {
         decide(&t, 1, ip("10.1.0.5"), ip("10.2.0.7"), 64),
         Decision::Deliver { dst_vpc: 2, .. }
     ));
-    let before = h.dp.forwarded(1, 0);
+    let before = h.dp.counters().forwarded(1, 0);
     let r = h.run(101, &f);
     assert_eq!(r.verdict, TC_ACT_REDIRECT);
     assert_eq!(
@@ -187,7 +188,7 @@ fn forwards_ipv4_between_peers_with_ttl_checksum_and_macs() {
         "header checksum still valid"
     );
     assert_eq!(&r.out[34..], &f[34..], "payload untouched");
-    let after = h.dp.forwarded(1, 0);
+    let after = h.dp.counters().forwarded(1, 0);
     assert_eq!(after.packets, before.packets + 1);
     assert_eq!(after.bytes, before.bytes + f.len() as u64);
 
@@ -197,10 +198,11 @@ fn forwards_ipv4_between_peers_with_ttl_checksum_and_macs() {
     assert_eq!(&r.out[0..6], &NS_MAC[1]);
     assert_eq!(r.out[14 + 8], 1);
     assert_eq!(ipv4_checksum(&r.out[14..34]), 0);
-    assert_eq!(h.dp.forwarded(1, 1).packets, 1);
+    assert_eq!(h.dp.counters().forwarded(1, 1).packets, 1);
 }
 
 #[test]
+#[ignore = "needs root"]
 fn ttl_checksum_update_is_correct_for_every_ttl() {
     if !common::can_run() {
         return;
@@ -215,6 +217,7 @@ fn ttl_checksum_update_is_correct_for_every_ttl() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn forwards_ipv6_and_decrements_hop_limit() {
     if !common::can_run() {
         return;
@@ -229,6 +232,7 @@ fn forwards_ipv6_and_decrements_hop_limit() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn drops_by_reason_and_counts() {
     if !common::can_run() {
         return;
@@ -267,6 +271,7 @@ fn drops_by_reason_and_counts() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn malformed_frames_are_dropped_and_counted() {
     if !common::can_run() {
         return;
@@ -331,6 +336,7 @@ fn malformed_frames_are_dropped_and_counted() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn answers_arp_for_the_gateway_only() {
     if !common::can_run() {
         return;
@@ -363,6 +369,7 @@ fn pin_to(cpu: usize) {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn flows_aggregate_across_cpus_with_their_verdict() {
     if !common::can_run() {
         return;

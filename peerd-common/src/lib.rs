@@ -92,6 +92,12 @@ pub mod maps {
     pub const CONFIG: &str = "PEERD_CONFIG";
     pub const FLOWS: &str = "PEERD_FLOWS";
     pub const FLOW_LOST: &str = "PEERD_FLOW_LOST";
+
+    /// Every map peerd pins (teardown removes these and nothing else).
+    pub const ALL: &[&str] = &[
+        IFACES, VPCS, PEERINGS, SRC_V4, SRC_V6, ROUTES_V4, ROUTES_V6, DROPS, FWD, CONFIG, FLOWS,
+        FLOW_LOST,
+    ];
 }
 
 /// `PEERD_CONFIG[0]` bits: runtime switches of the datapath.

@@ -1,21 +1,22 @@
-//! The control socket: one request line, one JSON answer, then the connection closes.
-//! Requests: `status`, `reload`.
+//! The control socket (a Unix stream socket): one JSON request per line, one JSON reply per
+//! line, then the connection closes. Requests are a serde-tagged enum; the server answers
+//! through a [`Handler`], so it knows nothing of the daemon behind it.
 use std::{
     io::{BufRead as _, BufReader, Write as _},
+    net::IpAddr,
     os::unix::net::UnixStream,
     path::{Path, PathBuf},
+    sync::Arc,
     time::Duration,
 };
 
+use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncWriteExt as _},
     net::UnixListener,
-    sync::mpsc,
 };
 use tracing::{debug, warn};
-
-use crate::daemon::Shared;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -38,6 +39,22 @@ pub enum Error {
     Daemon(String),
 }
 
+/// A request.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(tag = "request", rename_all = "kebab-case")]
+pub enum Request {
+    Status,
+    Reload,
+    Plan {
+        config: Option<PathBuf>,
+    },
+    Explain {
+        from: String,
+        src: IpAddr,
+        dst: IpAddr,
+    },
+}
+
 /// Answer envelope.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Reply {
@@ -46,22 +63,13 @@ pub struct Reply {
     pub result: Option<serde_json::Value>,
 }
 
-/// The arguments of `peerd explain`.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct ExplainRequest {
-    pub from: String,
-    pub src: std::net::IpAddr,
-    pub dst: std::net::IpAddr,
-}
-
-/// Requests the daemon's loop must act on (they need the reconcile path).
-#[derive(Debug)]
-pub enum Command {
-    Reload(tokio::sync::oneshot::Sender<Result<(), String>>),
+/// What answers requests.
+pub trait Handler: Send + Sync + 'static {
+    fn handle(&self, req: Request) -> BoxFuture<'static, Result<serde_json::Value, String>>;
 }
 
 /// Sends one request and returns the result value.
-pub fn request(socket: &Path, line: &str) -> Result<serde_json::Value, Error> {
+pub fn request(socket: &Path, req: &Request) -> Result<serde_json::Value, Error> {
     let mut s = UnixStream::connect(socket).map_err(|source| Error::Connect {
         path: socket.into(),
         source,
@@ -72,7 +80,9 @@ pub fn request(socket: &Path, line: &str) -> Result<serde_json::Value, Error> {
     };
     s.set_read_timeout(Some(Duration::from_secs(120)))
         .map_err(io)?;
-    s.write_all(format!("{line}\n").as_bytes()).map_err(io)?;
+    let mut line = serde_json::to_vec(req).expect("requests serialize");
+    line.push(b'\n');
+    s.write_all(&line).map_err(io)?;
     let mut answer = String::new();
     BufReader::new(&s).read_line(&mut answer).map_err(io)?;
     let reply: Reply = serde_json::from_str(&answer).map_err(|source| Error::Decode {
@@ -91,17 +101,17 @@ pub fn daemon_alive(socket: &Path) -> bool {
     UnixStream::connect(socket).is_ok()
 }
 
-pub async fn serve(listener: UnixListener, daemon: Shared, commands: mpsc::Sender<Command>) {
+pub async fn serve(listener: UnixListener, handler: Arc<dyn Handler>) {
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(s) => s,
             Err(e) => {
                 warn!(error = %e, "control socket accept");
+                tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
-        let daemon = daemon.clone();
-        let commands = commands.clone();
+        let handler = handler.clone();
         tokio::spawn(async move {
             let (r, mut w) = stream.into_split();
             let mut line = String::new();
@@ -109,116 +119,23 @@ pub async fn serve(listener: UnixListener, daemon: Shared, commands: mpsc::Sende
             if r.read_line(&mut line).await.is_err() {
                 return;
             }
-            let req = line.trim();
-            debug!(request = req, "control request");
-            let reply = match req {
-                "status" => {
-                    let d = daemon.clone();
-                    match tokio::task::spawn_blocking(move || {
-                        serde_json::to_value(d.lock().expect("daemon lock").status())
-                    })
-                    .await
-                    {
-                        Ok(Ok(v)) => Reply {
-                            ok: true,
-                            error: None,
-                            result: Some(v),
-                        },
-                        Ok(Err(e)) => Reply {
-                            ok: false,
-                            error: Some(e.to_string()),
-                            result: None,
-                        },
-                        Err(e) => Reply {
-                            ok: false,
-                            error: Some(e.to_string()),
-                            result: None,
-                        },
-                    }
-                }
-                "reload" => {
-                    let (tx, rx) = tokio::sync::oneshot::channel();
-                    let _ = commands.send(Command::Reload(tx)).await;
-                    match rx.await {
-                        Ok(Ok(())) => Reply {
-                            ok: true,
-                            error: None,
-                            result: None,
-                        },
-                        Ok(Err(e)) => Reply {
-                            ok: false,
-                            error: Some(e),
-                            result: None,
-                        },
-                        Err(_) => Reply {
-                            ok: false,
-                            error: Some("daemon is stopping".into()),
-                            result: None,
-                        },
-                    }
-                }
-                other if other == "plan" || other.starts_with("plan ") => {
-                    let d = daemon.clone();
-                    let path = other.strip_prefix("plan ").map(PathBuf::from);
-                    match tokio::task::spawn_blocking(move || {
-                        d.lock().expect("daemon lock").plan_reload(path.as_deref())
-                    })
-                    .await
-                    {
-                        Ok(Ok(lines)) => Reply {
-                            ok: true,
-                            error: None,
-                            result: serde_json::to_value(lines).ok(),
-                        },
-                        Ok(Err(e)) => Reply {
-                            ok: false,
-                            error: Some(e.to_string()),
-                            result: None,
-                        },
-                        Err(e) => Reply {
-                            ok: false,
-                            error: Some(e.to_string()),
-                            result: None,
-                        },
-                    }
-                }
-                other if other.starts_with("explain ") => {
-                    let q: Result<ExplainRequest, _> =
-                        serde_json::from_str(&other["explain ".len()..]);
-                    match q {
-                        Ok(q) => {
-                            let d = daemon.clone();
-                            let r = tokio::task::spawn_blocking(move || {
-                                d.lock()
-                                    .expect("daemon lock")
-                                    .explain(&q.from, q.src, q.dst)
-                            })
-                            .await
-                            .map_err(|e| e.to_string())
-                            .and_then(|r| r);
-                            match r {
-                                Ok(e) => Reply {
-                                    ok: true,
-                                    error: None,
-                                    result: serde_json::to_value(e).ok(),
-                                },
-                                Err(e) => Reply {
-                                    ok: false,
-                                    error: Some(e),
-                                    result: None,
-                                },
-                            }
-                        }
-                        Err(e) => Reply {
-                            ok: false,
-                            error: Some(format!("bad explain request: {e}")),
-                            result: None,
-                        },
-                    }
-                }
-                other => Reply {
+            debug!(request = line.trim(), "control request");
+            let reply = match serde_json::from_str::<Request>(line.trim()) {
+                Ok(req) => match handler.handle(req).await {
+                    Ok(v) => Reply {
+                        ok: true,
+                        error: None,
+                        result: Some(v),
+                    },
+                    Err(e) => Reply {
+                        ok: false,
+                        error: Some(e),
+                        result: None,
+                    },
+                },
+                Err(e) => Reply {
                     ok: false,
-                    error: Some(format!("unknown request {other:?}")),
+                    error: Some(format!("bad request: {e}")),
                     result: None,
                 },
             };

@@ -1,24 +1,27 @@
-//! The daemon: holds the last good configuration, reconciles host and datapath to it, and
-//! answers the control socket.
+//! The daemon: one task owns all mutable state (configuration in force, slots and history,
+//! the reconcilers' handles) and is the only one that changes the host. Everyone else — the
+//! control socket, metrics, signal handlers, watchers — sends it a [`Msg`] or reads the
+//! [`Snapshot`] it publishes after every change; nothing waits for a reconcile to read status.
 use std::{
     collections::{BTreeMap, BTreeSet},
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::{Duration, Instant, SystemTime},
 };
 
-use serde::Serialize;
+use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{error, info, warn};
 
 use crate::{
-    compile::{self, Plan},
-    config::{self, Config, PeeringState},
+    config::{self, Config, Peering},
     datapath::{self, Datapath},
-    netns,
+    desired, lifecycle,
+    netlink::{self, Netlink},
+    reconcile::{Reconciler, RunInputs, Scope},
     state::{self, State},
-    tables::Tables,
+    status::{FlowLogStatus, PeeringView, ReconcileReport, Snapshot, VpcView},
+    watch as watcher,
 };
-use peerd_common::{VpcInfo, VPC_PRESENT};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -28,286 +31,254 @@ pub enum Error {
     Datapath(#[from] datapath::Error),
     #[error(transparent)]
     State(#[from] state::Error),
-    #[error("another peerd is already running on {0}")]
-    AlreadyRunning(PathBuf),
-    #[error("{op} {path}: {source}")]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Netlink(#[from] netlink::Error),
 }
 
-#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
-pub struct CounterJson {
-    pub packets: u64,
-    pub bytes: u64,
-}
+/// How often the daemon re-checks the whole host even when no event woke it (a flushed route,
+/// a detached program).
+pub const RESYNC: Duration = Duration::from_secs(10);
+/// First retry of a VPC that could not be made ready; doubles up to `RESYNC`.
+const RETRY_FIRST: Duration = Duration::from_millis(500);
 
-#[derive(Clone, Debug, Serialize)]
-pub struct VpcStatus {
-    pub name: String,
-    pub netns: String,
-    pub ready: bool,
-    pub host_if: String,
-    pub error: Option<String>,
-    /// Drops of traffic from this VPC, by reason (only reasons that happened).
-    pub drops: BTreeMap<&'static str, CounterJson>,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct PeeringStatus {
-    pub id: String,
-    pub vpcs: [String; 2],
-    pub state: PeeringState,
-    pub reason: Option<String>,
-    pub first_seen: Option<u64>,
-    pub activated_at: Option<u64>,
-    /// Forwarded from vpcs[0] to vpcs[1], and back.
-    pub forwarded: [CounterJson; 2],
-}
-
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct ReconcileReport {
-    /// Host changes (namespaces, links, neighbours, routes) and datapath changes (map entries,
-    /// links), one line each. Empty: the host already was as configured.
-    pub actions: Vec<String>,
-    pub duration_ms: u64,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct Status {
-    pub generation: u64,
-    pub config_error: Option<String>,
-    pub datapath: &'static str,
-    pub vpcs: Vec<VpcStatus>,
-    pub peerings: Vec<PeeringStatus>,
-    pub last_reconcile: ReconcileReport,
-    pub flow_log: Option<FlowLogStatus>,
+/// What the owner task is asked to do.
+#[derive(Debug)]
+pub enum Msg {
+    /// Re-read the configuration (SIGHUP, `peerd reload`, a changed file).
+    Reload(Option<oneshot::Sender<Result<(), String>>>),
+    /// What applying the configuration at this path (default: the daemon's) would change.
+    Plan(Option<PathBuf>, oneshot::Sender<Result<Vec<String>, String>>),
+    /// Something peerd made may have been changed by someone else: look at everything.
+    Drift,
+    /// Stop (the datapath keeps forwarding).
+    Stop,
 }
 
 pub struct Daemon {
-    pub config_path: PathBuf,
-    pub cfg: Config,
-    pub state: State,
-    pub datapath: Datapath,
-    pub plan: Plan,
-    pub generation: u64,
-    pub config_error: Option<String>,
-    pub vpc_errors: BTreeMap<String, String>,
-    pub last_reconcile: ReconcileReport,
-    /// Reconciles run, and their durations (metrics).
-    pub reconciles: u64,
-    pub reconcile_seconds: prometheus_client::metrics::histogram::Histogram,
-    /// When the configuration was last loaded, successfully or not (Unix seconds).
-    pub last_reload_unix: u64,
-    /// The flow log, when `[daemon] flow_log` is set.
-    pub flow_log: Option<crate::flowlog::Writer>,
-    pub flow_log_error: Option<String>,
-    /// Host spec and state of each VPC as last ensured.
-    pub applied: BTreeMap<String, (netns::VpcHostSpec, netns::VpcHostState)>,
+    config_path: PathBuf,
+    cfg: Config,
+    state: State,
+    rec: Reconciler,
+    peerings: Vec<Peering>,
+    generation: u64,
+    config_error: Option<String>,
+    vpc_errors: BTreeMap<String, String>,
+    errors: Vec<String>,
+    taken_links: BTreeSet<String>,
+    last_reconcile: ReconcileReport,
+    backstop: Option<(u64, u64)>,
+    reconciles: u64,
+    reconcile_seconds: prometheus_client::metrics::histogram::Histogram,
+    last_reload_unix: u64,
+    flow_log: Option<crate::flowlog::Writer>,
+    flow_log_error: Option<String>,
+    snapshot: watch::Sender<Arc<Snapshot>>,
+    watcher: Option<watcher::ConfigWatcher>,
+    retry: Option<Duration>,
+    /// The desired state the last reconcile converged to (tables and names for readers).
+    desired: desired::Desired,
+    _lock: state::Lock,
 }
 
-pub type Shared = Arc<Mutex<Daemon>>;
-
 impl Daemon {
-    /// Loads config, state and datapath and converges once.
-    pub fn start(config_path: &Path) -> Result<Daemon, Error> {
+    /// Takes the state directory's lock, loads state and datapath, and converges once. Must
+    /// run inside the tokio runtime that will run [`Daemon::run`].
+    pub async fn start(
+        config_path: &Path,
+        snapshot: watch::Sender<Arc<Snapshot>>,
+    ) -> Result<Daemon, Error> {
         let cfg = Config::load(config_path)?;
+        let lock = state::Lock::take(&cfg.daemon.state_dir)?;
         let (st, warning) = State::load(&cfg.daemon.state_dir);
         if let Some(w) = warning {
             warn!("{w}");
         }
         let dp = Datapath::load(&cfg.daemon.pin_dir)?;
+        let nl = Netlink::new()?;
+        let rec = Reconciler::new(nl, dp, &cfg.daemon.netns_prefix);
         let mut d = Daemon {
             config_path: config_path.to_owned(),
             cfg,
             state: st,
-            datapath: dp,
-            plan: Plan::default(),
+            rec,
+            peerings: Vec::new(),
             generation: 0,
             config_error: None,
             vpc_errors: BTreeMap::new(),
+            errors: Vec::new(),
+            taken_links: BTreeSet::new(),
             last_reconcile: ReconcileReport::default(),
+            backstop: None,
             reconciles: 0,
             reconcile_seconds: crate::metrics::reconcile_histogram(),
             last_reload_unix: state::unix(SystemTime::now()),
             flow_log: None,
             flow_log_error: None,
-            applied: BTreeMap::new(),
+            snapshot,
+            watcher: None,
+            retry: None,
+            desired: desired::Desired::default(),
+            _lock: lock,
         };
-        d.reconcile()?;
+        d.reconcile(Scope::Full).await?;
         Ok(d)
     }
 
     /// Re-reads the configuration. A bad one is reported and changes nothing.
-    pub fn reload(&mut self) -> Result<(), Error> {
+    pub async fn reload(&mut self) -> Result<(), Error> {
         self.last_reload_unix = state::unix(SystemTime::now());
-        match Config::load(&self.config_path) {
-            Ok(cfg) => {
-                if cfg.daemon.pin_dir != self.cfg.daemon.pin_dir
-                    || cfg.daemon.netns_prefix != self.cfg.daemon.netns_prefix
-                    || cfg.daemon.state_dir != self.cfg.daemon.state_dir
-                {
-                    warn!("pin_dir, netns_prefix and state_dir changes apply at the next restart");
-                }
-                if cfg.daemon.metrics != self.cfg.daemon.metrics
-                    || cfg.daemon.socket != self.cfg.daemon.socket
-                {
-                    warn!("metrics and socket changes apply at the next restart");
-                }
-                self.config_error = None;
-                // Settings that only apply at a restart keep their running values.
-                let mut cfg = cfg;
-                let running = &self.cfg.daemon;
-                cfg.daemon.pin_dir = running.pin_dir.clone();
-                cfg.daemon.netns_prefix = running.netns_prefix.clone();
-                cfg.daemon.state_dir = running.state_dir.clone();
-                cfg.daemon.metrics = running.metrics;
-                cfg.daemon.socket = running.socket.clone();
-                if cfg == self.cfg {
-                    info!("configuration unchanged");
-                    return Ok(());
-                }
-                self.cfg = cfg;
-                // A reload touches only the VPCs whose host spec changed; repairs of the others
-                // are the job of drift events and the periodic full resync.
-                self.reconcile_with(false)
-            }
+        let cfg = match Config::load(&self.config_path) {
+            Ok(c) => c,
             Err(e) => {
                 error!(error = %e, "configuration rejected; the last good one stays in force");
                 self.config_error = Some(e.to_string());
-                Err(e.into())
+                self.publish();
+                return Err(e.into());
             }
+        };
+        self.config_error = None;
+        let cfg = self.keep_restart_settings(cfg);
+        if cfg == self.cfg {
+            info!("configuration unchanged");
+            self.publish();
+            return Ok(());
         }
+        self.cfg = cfg;
+        self.reconcile(Scope::Changed).await
     }
 
-    /// Makes host and datapath match the last good configuration; changes only the difference.
-    /// Every VPC's host state is checked against the system.
-    pub fn reconcile(&mut self) -> Result<(), Error> {
-        self.reconcile_with(true)
+    /// Settings that only apply at a restart keep their running values (with a warning).
+    fn keep_restart_settings(&self, mut cfg: Config) -> Config {
+        let running = &self.cfg.daemon;
+        if cfg.daemon.pin_dir != running.pin_dir
+            || cfg.daemon.netns_prefix != running.netns_prefix
+            || cfg.daemon.state_dir != running.state_dir
+            || cfg.daemon.metrics != running.metrics
+            || cfg.daemon.socket != running.socket
+        {
+            warn!("pin_dir, netns_prefix, state_dir, metrics and socket changes apply at the next restart");
+        }
+        cfg.daemon.pin_dir = running.pin_dir.clone();
+        cfg.daemon.netns_prefix = running.netns_prefix.clone();
+        cfg.daemon.state_dir = running.state_dir.clone();
+        cfg.daemon.metrics = running.metrics;
+        cfg.daemon.socket = running.socket.clone();
+        cfg
     }
 
-    /// `full = false` trusts VPCs whose host spec is unchanged since they were last ensured
-    /// (fast reloads on big hosts).
-    pub fn reconcile_with(&mut self, full: bool) -> Result<(), Error> {
+    /// Makes host and datapath match the configuration in force; changes only the difference.
+    pub async fn reconcile(&mut self, scope: Scope) -> Result<(), Error> {
         let started = Instant::now();
-        let now = SystemTime::now();
-        let mut actions = Vec::new();
-        let st = &mut self.state;
-        let first_seen = |id: &str| st.peerings.get(id).map(|r| state::from_unix(r.first_seen));
-        let mut peerings = config::evaluate_peerings(&self.cfg, &first_seen);
-        compile::apply_lifecycle(&self.cfg, &mut peerings, &mut self.state, now)?;
+        let now = state::unix(SystemTime::now());
+        let prev = self.state.clone();
+        let mut next = prev.assign(&desired::wanted(&self.cfg, &self.taken_links), now)?;
+        let (peerings, records) = lifecycle::evaluate(&self.cfg, &next.peerings, now);
+        next.peerings = records;
+        if next.created_netns.is_none() {
+            // A state from an older peerd, which created every VPC namespace it recorded.
+            next.created_netns = Some(
+                prev.vpcs
+                    .keys()
+                    .map(|v| format!("{}{v}", self.cfg.daemon.netns_prefix))
+                    .collect(),
+            );
+        }
         for p in &peerings {
-            let prev = self
-                .plan
-                .peerings
-                .iter()
-                .find(|q| q.id == p.id)
-                .map(|q| q.state);
-            if prev != Some(p.state) {
+            let before = self.peerings.iter().find(|q| q.id == p.id).map(|q| q.state);
+            if before != Some(p.state) {
                 info!(peering = %p.id, vpcs = ?p.vpcs, state = %p.state, reason = ?p.reason, "peering state");
             }
         }
-        let old_vpcs: BTreeSet<String> = self.state.vpcs.keys().cloned().collect();
-        let old_slots = (self.state.vpcs.clone(), self.state.peerings.clone());
-        let mut plan = compile::compile(&self.cfg, peerings, &mut self.state)?;
-        // A slot given to a new VPC or peering starts with zeroed counters.
-        for (name, slot) in &self.state.vpcs {
-            if old_slots.0.get(name) != Some(slot) {
-                self.datapath.reset_vpc_counters(*slot)?;
-            }
-        }
-        for (id, rec) in &self.state.peerings {
-            if old_slots.1.get(id).map(|r| r.slot) != Some(rec.slot) {
-                self.datapath.reset_peering_counters(rec.slot)?;
-            }
-        }
-
-        // Host: namespaces, links, neighbours, routes.
-        let mut tables = std::mem::take(&mut plan.tables);
-        if full {
-            self.vpc_errors.clear();
-        }
-        let mut attach = Vec::new();
-        let mut keep = BTreeSet::new();
-        let mut restore_features = Vec::new();
-        let mut specs = Vec::with_capacity(plan.vpcs.len());
-        let xdp_links = match self.cfg.daemon.datapath {
-            config::DatapathMode::Tc => self.datapath.xdp_link_ifnames(),
-            config::DatapathMode::Xdp => BTreeSet::new(),
-        };
-        for v in &plan.vpcs {
-            let spec = netns::VpcHostSpec {
-                netns: v.netns.clone(),
-                host_if: v.host_if.clone(),
-                mtu: v.mtu,
-                routes: v.ns_routes.clone(),
-                // Switching XDP -> TC: keep the XDP-friendly features until the XDP links are
-                // gone (below), or redirects into this VPC would be dropped meanwhile.
-                xdp: match self.cfg.daemon.datapath {
-                    config::DatapathMode::Xdp => Some(true),
-                    config::DatapathMode::Tc if xdp_links.contains(&v.host_if) => None,
-                    config::DatapathMode::Tc => Some(false),
-                },
-            };
-            if spec.xdp.is_none() {
-                restore_features.push(v.netns.clone());
-            }
-            let known = self
-                .applied
-                .get(&v.name)
-                .filter(|(s, _)| !full && *s == spec)
-                .map(|(_, h)| *h);
-            specs.push((spec, known));
-        }
-        // The VPCs whose host state must be checked or built, side by side.
-        let todo: Vec<netns::VpcHostSpec> = specs
+        let new_vpc_slots: Vec<u32> = next
+            .vpcs
             .iter()
-            .filter(|(_, k)| k.is_none())
-            .map(|(s, _)| s.clone())
+            .filter(|(n, s)| prev.vpcs.get(*n) != Some(s))
+            .map(|(_, s)| *s)
             .collect();
-        let mut ensured_all = netns::ensure_vpcs(&todo).into_iter();
-        for (v, (spec, known)) in plan.vpcs.iter().zip(specs) {
-            let ensured = match known {
-                Some(h) => Ok((h, netns::Changes::default())),
-                None => ensured_all
-                    .next()
-                    .unwrap_or_else(|| Err(netns::Error::Thread(spec.netns.clone()))),
-            };
-            if known.is_none() {
-                self.vpc_errors.remove(&v.name);
-            }
-            match ensured {
-                Ok((host, changes)) => {
-                    if known.is_none() {
-                        self.applied.insert(v.name.clone(), (spec.clone(), host));
-                    }
-                    actions.extend(changes.actions);
-                    tables.ifaces.insert(host.host_ifindex, v.slot);
-                    tables.vpcs.insert(
-                        v.slot,
-                        VpcInfo {
-                            host_ifindex: host.host_ifindex,
-                            flags: VPC_PRESENT,
-                            ns_mac: host.ns_mac,
-                            gw_mac: host.host_mac,
-                        },
-                    );
-                    if known.is_none() {
-                        attach.push((v.name.clone(), v.host_if.clone(), host.host_ifindex));
-                    }
-                    keep.insert((v.host_if.clone(), host.host_ifindex));
-                }
-                Err(e) => {
-                    self.applied.remove(&v.name);
-                    error!(vpc = %v.name, error = %e, "VPC host state not ready");
-                    self.vpc_errors.insert(v.name.clone(), e.to_string());
-                }
+        let new_peering_slots: Vec<u32> = next
+            .peerings
+            .iter()
+            .filter(|(id, r)| prev.peerings.get(*id).map(|p| p.slot) != Some(r.slot))
+            .map(|(_, r)| r.slot)
+            .collect();
+        // The slots are on disk before any map entry refers to them.
+        next.save(&self.cfg.daemon.state_dir)?;
+        self.state = next;
+        self.set_flow_log();
+        let gone: Vec<state::Removal> = self.state.removing.values().cloned().collect();
+        let out = self
+            .rec
+            .run(
+                &RunInputs {
+                    config: &self.cfg,
+                    peerings: &peerings,
+                    state: &self.state,
+                    gone: &gone,
+                    new_vpc_slots: &new_vpc_slots,
+                    new_peering_slots: &new_peering_slots,
+                },
+                scope,
+            )
+            .await;
+        let created = self.state.created_netns.get_or_insert_with(BTreeSet::new);
+        created.extend(out.created_netns.iter().cloned());
+        for v in &out.removed {
+            if let Some(r) = self.state.removing.remove(v) {
+                created.remove(&r.netns);
             }
         }
+        if out.maps_clean {
+            self.state.release_retired();
+        }
+        self.state.save(&self.cfg.daemon.state_dir)?;
+        self.taken_links = out.taken_links;
+        self.peerings = peerings;
+        self.vpc_errors = out.vpc_errors;
+        for (v, e) in &self.vpc_errors {
+            error!(vpc = %v, error = %e, "VPC not ready");
+        }
+        self.errors = out.errors;
+        self.backstop = out.backstop;
+        self.retry = if self.vpc_errors.is_empty() && self.errors.is_empty() && out.maps_clean {
+            None
+        } else {
+            Some(
+                self.retry
+                    .map(|r| (r * 2).min(RESYNC))
+                    .unwrap_or(RETRY_FIRST),
+            )
+        };
+        self.generation += 1;
+        self.reconciles += 1;
+        let elapsed = started.elapsed();
+        self.reconcile_seconds.observe(elapsed.as_secs_f64());
+        let duration_ms = elapsed.as_millis() as u64;
+        if out.actions.is_empty() {
+            info!(generation = self.generation, duration_ms, "reconciled: nothing to change");
+        } else {
+            for a in &out.actions {
+                info!(generation = self.generation, "{a}");
+            }
+            info!(
+                generation = self.generation,
+                duration_ms,
+                changes = out.actions.len(),
+                "reconciled"
+            );
+        }
+        self.last_reconcile = ReconcileReport {
+            actions: out.actions,
+            duration_ms,
+        };
+        self.desired = out.desired;
+        self.publish();
+        Ok(())
+    }
+}
 
-        // Flow log on or off, as configured.
+impl Daemon {
+    /// Turns the flow log on or off as configured.
+    fn set_flow_log(&mut self) {
         let d = &self.cfg.daemon;
         match (&d.flow_log, &self.flow_log) {
             (Some(p), Some(w)) if w.path() == p => {}
@@ -320,300 +291,21 @@ impl Daemon {
             }
             (None, _) => self.flow_log = None,
         }
-        self.datapath.set_flow_log(self.flow_log.is_some())?;
-
-        // Datapath: new entries first, then removals; then attach to new links.
-        let st = if full {
-            self.datapath.sync(&tables)?
-        } else {
-            self.datapath.sync_incremental(&tables)?
-        };
-        if st.written > 0 {
-            actions.push(format!("wrote {} datapath map entries", st.written));
-        }
-        if st.removed > 0 {
-            actions.push(format!("removed {} datapath map entries", st.removed));
-        }
-        for (vpc, ifname, ifindex) in &attach {
-            match self
-                .datapath
-                .attach(self.cfg.daemon.datapath, ifname, *ifindex)
-            {
-                Ok(datapath::Attach::Created) => {
-                    actions.push(format!("attached datapath to {ifname}"))
-                }
-                Ok(datapath::Attach::Repaired) => actions.push(format!(
-                    "re-attached datapath to {ifname} (it had been detached)"
-                )),
-                Ok(datapath::Attach::Replaced) => {
-                    actions.push(format!("replaced datapath program on {ifname}"))
-                }
-                Ok(datapath::Attach::Unchanged) => {}
-                Err(e) => {
-                    error!(vpc = %vpc, error = %e, "attaching datapath");
-                    self.applied.remove(vpc);
-                    self.vpc_errors.insert(vpc.clone(), e.to_string());
-                }
-            }
-        }
-
-        // VPCs peerd created that are no longer configured.
-        let new_vpcs: BTreeSet<String> = plan.vpcs.iter().map(|v| v.name.clone()).collect();
-        self.applied.retain(|name, _| new_vpcs.contains(name));
-        for gone in old_vpcs.difference(&new_vpcs) {
-            let ns = format!("{}{}", self.cfg.daemon.netns_prefix, gone);
-            match netns::remove_vpc(&ns, &netns::host_ifname(&ns)) {
-                Ok(changes) => actions.extend(changes.actions),
-                Err(e) => error!(vpc = %gone, error = %e, "removing VPC"),
-            }
-        }
-        // Links of removed VPCs, and of the other datapath mode after a switch (the new mode's
-        // links are already attached above).
-        let pruned = self.datapath.prune_links(self.cfg.daemon.datapath, &keep)?;
-        if pruned > 0 {
-            actions.push(format!("removed {pruned} stale datapath links"));
-        }
-        for ns in restore_features {
-            match netns::set_vpc_features(&ns, false) {
-                Ok(c) => actions.extend(c.actions),
-                Err(e) => error!(netns = %ns, error = %e, "restoring TC features"),
-            }
-        }
-
-        self.state.save(&self.cfg.daemon.state_dir)?;
-        plan.tables = tables;
-        self.plan = plan;
-        self.generation += 1;
-        let duration_ms = started.elapsed().as_millis() as u64;
-        if actions.is_empty() {
-            info!(
-                generation = self.generation,
-                duration_ms, "reconciled: nothing to change"
-            );
-        } else {
-            for a in &actions {
-                info!(generation = self.generation, "{a}");
-            }
-            info!(
-                generation = self.generation,
-                duration_ms,
-                changes = actions.len(),
-                "reconciled"
-            );
-        }
-        self.last_reconcile = ReconcileReport {
-            actions,
-            duration_ms,
-        };
-        Ok(())
-    }
-
-    pub fn tables(&self) -> &Tables {
-        &self.plan.tables
-    }
-
-    pub fn status(&self) -> Status {
-        let vpcs = self
-            .plan
-            .vpcs
-            .iter()
-            .map(|v| {
-                let error = self.vpc_errors.get(&v.name).cloned();
-                let drops = self
-                    .datapath
-                    .drops(v.slot)
-                    .into_iter()
-                    .filter(|(_, c)| c.packets > 0)
-                    .map(|(r, c)| {
-                        (
-                            r.name(),
-                            CounterJson {
-                                packets: c.packets,
-                                bytes: c.bytes,
-                            },
-                        )
-                    })
-                    .collect();
-                VpcStatus {
-                    name: v.name.clone(),
-                    netns: v.netns.clone(),
-                    ready: error.is_none() && self.plan.tables.vpcs.contains_key(&v.slot),
-                    host_if: v.host_if.clone(),
-                    error,
-                    drops,
-                }
-            })
-            .collect();
-        let peerings = self
-            .plan
-            .peerings
-            .iter()
-            .map(|p| {
-                let rec = self.state.peerings.get(&p.id);
-                let slot = self.plan.peering_slots.get(&p.id).copied().unwrap_or(0);
-                let fwd = |dir| {
-                    let c = self.datapath.forwarded(slot, dir);
-                    CounterJson {
-                        packets: c.packets,
-                        bytes: c.bytes,
-                    }
-                };
-                PeeringStatus {
-                    id: p.id.clone(),
-                    vpcs: p.vpcs.clone(),
-                    state: p.state,
-                    reason: p.reason.clone(),
-                    first_seen: rec.map(|r| r.first_seen),
-                    activated_at: rec.and_then(|r| r.activated_at),
-                    forwarded: [fwd(0), fwd(1)],
-                }
-            })
-            .collect();
-        Status {
-            generation: self.generation,
-            config_error: self.config_error.clone(),
-            datapath: match self.cfg.daemon.datapath {
-                config::DatapathMode::Tc => "tc",
-                config::DatapathMode::Xdp => "xdp",
-            },
-            vpcs,
-            peerings,
-            last_reconcile: self.last_reconcile.clone(),
-            flow_log: self.flow_log_status(),
+        if let Err(e) = self.rec.dp.set_flow_log(self.flow_log.is_some()) {
+            error!(error = %e, "switching the flow log");
         }
     }
-}
 
-/// How often the daemon re-checks the host against the configuration even when no event woke
-/// it (a flushed route, a detached program).
-pub const RESYNC: Duration = Duration::from_secs(10);
-
-/// `peerd explain`: what the datapath does with one packet, and why.
-#[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq, Eq)]
-pub struct Explanation {
-    pub from: String,
-    pub src: std::net::IpAddr,
-    pub dst: std::net::IpAddr,
-    /// "deliver" or "drop".
-    pub verdict: String,
-    pub reason: Option<String>,
-    pub table: Option<String>,
-    pub route: Option<String>,
-    pub peering: Option<String>,
-    pub peering_state: Option<PeeringState>,
-    pub to: Option<String>,
-}
-
-impl Daemon {
-    pub fn explain(
-        &self,
-        from: &str,
-        src: std::net::IpAddr,
-        dst: std::net::IpAddr,
-    ) -> Result<Explanation, String> {
-        use crate::tables::{trace, Decision};
-        let v = self
-            .plan
-            .vpcs
-            .iter()
-            .find(|v| v.name == from)
-            .ok_or_else(|| format!("no VPC named \"{from}\" in the configuration in force"))?;
-        let name_of_vpc = |slot: u32| {
-            self.plan
-                .vpcs
-                .iter()
-                .find(|v| v.slot == slot)
-                .map(|v| v.name.clone())
-        };
-        let peering_of = |slot: u32| {
-            self.plan
-                .peering_slots
-                .iter()
-                .find(|(_, s)| **s == slot)
-                .map(|(id, _)| id.clone())
-        };
-        let tr = trace(&self.plan.tables, v.slot, src, dst, 64);
-        let peering = tr.route.and_then(|(_, t)| peering_of(t.peering));
-        let peering_state = peering
-            .as_ref()
-            .and_then(|id| self.plan.peerings.iter().find(|p| &p.id == id))
-            .map(|p| p.state);
-        let (verdict, reason, to) = match tr.decision {
-            Decision::Deliver { dst_vpc, .. } => ("deliver", None, name_of_vpc(dst_vpc)),
-            Decision::Drop(r) => ("drop", Some(r.name().to_owned()), None),
-        };
-        Ok(Explanation {
-            from: from.to_owned(),
-            src,
-            dst,
-            verdict: verdict.into(),
-            reason,
-            table: tr
-                .table
-                .and_then(|t| self.plan.table_names.get(&t))
-                .map(|(_, n)| n.clone()),
-            route: tr.route.map(|(r, _)| r.to_string()),
-            peering,
-            peering_state,
-            to,
-        })
-    }
-}
-
-impl Daemon {
-    /// Time until the earliest pending peering expires, if any.
-    pub fn next_expiry(&self) -> Option<Duration> {
-        let now = state::unix(SystemTime::now());
-        let expiry = self.cfg.daemon.pending_expiry.as_secs();
-        self.plan
-            .peerings
-            .iter()
-            .filter(|p| p.state == PeeringState::PendingAcceptance)
-            .filter_map(|p| self.state.peerings.get(&p.id))
-            .map(|r| Duration::from_secs((r.first_seen + expiry).saturating_sub(now)))
-            .min()
-    }
-
-    /// What applying the configuration at `path` (default: the daemon's own) would change,
-    /// changing nothing.
-    pub fn plan_reload(&self, path: Option<&Path>) -> Result<Vec<String>, Error> {
-        let cfg = Config::load(path.unwrap_or(&self.config_path))?;
-        let mut st = self.state.clone();
-        let first_seen = |id: &str| {
-            self.state
-                .peerings
-                .get(id)
-                .map(|r| state::from_unix(r.first_seen))
-        };
-        let mut peerings = config::evaluate_peerings(&cfg, &first_seen);
-        compile::apply_lifecycle(&cfg, &mut peerings, &mut st, SystemTime::now())?;
-        let new = compile::compile(&cfg, peerings, &mut st)?;
-        Ok(diff_plans(&self.plan, &new))
-    }
-}
-
-impl Daemon {
     /// Moves the datapath's flow aggregates into the flow log (one window).
-    pub fn drain_flow_log(&mut self) -> Result<(), Error> {
-        if self.flow_log.is_none() {
-            return Ok(());
-        }
-        let flows = self.datapath.drain_flows();
-        let plan = &self.plan;
-        let vpc_name = |slot: u32| {
-            plan.vpcs
-                .iter()
-                .find(|v| v.slot == slot)
-                .map(|v| v.name.clone())
+    pub fn drain_flow_log(&mut self) {
+        let Some(w) = self.flow_log.as_mut() else {
+            return;
         };
-        let peering_id = |slot: u32| {
-            plan.peering_slots
-                .iter()
-                .find(|(_, s)| **s == slot)
-                .map(|(id, _)| id.clone())
-        };
+        let flows = self.rec.dp.drain_flows();
+        let names = &self.desired.names;
+        let vpc_name = |slot: u32| names.vpcs.get(&slot).cloned();
+        let peering_id = |slot: u32| names.peerings.get(&slot).cloned();
         let records = crate::flowlog::records(&flows, &vpc_name, &peering_id);
-        let w = self.flow_log.as_mut().expect("checked above");
         match w.write(&records) {
             Ok(()) => self.flow_log_error = None,
             Err(e) => {
@@ -621,128 +313,242 @@ impl Daemon {
                 self.flow_log_error = Some(e.to_string());
             }
         }
-        Ok(())
+        self.publish();
     }
 
-    pub fn flow_log_status(&self) -> Option<FlowLogStatus> {
-        let w = self.flow_log.as_ref()?;
-        let lost = self.datapath.flow_lost();
-        Some(FlowLogStatus {
+    /// Publishes what readers see.
+    fn publish(&self) {
+        let created = |v: &str| {
+            self.desired
+                .vpcs
+                .get(v)
+                .map(|w| (w.netns.clone(), w.host_if.clone(), w.slot))
+        };
+        let vpcs = self
+            .cfg
+            .vpcs
+            .iter()
+            .filter_map(|v| {
+                let (netns, host_if, slot) = created(&v.name)?;
+                let error = self.vpc_errors.get(&v.name).cloned();
+                let attached = self
+                    .rec
+                    .facts
+                    .links
+                    .get(&v.name)
+                    .is_some_and(|f| self.rec.facts.attached.contains(&(host_if.clone(), f.host_ifindex)));
+                Some(VpcView {
+                    name: v.name.clone(),
+                    netns,
+                    host_if,
+                    slot,
+                    ready: error.is_none() && attached,
+                    error,
+                })
+            })
+            .collect();
+        let peerings = self
+            .peerings
+            .iter()
+            .map(|p| {
+                let rec = self.state.peerings.get(&p.id);
+                PeeringView {
+                    id: p.id.clone(),
+                    vpcs: p.vpcs.clone(),
+                    state: p.state,
+                    reason: p.reason.clone(),
+                    slot: rec.map(|r| r.slot).unwrap_or(0),
+                    first_seen: rec.map(|r| r.first_seen),
+                    activated_at: rec.and_then(|r| r.activated_at),
+                }
+            })
+            .collect();
+        let flow_log = self.flow_log.as_ref().map(|w| FlowLogStatus {
             path: w.path().to_owned(),
             records_written: w.records_written,
             rotations: w.rotations,
-            lost_packets: lost.packets,
+            lost_packets: self.rec.dp.flow_lost().packets,
             error: self.flow_log_error.clone(),
-        })
+        });
+        let snap = Snapshot {
+            generation: self.generation,
+            config_error: self.config_error.clone(),
+            datapath: self.cfg.daemon.datapath,
+            vpcs,
+            peerings,
+            last_reconcile: self.last_reconcile.clone(),
+            errors: self.errors.clone(),
+            flow_log,
+            backstop: self.backstop,
+            reconciles: self.reconciles,
+            reconcile_seconds: Some(self.reconcile_seconds.clone()),
+            last_reload_unix: self.last_reload_unix,
+            tables: self.desired.tables.clone(),
+            names: self.desired.names.clone(),
+        };
+        self.snapshot.send_replace(Arc::new(snap));
+    }
+
+    /// What applying the configuration at `path` (default: the daemon's own) would change,
+    /// changing nothing.
+    pub async fn plan(&mut self, path: Option<&Path>) -> Result<Vec<String>, String> {
+        let cfg = Config::load(path.unwrap_or(&self.config_path)).map_err(|e| e.to_string())?;
+        let cfg = self.keep_restart_settings(cfg);
+        let now = state::unix(SystemTime::now());
+        let next = self
+            .state
+            .assign(&desired::wanted(&cfg, &self.taken_links), now)
+            .map_err(|e| e.to_string())?;
+        let (peerings, _) = lifecycle::evaluate(&cfg, &next.peerings, now);
+        let gone: Vec<state::Removal> = next.removing.values().cloned().collect();
+        let mut lines = self
+            .rec
+            .plan(&RunInputs {
+                config: &cfg,
+                peerings: &peerings,
+                state: &next,
+                gone: &gone,
+                new_vpc_slots: &[],
+                new_peering_slots: &[],
+            })
+            .await;
+        for p in &peerings {
+            match self.peerings.iter().find(|q| q.id == p.id) {
+                None => lines.push(format!(
+                    "+ peering {} ({} <-> {}): {}",
+                    p.id, p.vpcs[0], p.vpcs[1], p.state
+                )),
+                Some(q) if q.state != p.state || q.reason != p.reason => lines.push(format!(
+                    "~ peering {}: {} -> {}{}",
+                    p.id,
+                    q.state,
+                    p.state,
+                    p.reason
+                        .as_ref()
+                        .map(|r| format!(" ({r})"))
+                        .unwrap_or_default()
+                )),
+                Some(_) => {}
+            }
+        }
+        for q in self
+            .peerings
+            .iter()
+            .filter(|q| !peerings.iter().any(|p| p.id == q.id))
+        {
+            lines.push(format!("- peering {} ({} <-> {})", q.id, q.vpcs[0], q.vpcs[1]));
+        }
+        Ok(lines)
+    }
+
+    /// When the daemon must wake by itself: the earliest of a retry, an expiring request and
+    /// the periodic resync.
+    fn next_wake(&self, resync_at: tokio::time::Instant) -> (tokio::time::Instant, Scope) {
+        let now = tokio::time::Instant::now();
+        let mut at = resync_at;
+        let mut scope = Scope::Full;
+        if let Some(r) = self.retry {
+            if now + r < at {
+                at = now + r;
+                scope = Scope::Changed;
+            }
+        }
+        let unix_now = state::unix(SystemTime::now());
+        if let Some(s) =
+            lifecycle::next_expiry(&self.cfg, &self.peerings, &self.state.peerings, unix_now)
+        {
+            let e = now + Duration::from_secs(s) + Duration::from_millis(50);
+            if e < at {
+                at = e;
+                scope = Scope::Changed;
+            }
+        }
+        (at, scope)
+    }
+
+    /// The owner task's loop: messages, watcher events, timers. Returns on `Msg::Stop`.
+    pub async fn run(
+        mut self,
+        mut msgs: mpsc::Receiver<Msg>,
+        mut events: mpsc::UnboundedReceiver<watcher::Event>,
+        watcher: Option<watcher::ConfigWatcher>,
+    ) {
+        self.watcher = watcher;
+        self.update_watch();
+        let mut resync_at = tokio::time::Instant::now() + RESYNC;
+        let mut flow_tick = tokio::time::interval(self.cfg.daemon.flow_log_interval);
+        flow_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // systemd's watchdog: pinged from this loop, so a stuck owner task is noticed.
+        let watchdog = watchdog_interval();
+        let mut dog = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
+        loop {
+            let (wake, scope) = self.next_wake(resync_at);
+            tokio::select! {
+                m = msgs.recv() => match m {
+                    None | Some(Msg::Stop) => break,
+                    Some(Msg::Reload(reply)) => {
+                        let r = self.reload().await.map_err(|e| e.to_string());
+                        if let Some(reply) = reply {
+                            let _ = reply.send(r);
+                        }
+                    }
+                    Some(Msg::Plan(path, reply)) => {
+                        let _ = reply.send(self.plan(path.as_deref()).await);
+                    }
+                    Some(Msg::Drift) => self.resync().await,
+                },
+                Some(ev) = events.recv() => {
+                    // Debounce: editors write several events per save.
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    let mut reload = ev == watcher::Event::Config;
+                    while let Ok(more) = events.try_recv() {
+                        reload |= more == watcher::Event::Config;
+                    }
+                    if reload {
+                        info!("configuration changed on disk: reloading");
+                        let _ = self.reload().await;
+                    } else {
+                        self.resync().await;
+                    }
+                }
+                _ = tokio::time::sleep_until(wake) => {
+                    if scope == Scope::Full {
+                        resync_at = tokio::time::Instant::now() + RESYNC;
+                    }
+                    if let Err(e) = self.reconcile(scope).await {
+                        warn!(error = %e, "reconcile failed");
+                    }
+                }
+                _ = flow_tick.tick() => self.drain_flow_log(),
+                _ = dog.tick(), if watchdog.is_some() => {
+                    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
+                }
+            }
+            self.update_watch();
+        }
+        // The last window's flows, so a stop loses no records.
+        self.drain_flow_log();
+    }
+
+    async fn resync(&mut self) {
+        if let Err(e) = self.reconcile(Scope::Full).await {
+            warn!(error = %e, "repair after a host change failed");
+        }
+    }
+
+    fn update_watch(&self) {
+        if let Some(w) = &self.watcher {
+            w.set(&self.cfg.watch_dirs, &self.cfg.files);
+        }
     }
 }
 
-#[derive(Clone, Debug, Serialize)]
-pub struct FlowLogStatus {
-    pub path: PathBuf,
-    pub records_written: u64,
-    pub rotations: u64,
-    /// Packets whose flow could not be aggregated (flow map full): lost to the log, not hidden.
-    pub lost_packets: u64,
-    pub error: Option<String>,
-}
-
-/// Human-readable differences between the plan in force and a new one.
-pub fn diff_plans(old: &Plan, new: &Plan) -> Vec<String> {
-    let mut out = Vec::new();
-    for v in &new.vpcs {
-        match old.vpcs.iter().find(|o| o.name == v.name) {
-            None => {
-                out.push(format!(
-                    "+ VPC {}: create namespace {}, veth {} <-> {}/peerd0",
-                    v.name, v.netns, v.host_if, v.netns
-                ));
-                for r in &v.ns_routes {
-                    out.push(format!("+ route {r} via gateway in {}", v.netns));
-                }
-            }
-            Some(o) => {
-                if o.mtu != v.mtu {
-                    out.push(format!("~ VPC {}: mtu {} -> {}", v.name, o.mtu, v.mtu));
-                }
-                for r in v.ns_routes.iter().filter(|r| !o.ns_routes.contains(r)) {
-                    out.push(format!("+ route {r} via gateway in {}", v.netns));
-                }
-                for r in o.ns_routes.iter().filter(|r| !v.ns_routes.contains(r)) {
-                    out.push(format!("- route {r} in {}", v.netns));
-                }
-            }
-        }
+/// Half of systemd's `WatchdogSec`, when the service has one.
+fn watchdog_interval() -> Option<Duration> {
+    let mut usec = 0;
+    if sd_notify::watchdog_enabled(false, &mut usec) && usec > 0 {
+        Some(Duration::from_micros(usec / 2))
+    } else {
+        None
     }
-    for o in old
-        .vpcs
-        .iter()
-        .filter(|o| !new.vpcs.iter().any(|v| v.name == o.name))
-    {
-        out.push(format!(
-            "- VPC {}: delete namespace {} and veth {}",
-            o.name, o.netns, o.host_if
-        ));
-    }
-    for p in &new.peerings {
-        match old.peerings.iter().find(|q| q.id == p.id) {
-            None => out.push(format!(
-                "+ peering {} ({} <-> {}): {}",
-                p.id, p.vpcs[0], p.vpcs[1], p.state
-            )),
-            Some(q) if q.state != p.state || q.reason != p.reason => out.push(format!(
-                "~ peering {}: {} -> {}{}",
-                p.id,
-                q.state,
-                p.state,
-                p.reason
-                    .as_ref()
-                    .map(|r| format!(" ({r})"))
-                    .unwrap_or_default()
-            )),
-            Some(_) => {}
-        }
-    }
-    for q in old
-        .peerings
-        .iter()
-        .filter(|q| !new.peerings.iter().any(|p| p.id == q.id))
-    {
-        out.push(format!(
-            "- peering {} ({} <-> {})",
-            q.id, q.vpcs[0], q.vpcs[1]
-        ));
-    }
-    let (o, n) = (&old.tables, &new.tables);
-    let added = n
-        .routes
-        .keys()
-        .filter(|k| !o.routes.contains_key(k))
-        .count()
-        + n.src.keys().filter(|k| !o.src.contains_key(k)).count();
-    let removed = o
-        .routes
-        .keys()
-        .filter(|k| !n.routes.contains_key(k))
-        .count()
-        + o.src.keys().filter(|k| !n.src.contains_key(k)).count();
-    let changed = n
-        .routes
-        .iter()
-        .filter(|(k, v)| o.routes.get(k).is_some_and(|ov| ov != *v))
-        .count()
-        + n.src
-            .iter()
-            .filter(|(k, v)| o.src.get(k).is_some_and(|ov| ov != *v))
-            .count()
-        + n.peerings
-            .iter()
-            .filter(|(k, v)| o.peerings.get(k) != Some(v))
-            .count();
-    if added + removed + changed > 0 {
-        out.push(format!(
-            "datapath: {added} prefix entries to add, {removed} to remove, {changed} to change"
-        ));
-    }
-    out
 }

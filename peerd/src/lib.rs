@@ -1,12 +1,22 @@
 //! peerd: VPC peering for Linux hypervisor hosts.
-pub mod compile;
+//!
+//! The control plane in one line: [`config`] (files) → [`lifecycle`] (peering states with
+//! history) → [`state`] (slots) → [`desired`] (pure desired state) → [`reconcile`] (one
+//! reconciler per resource) — driven by [`daemon`], the one task that owns mutable state.
+pub mod api;
 pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod datapath;
+pub mod desired;
 pub mod flowlog;
+pub mod lifecycle;
 pub mod metrics;
+pub mod netlink;
 pub mod netns;
+pub mod reconcile;
 pub mod state;
+pub mod status;
 pub mod tables;
+pub mod teardown;
 pub mod watch;

@@ -1,17 +1,19 @@
 //! `peerd`: the daemon and its command line (SPEC §6).
 use std::{
+    io::IsTerminal as _,
     path::{Path, PathBuf},
     process::ExitCode,
-    sync::{Arc, Mutex},
+    sync::Arc,
 };
 
 use clap::{Parser, Subcommand};
 use peerd::{
+    api::Api,
     config::{self, Config},
-    control::{self, Command},
-    daemon::{self, Daemon},
-    netns,
+    control::{self, Request},
+    daemon::{Daemon, Msg},
     state::{self, State},
+    status::Explanation,
     watch,
 };
 use tokio::sync::mpsc;
@@ -90,17 +92,12 @@ fn init_logging() {
     let b = fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(!journald && atty_stderr());
+        .with_ansi(!journald && std::io::stderr().is_terminal());
     if journald {
         b.without_time().init();
     } else {
         b.init();
     }
-}
-
-fn atty_stderr() -> bool {
-    // SAFETY: isatty on a valid fd number.
-    unsafe { libc::isatty(2) == 1 }
 }
 
 /// The socket for client commands: `--socket`, else the config's, else a lenient read of the
@@ -128,7 +125,7 @@ fn main() -> ExitCode {
         Cmd::Check => check(&cli.config),
         Cmd::Status { json, dot, socket } => status(&socket_for(&cli.config, socket), json, dot),
         Cmd::Plan { socket } => plan(&socket_for(&cli.config, socket), &cli.config),
-        Cmd::Reload { socket } => control::request(&socket_for(&cli.config, socket), "reload")
+        Cmd::Reload { socket } => control::request(&socket_for(&cli.config, socket), &Request::Reload)
             .map(|_| println!("reloaded"))
             .map_err(|e| e.to_string()),
         Cmd::Explain {
@@ -139,7 +136,7 @@ fn main() -> ExitCode {
             socket,
         } => explain(
             &socket_for(&cli.config, socket),
-            control::ExplainRequest { from, src, dst },
+            Request::Explain { from, src, dst },
             json,
         ),
         Cmd::Teardown { socket } => teardown(&cli.config, socket),
@@ -199,7 +196,7 @@ fn age(since: Option<u64>) -> String {
 }
 
 fn status(socket: &Path, json: bool, dot: bool) -> Result<(), String> {
-    let s = control::request(socket, "status").map_err(|e| e.to_string())?;
+    let s = control::request(socket, &Request::Status).map_err(|e| e.to_string())?;
     if json {
         println!("{}", serde_json::to_string_pretty(&s).expect("json"));
         return Ok(());
@@ -316,8 +313,8 @@ fn plan(socket: &Path, config: &Path) -> Result<(), String> {
     let path = config
         .canonicalize()
         .map_err(|e| format!("{}: {e}", config.display()))?;
-    let v =
-        control::request(socket, &format!("plan {}", path.display())).map_err(|e| e.to_string())?;
+    let v = control::request(socket, &Request::Plan { config: Some(path) })
+        .map_err(|e| e.to_string())?;
     let lines: Vec<String> = serde_json::from_value(v).map_err(|e| e.to_string())?;
     if lines.is_empty() {
         println!("no changes");
@@ -328,14 +325,13 @@ fn plan(socket: &Path, config: &Path) -> Result<(), String> {
     Ok(())
 }
 
-fn explain(socket: &Path, req: control::ExplainRequest, json: bool) -> Result<(), String> {
-    let line = format!("explain {}", serde_json::to_string(&req).expect("json"));
-    let v = control::request(socket, &line).map_err(|e| e.to_string())?;
+fn explain(socket: &Path, req: Request, json: bool) -> Result<(), String> {
+    let v = control::request(socket, &req).map_err(|e| e.to_string())?;
     if json {
         println!("{}", serde_json::to_string_pretty(&v).expect("json"));
         return Ok(());
     }
-    let e: daemon::Explanation = serde_json::from_value(v).map_err(|e| e.to_string())?;
+    let e: Explanation = serde_json::from_value(v).map_err(|e| e.to_string())?;
     println!("packet {} -> {} from VPC {}", e.src, e.dst, e.from);
     match &e.table {
         Some(t) => println!("  route table: {t}"),
@@ -371,29 +367,20 @@ fn teardown(path: &Path, socket: Option<PathBuf>) -> Result<(), String> {
             socket.display()
         ));
     }
-    let (st, _) = State::load(&cfg.daemon.state_dir);
-    let mut names: std::collections::BTreeSet<String> = st.vpcs.keys().cloned().collect();
-    names.extend(cfg.vpcs.iter().map(|v| v.name.clone()));
-    for name in names {
-        let ns = format!("{}{}", cfg.daemon.netns_prefix, name);
-        let changes =
-            netns::remove_vpc(&ns, &netns::host_ifname(&ns)).map_err(|e| e.to_string())?;
-        for a in changes.actions {
-            info!("{a}");
-        }
+    let _lock = state::Lock::take(&cfg.daemon.state_dir).map_err(|e| e.to_string())?;
+    let (st, warning) = State::load(&cfg.daemon.state_dir);
+    if let Some(w) = warning {
+        warn!("{w}");
     }
-    if cfg.daemon.pin_dir.exists() {
-        std::fs::remove_dir_all(&cfg.daemon.pin_dir)
-            .map_err(|e| format!("removing {}: {e}", cfg.daemon.pin_dir.display()))?;
-        info!(
-            "removed pins under {} (datapath detached)",
-            cfg.daemon.pin_dir.display()
-        );
-    }
-    let state_file = cfg.daemon.state_dir.join(state::FILE);
-    if state_file.exists() {
-        std::fs::remove_file(&state_file)
-            .map_err(|e| format!("removing {}: {e}", state_file.display()))?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("starting runtime: {e}"))?;
+    for line in rt
+        .block_on(peerd::teardown::teardown(&cfg, &st))
+        .map_err(|e| e.to_string())?
+    {
+        info!("{line}");
     }
     println!("peerd torn down");
     Ok(())
@@ -414,114 +401,92 @@ async fn run_async(path: &Path) -> Result<(), String> {
     let pre = Config::load(path).map_err(|e| e.to_string())?;
     let socket = pre.daemon.socket.clone();
     if control::daemon_alive(&socket) {
-        return Err(daemon::Error::AlreadyRunning(socket).to_string());
+        return Err(format!("another peerd is already running on {}", socket.display()));
     }
-    let p = path.to_owned();
-    let d = tokio::task::spawn_blocking(move || Daemon::start(&p))
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?;
-    let shared = Arc::new(Mutex::new(d));
+    let mut hup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
+    let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
+    let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
 
+    // The owner task runs on a thread of its own with its own runtime: a reconcile (blocking
+    // map syscalls, namespace creation) never holds up the threads that answer clients.
+    let (snap_tx, snap_rx) = tokio::sync::watch::channel(Arc::default());
+    let (msg_tx, msg_rx) = mpsc::channel::<Msg>(64);
+    let (ev_tx, ev_rx) = mpsc::unbounded_channel();
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<Result<(), String>>();
+    let watcher = watch::ConfigWatcher::start(ev_tx.clone()).map_err(|e| format!("inotify: {e}"))?;
+    watch::watch_netns(ev_tx.clone());
+    watch::watch_links(ev_tx);
+    let p = path.to_owned();
+    let owner = std::thread::Builder::new()
+        .name("peerd-owner".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(format!("starting runtime: {e}")));
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                match Daemon::start(&p, snap_tx).await {
+                    Ok(d) => {
+                        let _ = ready_tx.send(Ok(()));
+                        d.run(msg_rx, ev_rx, Some(watcher)).await;
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e.to_string()));
+                    }
+                }
+            })
+        })
+        .map_err(|e| format!("starting the owner thread: {e}"))?;
+    ready_rx
+        .await
+        .map_err(|_| "the daemon stopped while starting".to_owned())??;
+
+    let counters = peerd::datapath::Counters::open(&pre.daemon.pin_dir)
+        .map_err(|e| warn!(error = %e, "counters unavailable to status"))
+        .ok()
+        .map(Arc::new);
+    let api = Api {
+        snapshot: snap_rx,
+        counters,
+        daemon: msg_tx.clone(),
+    };
     if let Some(dir) = socket.parent() {
         std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
     }
     let _ = std::fs::remove_file(&socket);
     let listener = tokio::net::UnixListener::bind(&socket)
         .map_err(|e| format!("binding control socket {}: {e}", socket.display()))?;
-    let (tx, mut rx) = mpsc::channel::<Command>(8);
-    tokio::spawn(control::serve(listener, shared.clone(), tx));
+    tokio::spawn(control::serve(listener, Arc::new(api.clone())));
     if let Some(addr) = pre.daemon.metrics {
-        tokio::spawn(peerd::metrics::serve(addr, shared.clone()));
+        let api = api.clone();
+        let render: peerd::metrics::Render = Arc::new(move || {
+            let api = api.clone();
+            Box::pin(async move { api.metrics().await })
+        });
+        tokio::spawn(peerd::metrics::serve(addr, render));
     }
 
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     info!(socket = %socket.display(), "peerd ready");
-
-    let mut hup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
-    let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
-    let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
-
-    let (ev_tx, mut ev_rx) = tokio::sync::mpsc::unbounded_channel();
-    let watcher =
-        watch::ConfigWatcher::start(ev_tx.clone()).map_err(|e| format!("inotify: {e}"))?;
-    let watch_set = |w: &watch::ConfigWatcher| {
-        let d = shared.lock().expect("daemon lock");
-        w.set(&d.cfg.watch_dirs, &d.cfg.files);
-    };
-    watch_set(&watcher);
-    watch::watch_netns(ev_tx.clone());
-    watch::watch_links(ev_tx);
-
-    let blocking = |f: fn(&mut Daemon) -> Result<(), daemon::Error>| {
-        let d = shared.clone();
-        async move {
-            tokio::task::spawn_blocking(move || f(&mut d.lock().expect("daemon lock")))
-                .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| e.to_string())
-        }
-    };
-    let mut next_resync = tokio::time::Instant::now() + daemon::RESYNC;
-    let flow_every = pre.daemon.flow_log_interval;
-    let mut flow_tick = tokio::time::interval(flow_every);
-    flow_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        // Wake for the periodic resync, or earlier when a pending peering expires.
-        let expiry = shared.lock().expect("daemon lock").next_expiry();
-        let wake = match expiry {
-            Some(e) => next_resync
-                .min(tokio::time::Instant::now() + e + std::time::Duration::from_millis(50)),
-            None => next_resync,
-        };
         tokio::select! {
             _ = hup.recv() => {
                 info!("SIGHUP: reloading");
-                let _ = blocking(Daemon::reload).await;
-            }
-            Some(cmd) = rx.recv() => match cmd {
-                Command::Reload(reply) => {
-                    info!("reload requested");
-                    let _ = reply.send(blocking(Daemon::reload).await);
-                }
-            },
-            Some(ev) = ev_rx.recv() => {
-                // Debounce: editors write several events per save.
-                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-                let mut reload = ev == watch::Event::Config;
-                while let Ok(more) = ev_rx.try_recv() {
-                    reload |= more == watch::Event::Config;
-                }
-                if reload {
-                    info!("configuration changed on disk: reloading");
-                    let _ = blocking(Daemon::reload).await;
-                } else if let Err(e) = blocking(Daemon::reconcile).await {
-                    warn!(error = %e, "repair after a host change failed");
-                }
-            }
-            _ = tokio::time::sleep_until(wake) => {
-                next_resync = tokio::time::Instant::now() + daemon::RESYNC;
-                if let Err(e) = blocking(Daemon::reconcile).await {
-                    warn!(error = %e, "periodic resync failed");
-                }
-            }
-            _ = flow_tick.tick() => {
-                if let Err(e) = blocking(Daemon::drain_flow_log).await {
-                    warn!(error = %e, "flow log");
-                }
+                let _ = msg_tx.send(Msg::Reload(None)).await;
             }
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
-        let watch_set = |w: &watch::ConfigWatcher| {
-            let d = shared.lock().expect("daemon lock");
-            w.set(&d.cfg.watch_dirs, &d.cfg.files);
-        };
-        watch_set(&watcher);
     }
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
-    // The last window's flows, so a stop loses no records.
-    let _ = blocking(Daemon::drain_flow_log).await;
+    let _ = msg_tx.send(Msg::Stop).await;
+    let _ = tokio::task::spawn_blocking(move || owner.join()).await;
     let _ = std::fs::remove_file(&socket);
     info!("stopping; the datapath keeps forwarding as last configured (peerd teardown removes it)");
     Ok(())

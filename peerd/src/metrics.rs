@@ -13,7 +13,7 @@ use tokio::{
 };
 use tracing::{info, warn};
 
-use crate::daemon::{Daemon, Shared};
+use crate::{datapath::Counters, status::Snapshot};
 
 type Labels = Vec<(String, String)>;
 
@@ -25,8 +25,8 @@ fn labels(pairs: &[(&str, &str)]) -> Labels {
 }
 
 /// The text of one scrape.
-pub fn render(d: &Daemon) -> String {
-    let st = d.status();
+pub fn render(snap: &Snapshot, counters: Option<&Counters>) -> String {
+    let st = crate::status::status(snap, counters);
     let mut reg = Registry::default();
 
     reg.register(
@@ -104,17 +104,19 @@ pub fn render(d: &Daemon) -> String {
     );
 
     let reconciles = Counter::<u64>::default();
-    reconciles.inc_by(d.reconciles);
+    reconciles.inc_by(snap.reconciles);
     reg.register(
         "peerd_reconciles",
         "Reconciles run (startup, reloads, repairs, resyncs)",
         reconciles,
     );
-    reg.register(
-        "peerd_reconcile_duration_seconds",
-        "Duration of reconciles",
-        d.reconcile_seconds.clone(),
-    );
+    if let Some(h) = &snap.reconcile_seconds {
+        reg.register(
+            "peerd_reconcile_duration_seconds",
+            "Duration of reconciles",
+            h.clone(),
+        );
+    }
     let gen = Gauge::<i64>::default();
     gen.set(st.generation as i64);
     reg.register(
@@ -130,12 +132,22 @@ pub fn render(d: &Daemon) -> String {
         ok,
     );
     let when = Gauge::<i64>::default();
-    when.set(d.last_reload_unix as i64);
+    when.set(snap.last_reload_unix as i64);
     reg.register(
         "peerd_last_reload_timestamp_seconds",
         "When the configuration was last loaded (Unix time)",
         when,
     );
+
+    if let Some(b) = &st.backstop {
+        let packets = Counter::<u64>::default();
+        packets.inc_by(b.packets);
+        reg.register(
+            "peerd_backstop_dropped_packets",
+            "VPC packets that reached the host stack and were dropped by the backstop (non-zero: a datapath program was missing)",
+            packets,
+        );
+    }
 
     if let Some(f) = &st.flow_log {
         let lost = Counter::<u64>::default();
@@ -166,8 +178,11 @@ pub fn reconcile_histogram() -> Histogram {
     ))
 }
 
+/// Renders one scrape.
+pub type Render = std::sync::Arc<dyn Fn() -> futures::future::BoxFuture<'static, String> + Send + Sync>;
+
 /// Serves `GET /metrics` on `addr` until the process ends.
-pub async fn serve(addr: SocketAddr, daemon: Shared) {
+pub async fn serve(addr: SocketAddr, render: Render) {
     let listener = match TcpListener::bind(addr).await {
         Ok(l) => l,
         Err(e) => {
@@ -180,7 +195,7 @@ pub async fn serve(addr: SocketAddr, daemon: Shared) {
         let Ok((mut s, _)) = listener.accept().await else {
             continue;
         };
-        let daemon = daemon.clone();
+        let render = render.clone();
         tokio::spawn(async move {
             let mut req = Vec::new();
             let mut buf = [0u8; 1024];
@@ -196,11 +211,7 @@ pub async fn serve(addr: SocketAddr, daemon: Shared) {
                 .unwrap_or("")
                 .to_owned();
             let resp = if line.starts_with("GET /metrics ") || line.starts_with("GET / ") {
-                let body = tokio::task::spawn_blocking(move || {
-                    render(&daemon.lock().expect("daemon lock"))
-                })
-                .await
-                .unwrap_or_default();
+                let body = render().await;
                 format!(
                     "HTTP/1.1 200 OK\r\nContent-Type: application/openmetrics-text; version=1.0.0; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                     body.len()

@@ -16,16 +16,17 @@ pub fn unique(tag: &str) -> String {
     format!("pdt{}{}{tag}", std::process::id() % 100_000, n)
 }
 
-/// Returns false (and says why) when the test cannot run here.
+/// Checks that this test can run here, and fails it (never a silent pass) when it cannot.
+/// Tests that need root are `#[ignore = "needs root"]`: `cargo xtask test` runs them.
 pub fn can_run() -> bool {
-    if !nix::unistd::Uid::effective().is_root() {
-        eprintln!("skipped: needs root (namespaces, eBPF)");
-        return false;
-    }
-    if peerd::datapath::OBJECT.is_empty() {
-        eprintln!("skipped: peerd was built with AYA_BUILD_SKIP, no eBPF object");
-        return false;
-    }
+    assert!(
+        nix::unistd::Uid::effective().is_root(),
+        "this test needs root (namespaces, eBPF); run it with `cargo xtask test`"
+    );
+    assert!(
+        !peerd::datapath::OBJECT.is_empty(),
+        "peerd was built with AYA_BUILD_SKIP: no eBPF object to test"
+    );
     true
 }
 

@@ -198,6 +198,14 @@ fn leftovers() -> Vec<String> {
             out.push(format!("link {name}"));
         }
     }
+    for l in output(Command::new("nft").args(["list", "tables"]))
+        .unwrap_or_default()
+        .lines()
+    {
+        if l.contains(&format!("peerd_{TEST_MARKER}")) {
+            out.push(format!("nftables {l}"));
+        }
+    }
     if let Ok(entries) = std::fs::read_dir("/sys/fs/bpf") {
         for e in entries.flatten() {
             let n = e.file_name().to_string_lossy().into_owned();
@@ -223,6 +231,9 @@ fn test(args: &[String]) -> Result<ExitCode> {
                 "--exclude",
                 "peerd-ebpf",
                 "--no-fail-fast",
+                // Tests that need root are #[ignore = "needs root"]: this runs them too.
+                "--run-ignored",
+                "all",
             ])
             .args(args)
             .env("RUST_BACKTRACE", "1");

@@ -1,0 +1,268 @@
+//! Long-lived rtnetlink handles: one for the host namespace (the one peerd runs in) and one per
+//! VPC namespace, opened once and reused by every reconcile.
+//!
+//! A namespace's socket is created on a short thread that entered the namespace (the socket
+//! stays bound to it) and then driven by the caller's tokio runtime. A handle is dropped when
+//! its namespace goes, and reopened when a namespace of the same name is a new one (another
+//! inode): a cached socket would otherwise keep a deleted namespace alive and report on it.
+use std::{collections::HashMap, net::IpAddr, os::fd::IntoRawFd as _};
+
+use futures::TryStreamExt as _;
+use netlink_packet_route::{
+    link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage},
+    neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage},
+    route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol},
+    AddressFamily,
+};
+use netlink_sys::{protocols::NETLINK_ROUTE, TokioSocket};
+use rtnetlink::{Handle, RouteMessageBuilder};
+
+use crate::netns;
+
+const ENODEV: i32 = 19;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{op} {target}: {source}")]
+    Netlink {
+        op: &'static str,
+        target: String,
+        source: rtnetlink::Error,
+    },
+    #[error("netlink socket in {ns}: {source}")]
+    Socket { ns: String, source: std::io::Error },
+    #[error(transparent)]
+    Netns(#[from] netns::Error),
+    #[error("namespace {0} does not exist")]
+    NoNamespace(String),
+}
+
+pub fn failed(op: &'static str, target: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> Error {
+    let target = target.into();
+    move |source| Error::Netlink { op, target, source }
+}
+
+/// The handles. Create it inside the tokio runtime that will drive the sockets.
+pub struct Netlink {
+    host: Handle,
+    /// Held only to look up or insert, never across an await.
+    by_ns: std::sync::Mutex<HashMap<String, (u64, Handle)>>,
+}
+
+fn connect(sock: TokioSocket) -> Handle {
+    let (conn, handle, _) = rtnetlink::from_socket(sock);
+    tokio::spawn(conn);
+    handle
+}
+
+impl Netlink {
+    pub fn new() -> Result<Netlink, Error> {
+        let (conn, host, _) = rtnetlink::new_connection().map_err(|source| Error::Socket {
+            ns: "host namespace".into(),
+            source,
+        })?;
+        tokio::spawn(conn);
+        Ok(Netlink {
+            host,
+            by_ns: Default::default(),
+        })
+    }
+
+    /// The handle of the namespace peerd runs in (the host side of every veth).
+    pub fn host(&self) -> Handle {
+        self.host.clone()
+    }
+
+    /// The handle of named namespace `name`, opened on first use.
+    pub async fn ns(&self, name: &str) -> Result<Handle, Error> {
+        let Some(ino) = netns::inode(name) else {
+            self.forget(name);
+            return Err(Error::NoNamespace(name.to_owned()));
+        };
+        if let Some((i, h)) = self.cache().get(name) {
+            if *i == ino {
+                return Ok(h.clone());
+            }
+        }
+        let label = name.to_owned();
+        let fd = tokio::task::spawn_blocking(move || {
+            netns::run_in(&label, || -> std::io::Result<i32> {
+                let mut s = netlink_sys::Socket::new(NETLINK_ROUTE)?;
+                s.bind_auto()?;
+                Ok(s.into_raw_fd())
+            })
+        })
+        .await
+        .map_err(|_| netns::Error::Thread(name.to_owned()))??
+        .map_err(|source| Error::Socket {
+            ns: name.to_owned(),
+            source,
+        })?;
+        // SAFETY: `fd` is the netlink socket just created for us and owned by nobody else.
+        let sock = unsafe { <TokioSocket as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        let h = connect(sock);
+        self.cache().insert(name.to_owned(), (ino, h.clone()));
+        Ok(h)
+    }
+
+    /// Drops the handle of a namespace that is being deleted (so the socket does not keep it
+    /// alive).
+    pub fn forget(&self, name: &str) {
+        self.cache().remove(name);
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u64, Handle)>> {
+        self.by_ns.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A link by name; `None` when there is none.
+pub async fn get_link(h: &Handle, name: &str) -> Result<Option<LinkMessage>, Error> {
+    match h
+        .link()
+        .get()
+        .match_name(name.to_owned())
+        .execute()
+        .try_next()
+        .await
+    {
+        Ok(l) => Ok(l),
+        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -ENODEV => Ok(None),
+        Err(e) => Err(failed("looking up link", name)(e)),
+    }
+}
+
+/// Every link of a namespace, by name.
+pub async fn dump_links(h: &Handle, ns: &str) -> Result<HashMap<String, LinkMessage>, Error> {
+    let mut out = HashMap::new();
+    let mut s = h.link().get().execute();
+    while let Some(l) = s.try_next().await.map_err(failed("listing links in", ns))? {
+        if let Some(n) = name_of(&l) {
+            out.insert(n.to_owned(), l);
+        }
+    }
+    Ok(out)
+}
+
+pub fn name_of(l: &LinkMessage) -> Option<&str> {
+    l.attributes.iter().find_map(|a| match a {
+        LinkAttribute::IfName(n) => Some(n.as_str()),
+        _ => None,
+    })
+}
+
+pub fn mac_of(l: &LinkMessage) -> [u8; 6] {
+    l.attributes
+        .iter()
+        .find_map(|a| match a {
+            LinkAttribute::Address(m) if m.len() == 6 => Some([m[0], m[1], m[2], m[3], m[4], m[5]]),
+            _ => None,
+        })
+        .unwrap_or_default()
+}
+
+pub fn mtu_of(l: &LinkMessage) -> u32 {
+    l.attributes
+        .iter()
+        .find_map(|a| match a {
+            LinkAttribute::Mtu(m) => Some(*m),
+            _ => None,
+        })
+        .unwrap_or(0)
+}
+
+/// The ifindex of the other end of a veth (in the namespace that end lives in).
+pub fn peer_of(l: &LinkMessage) -> Option<u32> {
+    l.attributes.iter().find_map(|a| match a {
+        LinkAttribute::Link(i) => Some(*i),
+        _ => None,
+    })
+}
+
+pub fn alias_of(l: &LinkMessage) -> Option<&str> {
+    l.attributes.iter().find_map(|a| match a {
+        LinkAttribute::IfAlias(s) => Some(s.as_str()),
+        _ => None,
+    })
+}
+
+pub fn is_veth(l: &LinkMessage) -> bool {
+    l.attributes.iter().any(|a| match a {
+        LinkAttribute::LinkInfo(infos) => infos
+            .iter()
+            .any(|i| matches!(i, LinkInfo::Kind(InfoKind::Veth))),
+        _ => false,
+    })
+}
+
+pub fn is_up(l: &LinkMessage) -> bool {
+    l.header.flags.contains(LinkFlags::Up)
+}
+
+/// Permanent neighbour entries on `ifindex`: (address, MAC).
+pub async fn permanent_neighbours(
+    h: &Handle,
+    ifindex: u32,
+    ns: &str,
+) -> Result<Vec<(IpAddr, Vec<u8>)>, Error> {
+    let mut out = Vec::new();
+    let mut s = h.neighbours().get().execute();
+    while let Some(n) = s
+        .try_next()
+        .await
+        .map_err(failed("listing neighbours in", ns))?
+    {
+        let n: NeighbourMessage = n;
+        if n.header.ifindex != ifindex
+            || n.header.state != netlink_packet_route::neighbour::NeighbourState::Permanent
+        {
+            continue;
+        }
+        let dst = n.attributes.iter().find_map(|a| match a {
+            NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => Some(IpAddr::V4(*a)),
+            NeighbourAttribute::Destination(NeighbourAddress::Inet6(a)) => Some(IpAddr::V6(*a)),
+            _ => None,
+        });
+        let ll = n.attributes.iter().find_map(|a| match a {
+            NeighbourAttribute::LinkLayerAddress(m) => Some(m.clone()),
+            _ => None,
+        });
+        if let (Some(d), Some(m)) = (dst, ll) {
+            out.push((d, m));
+        }
+    }
+    Ok(out)
+}
+
+/// Routes of protocol `proto` in the main table, both families: (destination, message).
+pub async fn routes_of_proto(
+    h: &Handle,
+    proto: u8,
+    ns: &str,
+) -> Result<Vec<(ipnet::IpNet, RouteMessage)>, Error> {
+    let mut out = Vec::new();
+    for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+        let mut q = RouteMessageBuilder::<IpAddr>::new().build();
+        q.header.address_family = family;
+        let mut s = h.route().get(q).execute();
+        while let Some(r) = s.try_next().await.map_err(failed("listing routes in", ns))? {
+            if u8::from(r.header.protocol) != proto && r.header.protocol != RouteProtocol::Other(proto)
+            {
+                continue;
+            }
+            let dst = r.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Destination(RouteAddress::Inet(a)) => Some(IpAddr::V4(*a)),
+                RouteAttribute::Destination(RouteAddress::Inet6(a)) => Some(IpAddr::V6(*a)),
+                _ => None,
+            });
+            let net = match dst {
+                Some(d) => ipnet::IpNet::new(d, r.header.destination_prefix_length).ok(),
+                None => None,
+            };
+            if let Some(net) = net {
+                out.push((net, r));
+            }
+        }
+    }
+    Ok(out)
+}
