@@ -543,12 +543,14 @@ impl Daemon {
     }
 }
 
-/// Half of systemd's `WatchdogSec`, when the service has one.
+/// Half of systemd's `WatchdogSec`, when the service has one: `WATCHDOG_USEC` is set and
+/// `WATCHDOG_PID`, when set, is this process (as sd_watchdog_enabled(3) decides).
 fn watchdog_interval() -> Option<Duration> {
-    let mut usec = 0;
-    if sd_notify::watchdog_enabled(false, &mut usec) && usec > 0 {
-        Some(Duration::from_micros(usec / 2))
-    } else {
-        None
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
+    if let Ok(pid) = std::env::var("WATCHDOG_PID") {
+        if pid.parse::<u32>().ok() != Some(std::process::id()) {
+            return None;
+        }
     }
+    (usec > 0).then(|| Duration::from_micros(usec / 2))
 }

@@ -1,8 +1,8 @@
 //! What wakes the daemon besides signals and the control socket: changes to the configuration
 //! files (inotify on their directories, so edits in place and files renamed over them are both
-//! seen), namespaces removed from /run/netns, and links deleted in the root namespace
-//! (rtnetlink multicast). Each watcher is a plain thread that sends an [`Event`]; the daemon
-//! debounces them.
+//! seen), namespaces removed from /run/netns, and links deleted in the host namespace
+//! (rtnetlink multicast). Each watcher is a plain thread that sends an [`Event`]; the daemon's
+//! owner task debounces them.
 use std::{
     collections::{BTreeMap, BTreeSet},
     ffi::OsString,
@@ -10,7 +10,7 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor};
+use inotify::{Inotify, WatchDescriptor, WatchMask, Watches};
 use tokio::sync::mpsc::UnboundedSender;
 use tracing::{debug, warn};
 
@@ -22,10 +22,10 @@ pub enum Event {
     Drift,
 }
 
-/// Watches configuration directories. `set_dirs` replaces the watched set after a reload.
+/// Watches configuration directories. `set` replaces the watched set after a reload.
 #[derive(Clone)]
 pub struct ConfigWatcher {
-    inner: Arc<Mutex<(Inotify, BTreeMap<PathBuf, WatchDescriptor>)>>,
+    watches: Arc<Mutex<(Watches, BTreeMap<PathBuf, WatchDescriptor>)>>,
     /// File names that matter: those of the files read, plus anything ending in `.toml`.
     names: Arc<Mutex<BTreeSet<OsString>>>,
 }
@@ -34,67 +34,65 @@ fn relevant(names: &BTreeSet<OsString>, name: Option<&std::ffi::OsStr>) -> bool 
     name.is_some_and(|n| names.contains(n) || n.to_string_lossy().ends_with(".toml"))
 }
 
-const CONFIG_MASK: AddWatchFlags = AddWatchFlags::IN_CLOSE_WRITE
-    .union(AddWatchFlags::IN_MOVED_TO)
-    .union(AddWatchFlags::IN_MOVED_FROM)
-    .union(AddWatchFlags::IN_CREATE)
-    .union(AddWatchFlags::IN_DELETE)
-    .union(AddWatchFlags::IN_MODIFY);
+const CONFIG_MASK: WatchMask = WatchMask::CLOSE_WRITE
+    .union(WatchMask::MOVED_TO)
+    .union(WatchMask::MOVED_FROM)
+    .union(WatchMask::CREATE)
+    .union(WatchMask::DELETE)
+    .union(WatchMask::MODIFY);
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 impl ConfigWatcher {
-    pub fn start(events: UnboundedSender<Event>) -> nix::Result<Self> {
-        let ino = Inotify::init(InitFlags::IN_CLOEXEC)?;
+    pub fn start(events: UnboundedSender<Event>) -> std::io::Result<Self> {
+        let mut ino = Inotify::init()?;
         let w = Self {
-            inner: Arc::new(Mutex::new((ino, BTreeMap::new()))),
+            watches: Arc::new(Mutex::new((ino.watches(), BTreeMap::new()))),
             names: Arc::default(),
         };
         let names = w.names.clone();
-        // The reader borrows the same inotify fd through a duplicate.
-        let fd = {
-            let g = w.inner.lock().expect("watch lock");
-            std::os::fd::AsFd::as_fd(&g.0)
-                .try_clone_to_owned()
-                .map_err(|e| nix::Error::from_raw(e.raw_os_error().unwrap_or(0)))?
-        };
-        // SAFETY: `fd` is a fresh duplicate of an inotify descriptor, owned by this reader.
-        let reader = unsafe { Inotify::from_owned_fd(fd) };
         std::thread::Builder::new()
             .name("peerd-config-watch".into())
-            .spawn(move || loop {
-                match reader.read_events() {
-                    Ok(evs)
-                        if evs.iter().any(|e| {
-                            relevant(&names.lock().expect("names"), e.name.as_deref())
-                        }) =>
-                    {
-                        debug!(events = evs.len(), "configuration file changed");
-                        if events.send(Event::Config).is_err() {
+            .spawn(move || {
+                let mut buf = [0u8; 4096];
+                loop {
+                    match ino.read_events_blocking(&mut buf) {
+                        Ok(evs) => {
+                            let hit = {
+                                let names = lock(&names);
+                                evs.into_iter().any(|e| relevant(&names, e.name))
+                            };
+                            if hit {
+                                debug!("configuration file changed");
+                                if events.send(Event::Config).is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(e) => {
+                            warn!(error = %e, "configuration watcher stopped");
                             return;
                         }
                     }
-                    Ok(_) => {}
-                    Err(nix::Error::EINTR) => {}
-                    Err(e) => {
-                        warn!(error = %e, "configuration watcher stopped");
-                        return;
-                    }
                 }
-            })
-            .map_err(|e| nix::Error::from_raw(e.raw_os_error().unwrap_or(0)))?;
+            })?;
         Ok(w)
     }
 
     pub fn set(&self, dirs: &[PathBuf], files: &[PathBuf]) {
-        *self.names.lock().expect("names") = files
+        *lock(&self.names) = files
             .iter()
             .filter_map(|f| f.file_name().map(Into::into))
             .collect();
-        let mut g = self.inner.lock().expect("watch lock");
-        let (ino, watched) = &mut *g;
+        let mut g = lock(&self.watches);
+        let (watches, watched) = &mut *g;
         watched.retain(|d, wd| {
             let keep = dirs.contains(d);
             if !keep {
-                let _ = ino.rm_watch(*wd);
+                let _ = watches.remove(wd.clone());
             }
             keep
         });
@@ -102,7 +100,7 @@ impl ConfigWatcher {
             if watched.contains_key(d) {
                 continue;
             }
-            match ino.add_watch(d.as_path(), CONFIG_MASK) {
+            match watches.add(d, CONFIG_MASK) {
                 Ok(wd) => {
                     watched.insert(d.clone(), wd);
                 }
@@ -116,31 +114,34 @@ impl ConfigWatcher {
 
 /// Watches /run/netns for removed namespaces.
 pub fn watch_netns(events: UnboundedSender<Event>) {
-    let dir = Path::new("/run/netns");
+    let dir = Path::new(crate::netns::NETNS_DIR);
     let _ = std::fs::create_dir_all(dir);
-    let Ok(ino) = Inotify::init(InitFlags::IN_CLOEXEC) else {
+    let Ok(mut ino) = Inotify::init() else {
         return;
     };
-    if let Err(e) = ino.add_watch(dir, AddWatchFlags::IN_DELETE) {
+    if let Err(e) = ino.watches().add(dir, WatchMask::DELETE) {
         warn!(error = %e, "cannot watch /run/netns; drift is found by the periodic resync");
         return;
     }
     let _ = std::thread::Builder::new()
         .name("peerd-netns-watch".into())
-        .spawn(move || loop {
-            match ino.read_events() {
-                Ok(_) => {
-                    if events.send(Event::Drift).is_err() {
-                        return;
+        .spawn(move || {
+            let mut buf = [0u8; 4096];
+            loop {
+                match ino.read_events_blocking(&mut buf) {
+                    Ok(_) => {
+                        if events.send(Event::Drift).is_err() {
+                            return;
+                        }
                     }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(_) => return,
                 }
-                Err(nix::Error::EINTR) => {}
-                Err(_) => return,
             }
         });
 }
 
-/// Watches root-namespace link deletions (RTM_DELLINK on the RTNLGRP_LINK group).
+/// Watches host-namespace link deletions (RTM_DELLINK on the RTNLGRP_LINK group).
 pub fn watch_links(events: UnboundedSender<Event>) {
     use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
     const RTMGRP_LINK: u32 = 1;
@@ -161,21 +162,46 @@ pub fn watch_links(events: UnboundedSender<Event>) {
                     Ok(n) => n,
                     Err(_) => return,
                 };
-                // Walk the netlink messages: length (u32), type (u16), ...
-                let mut off = 0;
-                let mut deleted = false;
-                while off + 16 <= n {
-                    let len = u32::from_ne_bytes(buf[off..off + 4].try_into().unwrap()) as usize;
-                    let ty = u16::from_ne_bytes(buf[off + 4..off + 6].try_into().unwrap());
-                    deleted |= ty == RTM_DELLINK;
-                    if len < 16 {
-                        break;
-                    }
-                    off += (len + 3) & !3;
-                }
-                if deleted && events.send(Event::Drift).is_err() {
+                if has_dellink(&buf[..n.min(buf.len())], RTM_DELLINK) && events.send(Event::Drift).is_err() {
                     return;
                 }
             }
         });
+}
+
+/// Does a buffer of netlink messages (length u32, type u16, ...) hold one of type `ty`?
+fn has_dellink(buf: &[u8], ty: u16) -> bool {
+    let mut off = 0;
+    while off + 16 <= buf.len() {
+        let len = u32::from_ne_bytes([buf[off], buf[off + 1], buf[off + 2], buf[off + 3]]) as usize;
+        let t = u16::from_ne_bytes([buf[off + 4], buf[off + 5]]);
+        if t == ty {
+            return true;
+        }
+        if len < 16 {
+            break;
+        }
+        off += (len + 3) & !3;
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_dellink_in_a_batch_and_survives_garbage() {
+        let mut msg = vec![0u8; 32];
+        msg[0..4].copy_from_slice(&32u32.to_ne_bytes());
+        msg[4..6].copy_from_slice(&16u16.to_ne_bytes());
+        let mut del = msg.clone();
+        del[4..6].copy_from_slice(&17u16.to_ne_bytes());
+        assert!(!has_dellink(&msg, 17));
+        assert!(has_dellink(&[msg.clone(), del].concat(), 17));
+        assert!(!has_dellink(&[0xff; 7], 17));
+        let mut zero = msg.clone();
+        zero[0..4].copy_from_slice(&0u32.to_ne_bytes());
+        assert!(!has_dellink(&zero, 17));
+    }
 }

@@ -116,12 +116,27 @@ impl Env {
 
     /// Starts `peerd run` and waits (bounded) until it answers status.
     pub fn start(&mut self) {
+        self.start_with(&[], &[])
+    }
+
+    /// `start`, with `wrapper` (a command and its arguments) in front of peerd and extra
+    /// environment variables.
+    pub fn start_with(&mut self, wrapper: &[&str], envs: &[(&str, &str)]) {
         assert!(self.daemon.is_none(), "daemon already running");
         let log = fs::File::create(self.dir.join("peerd.log")).unwrap();
-        let child = Command::new(PEERD)
+        let mut cmd = match wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(PEERD);
+                c
+            }
+            None => Command::new(PEERD),
+        };
+        let child = cmd
             .args(["run", "--config"])
             .arg(&self.config)
             .env("PEERD_LOG", "debug")
+            .envs(envs.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -134,6 +149,11 @@ impl Env {
             }
             peerd::control::request(&socket, &peerd::control::Request::Status).ok()
         });
+    }
+
+    /// The running daemon's pid.
+    pub fn pid(&self) -> Option<u32> {
+        self.daemon.as_ref().map(|c| c.id())
     }
 
     pub fn log(&self) -> String {
