@@ -272,3 +272,60 @@ fn a_second_daemon_on_the_same_state_dir_refuses() {
     // The first one is unaffected.
     assert_eq!(vpc(&env.status(), "a")["ready"], true);
 }
+
+#[test]
+#[ignore = "needs root"]
+fn teardown_removes_only_what_peerd_created() {
+    common::can_run();
+    let mut env = Env::new();
+    // A namespace that existed before peerd (peerd adopts it for VPC a), and a pin of someone
+    // else's in peerd's pin_dir.
+    sh(&["ip", "netns", "add", &env.netns("a")]);
+    std::fs::create_dir_all(&env.pin_dir).unwrap();
+    let other = env.pin_dir.join("other");
+    sh(&[
+        "bpftool", "map", "create", other.to_str().unwrap(), "type", "array", "key", "4",
+        "value", "4", "entries", "1", "name", "other",
+    ]);
+    env.write_config(THREE);
+    env.start();
+    env.add_addr("a", "10.71.0.1");
+    env.add_addr("b", "10.72.0.1");
+    assert!(env.ping("a", "10.71.0.1", "10.72.0.1", 1));
+    let a_link = vpc(&env.status(), "a")["host_if"].as_str().unwrap().to_owned();
+    env.stop();
+    let out = env.peerd(&["teardown"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        common::env::netns_ok(&env.netns("a")),
+        "the namespace peerd did not create stays"
+    );
+    assert!(!common::env::netns_ok(&env.netns("b")), "the one it created goes");
+    let links = sh(&["ip", "-o", "link", "show"]);
+    assert!(!links.contains(&a_link), "peerd's link in it goes: {links}");
+    assert!(other.exists(), "the other pin stays");
+    assert!(!env.pin_dir.join("maps").exists() && !env.pin_dir.join("links").exists());
+}
+
+#[test]
+#[ignore = "needs root"]
+fn teardown_refuses_a_pin_dir_that_is_the_bpffs_root() {
+    common::can_run();
+    let env = Env::new();
+    std::fs::write(
+        &env.config,
+        format!(
+            "[daemon]\nnetns_prefix = \"{}\"\nstate_dir = \"{}\"\npin_dir = \"/sys/fs/bpf\"\nsocket = \"{}\"\n",
+            env.prefix,
+            env.dir.join("state").display(),
+            env.socket.display()
+        ),
+    )
+    .unwrap();
+    // Refused before it touches anything (other tests' pins live in /sys/fs/bpf too).
+    let out = env.peerd(&["teardown"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/sys/fs/bpf"), "{err}");
+    assert!(!err.contains("torn down"), "{err}");
+}
