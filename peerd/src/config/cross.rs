@@ -219,10 +219,7 @@ pub(crate) fn cross_check(vpcs: &[Entry<'_>], cap: &Capacity) -> Vec<(Diagnostic
                 push(
                     f,
                     &v.location,
-                    format!(
-                        "VPC \"{}\" does not fit in the datapath: {limit}",
-                        v.name
-                    ),
+                    format!("VPC \"{}\" does not fit in the datapath: {limit}", v.name),
                 );
             }
         }

@@ -22,3 +22,7 @@ pub use peering::{evaluate_peerings, Peering, PeeringState};
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_files;
+#[cfg(test)]
+mod tests_prop;

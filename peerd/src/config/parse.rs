@@ -506,7 +506,10 @@ fn daemon(d: RawDaemon, src: &Source, errors: &mut Vec<Diagnostic>) -> DaemonCon
 /// Address ranges no VPC may use, and why (SPEC §2: the gateway is link-local; the rest can
 /// never be a workload's unicast address, or is the host's own).
 const SPECIAL_RANGES: &[(&str, &str)] = &[
-    ("0.0.0.0/8", "\"this network\", which includes the default route 0.0.0.0/0"),
+    (
+        "0.0.0.0/8",
+        "\"this network\", which includes the default route 0.0.0.0/0",
+    ),
     ("127.0.0.0/8", "loopback"),
     (
         "169.254.0.0/16",
@@ -523,7 +526,10 @@ const SPECIAL_RANGES: &[(&str, &str)] = &[
     ),
     ("::1/128", "loopback"),
     ("::ffff:0:0/96", "IPv4-mapped addresses"),
-    ("fe80::/10", "link-local: peerd's gateway fe80::1 lives there"),
+    (
+        "fe80::/10",
+        "link-local: peerd's gateway fe80::1 lives there",
+    ),
     ("ff00::/8", "multicast"),
 ];
 
@@ -779,7 +785,10 @@ fn vpc(
                 err(
                     errors,
                     src.of(&rr.peering),
-                    format!("route to {dst} names peering {}, which VPC \"{name}\" does not declare", show(pid)),
+                    format!(
+                        "route to {dst} names peering {}, which VPC \"{name}\" does not declare",
+                        show(pid)
+                    ),
                 );
             }
             if routes.iter().any(|x| x.destination == dst) {
@@ -861,7 +870,11 @@ fn vpc(
 /// The per-VPC quotas of `[daemon]`, counted on what was written (valid or not), at the VPC's
 /// location.
 fn quotas(raw: &RawVpc, v: &Vpc, d: &DaemonConfig, errors: &mut Vec<Diagnostic>) {
-    let routes: usize = raw.route_table.iter().map(|t| t.get_ref().routes.len()).sum();
+    let routes: usize = raw
+        .route_table
+        .iter()
+        .map(|t| t.get_ref().routes.len())
+        .sum();
     for (n, max, what, key) in [
         (
             raw.cidrs.get_ref().len() + raw.subnet.len(),
@@ -887,10 +900,7 @@ fn quotas(raw: &RawVpc, v: &Vpc, d: &DaemonConfig, errors: &mut Vec<Diagnostic>)
             err(
                 errors,
                 v.location.clone(),
-                format!(
-                    "VPC \"{}\" has {n} {what}, more than {key} = {max}",
-                    v.name
-                ),
+                format!("VPC \"{}\" has {n} {what}, more than {key} = {max}", v.name),
             );
         }
     }

@@ -73,7 +73,10 @@ pub(crate) enum ReadError {
 
 /// Reads `path` as a configuration file. With `confine_to`, the file must resolve inside that
 /// directory (an included file, confined to the including file's directory).
-pub(crate) fn read_config_file(path: &Path, confine_to: Option<&Path>) -> Result<String, ReadError> {
+pub(crate) fn read_config_file(
+    path: &Path,
+    confine_to: Option<&Path>,
+) -> Result<String, ReadError> {
     let (p, dir) = (path.to_owned(), confine_to.map(Path::to_owned));
     with_timeout(READ_TIMEOUT, move || read_now(&p, dir.as_deref())).unwrap_or_else(|| {
         Err(ReadError::Timeout {
@@ -102,12 +105,10 @@ pub(crate) fn with_timeout<T: Send + 'static>(
 
 fn read_now(path: &Path, confine_to: Option<&Path>) -> Result<String, ReadError> {
     let file = match confine_to {
-        None => open_flags()
-            .open(path)
-            .map_err(|source| ReadError::Open {
-                path: path.to_owned(),
-                source,
-            })?,
+        None => open_flags().open(path).map_err(|source| ReadError::Open {
+            path: path.to_owned(),
+            source,
+        })?,
         Some(dir) => open_beneath(path, dir)?,
     };
     let meta = file.metadata().map_err(|source| ReadError::Read {

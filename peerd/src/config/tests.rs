@@ -357,7 +357,15 @@ fn durations() {
     ] {
         assert_eq!(parse_duration(s), Some(Duration::from_secs(secs)), "{s}");
     }
-    for bad in ["h", "10", "", "5x", "-1s", "1.5.5h", "99999999999999999999999y"] {
+    for bad in [
+        "h",
+        "10",
+        "",
+        "5x",
+        "-1s",
+        "1.5.5h",
+        "99999999999999999999999y",
+    ] {
         assert_eq!(parse_duration(bad), None, "{bad}");
     }
     let e = err("[daemon]\npending_expiry = \"soon\"\n");
@@ -371,7 +379,6 @@ fn durations() {
     assert_eq!(cfg.daemon.flow_log_interval, Duration::from_secs(120));
 }
 
-
 fn vpc_with(cidrs: &str) -> String {
     format!("[[vpc]]\nname = \"a\"\ncidrs = [{cidrs}]\n")
 }
@@ -383,7 +390,11 @@ fn special_purpose_cidrs_are_refused() {
         ("0.0.0.0/8", "0.0.0.0/8", "this network"),
         ("0.0.0.0/1", "0.0.0.0/8", "this network"),
         ("127.0.0.0/24", "127.0.0.0/8", "loopback"),
-        ("169.254.0.0/24", "169.254.0.0/16", "peerd's gateway 169.254.1.1"),
+        (
+            "169.254.0.0/24",
+            "169.254.0.0/16",
+            "peerd's gateway 169.254.1.1",
+        ),
         ("128.0.0.0/1", "169.254.0.0/16", "link-local"),
         ("224.0.0.0/24", "224.0.0.0/4", "multicast"),
         ("255.255.255.255/32", "240.0.0.0/4", "broadcast"),
@@ -439,7 +450,9 @@ fn default_and_special_route_destinations_are_refused() {
     ] {
         let e = err(&base.replace("DST", dst));
         assert!(
-            e.contains(":9:27") && e.contains(&format!("route destination {dst}")) && e.contains(what),
+            e.contains(":9:27")
+                && e.contains(&format!("route destination {dst}"))
+                && e.contains(what),
             "{dst}: {e}"
         );
     }
@@ -472,7 +485,10 @@ fn daemon_paths_and_socket_group() {
         ("max_prefixes_per_vpc = 0", "at least 1"),
     ] {
         let e = err(&format!("[daemon]\n{line}\n"));
-        assert!(e.contains("peerd.toml:2:") && e.contains(what), "{line}: {e}");
+        assert!(
+            e.contains("peerd.toml:2:") && e.contains(what),
+            "{line}: {e}"
+        );
     }
     // 107 bytes is the longest socket path that fits.
     let fits = format!("/run/{}", "s".repeat(102));
@@ -508,7 +524,10 @@ fn per_vpc_quotas() {
     // Line 6 is the VPC's [[vpc]] header.
     let e = err(&format!(
         "{d}{}",
-        vpc.replace("\"10.0.0.0/16\"", "\"10.0.0.0/16\", \"10.1.0.0/16\", \"10.2.0.0/16\"")
+        vpc.replace(
+            "\"10.0.0.0/16\"",
+            "\"10.0.0.0/16\", \"10.1.0.0/16\", \"10.2.0.0/16\""
+        )
     ));
     assert!(
         e.contains(":6:1: VPC \"a\" has 3 source prefixes (CIDRs and subnets), more than max_prefixes_per_vpc = 2"),
@@ -522,7 +541,9 @@ fn per_vpc_quotas() {
     let e = err(&format!("{d}{vpc}[[vpc.peering]]\nid = \"pcx-1\"\npeer = \"b\"\n[[vpc.route_table]]\nname = \"main\"\nroutes = [{{ destination = \"10.1.0.0/16\", peering = \"pcx-1\" }}, {{ destination = \"10.2.0.0/16\", peering = \"pcx-1\" }}]\n[[vpc.route_table]]\nname = \"x\"\n"));
     assert!(
         e.contains(":6:1: VPC \"a\" has 2 routes, more than max_routes_per_vpc = 1")
-            && e.contains(":6:1: VPC \"a\" has 2 route tables, more than max_route_tables_per_vpc = 1"),
+            && e.contains(
+                ":6:1: VPC \"a\" has 2 route tables, more than max_route_tables_per_vpc = 1"
+            ),
         "{e}"
     );
     // Subnets count as source prefixes.
@@ -570,7 +591,9 @@ mod capacity {
         let e = check(&four, &SMALL);
         assert_eq!(e.len(), 1, "{e:?}");
         assert!(
-            e[0].contains(":10:1: VPC \"d\" does not fit in the datapath: at most 3 VPCs (map PEERD_VPCS)"),
+            e[0].contains(
+                ":10:1: VPC \"d\" does not fit in the datapath: at most 3 VPCs (map PEERD_VPCS)"
+            ),
             "{e:?}"
         );
         // Tables: automatic VPCs have one (main), explicit ones one per table.
@@ -585,7 +608,9 @@ mod capacity {
         );
         let e = check(&t, &SMALL);
         assert!(
-            e.len() == 1 && e[0].contains("VPC \"b\" does not fit") && e[0].contains("at most 4 route tables"),
+            e.len() == 1
+                && e[0].contains("VPC \"b\" does not fit")
+                && e[0].contains("at most 4 route tables"),
             "{e:?}"
         );
         // Every declared id counts, whatever its state (these are all pending or failed).
@@ -602,8 +627,16 @@ mod capacity {
         // Two ends of one id are one id.
         let pair = format!(
             "{}{}",
-            vpc("a", "\"10.0.0.0/16\"", &[peer("pcx-1", "b"), peer("pcx-2", "b")].concat()),
-            vpc("b", "\"10.1.0.0/16\"", &[peer("pcx-1", "a"), peer("pcx-2", "a")].concat())
+            vpc(
+                "a",
+                "\"10.0.0.0/16\"",
+                &[peer("pcx-1", "b"), peer("pcx-2", "b")].concat()
+            ),
+            vpc(
+                "b",
+                "\"10.1.0.0/16\"",
+                &[peer("pcx-1", "a"), peer("pcx-2", "a")].concat()
+            )
         );
         assert_eq!(check(&pair, &SMALL), Vec::<String>::new());
     }
@@ -613,11 +646,24 @@ mod capacity {
         let v4 = "\"10.0.0.0/16\", \"10.1.0.0/16\", \"10.2.0.0/16\"";
         let v6 = "\"fd00:1::/48\", \"fd00:2::/48\", \"fd00:3::/48\"";
         // 3 + 3 of each family in two VPCs: over 4 in both tries, blamed on the second VPC.
-        let t = format!("{}{}", vpc("a", &format!("{v4}, {v6}"), ""), vpc("b", &format!("{v4}, {v6}"), ""));
+        let t = format!(
+            "{}{}",
+            vpc("a", &format!("{v4}, {v6}"), ""),
+            vpc("b", &format!("{v4}, {v6}"), "")
+        );
         let e = check(&t, &SMALL);
         assert_eq!(e.len(), 2, "{e:?}");
-        assert!(e[0].contains("VPC \"b\"") && e[0].contains("4 IPv4 source prefixes (CIDRs and subnets) in all VPCs (map PEERD_SRC_V4)"), "{e:?}");
-        assert!(e[1].contains("VPC \"b\"") && e[1].contains("(map PEERD_SRC_V6)"), "{e:?}");
+        assert!(
+            e[0].contains("VPC \"b\"")
+                && e[0].contains(
+                    "4 IPv4 source prefixes (CIDRs and subnets) in all VPCs (map PEERD_SRC_V4)"
+                ),
+            "{e:?}"
+        );
+        assert!(
+            e[1].contains("VPC \"b\"") && e[1].contains("(map PEERD_SRC_V6)"),
+            "{e:?}"
+        );
         // Families are separate: 3 IPv4 + 3 IPv6 in one VPC fits.
         assert!(check(&vpc("a", &format!("{v4}, {v6}"), ""), &SMALL).is_empty());
         // Subnets count.
@@ -653,7 +699,10 @@ mod capacity {
             "{e:?}"
         );
         let e = check(&format!("{b}{hubs}"), &cap);
-        assert!(e.len() == 1 && e[0].contains("VPC \"hub2\" does not fit"), "{e:?}");
+        assert!(
+            e.len() == 1 && e[0].contains("VPC \"hub2\" does not fit"),
+            "{e:?}"
+        );
         // An explicit VPC does not count its peers' CIDRs, only its routes.
         let explicit = hubs.replace(
             "peer = \"b\"\n",
@@ -696,4 +745,18 @@ mod capacity {
             "{e}"
         );
     }
+}
+
+#[test]
+fn deep_nesting_does_not_overflow_the_stack() {
+    for open in ["[", "{a=", "[{a="] {
+        for n in [1_000, 100_000] {
+            let text = format!("x = {}", open.repeat(n));
+            assert!(parse(&text).is_err());
+            let text = format!("[[vpc]]\nname = {}", open.repeat(n));
+            assert!(parse(&text).is_err());
+        }
+    }
+    let closed = format!("x = {}1{}", "[".repeat(50_000), "]".repeat(50_000));
+    assert!(parse(&closed).is_err());
 }
