@@ -263,6 +263,12 @@ struct Walk<'a> {
     errors: Vec<Diagnostic>,
     /// Set when the main file has no usable version.
     fatal: Option<Vec<Diagnostic>>,
+    /// The main file in force is an edit that can be reverted (it has a last good version).
+    main_revertible: bool,
+    /// Errors of last good versions of included files, found while the main file is an edit:
+    /// a text that was valid and did not change fails because the main file changed (a
+    /// lowered quota), so the main file's edit is what goes back, not the tenants' files.
+    blame_main: Vec<Diagnostic>,
     /// Canonical paths of the files taken so far (a file included twice is read once).
     taken: BTreeSet<PathBuf>,
     watch_dirs: Vec<PathBuf>,
@@ -299,6 +305,8 @@ impl<'a> Walk<'a> {
             broken: Vec::new(),
             errors: Vec::new(),
             fatal: None,
+            main_revertible: false,
+            blame_main: Vec::new(),
             taken: BTreeSet::new(),
             watch_dirs: Vec::new(),
         };
@@ -478,6 +486,9 @@ impl<'a> Walk<'a> {
                     self.errors.extend(v.errors.iter().cloned());
                     return self.take(path, key, v, main, false, depth, ancestors);
                 }
+                if same_as_last_good {
+                    self.last_good_failed(main, &v.errors);
+                }
                 (v.errors, !same_as_last_good)
             }
         };
@@ -488,12 +499,19 @@ impl<'a> Walk<'a> {
                     self.broken(path, errors, Fallback::LastGood);
                     return self.take(path, key, v, main, true, depth, ancestors);
                 }
+                self.last_good_failed(main, &v.errors);
             }
         }
         if main {
             self.fatal = Some(errors);
         } else {
             self.broken(path, errors, Fallback::Dropped);
+        }
+    }
+
+    fn last_good_failed(&mut self, main: bool, errors: &[Diagnostic]) {
+        if !main && self.main_revertible {
+            self.blame_main.extend(errors.iter().cloned());
         }
     }
 
@@ -512,6 +530,9 @@ impl<'a> Walk<'a> {
             self.daemon = v.daemon.clone().unwrap_or_default();
         }
         let changed = !from_last_good && self.last_good.get(&key) != Some(v.text.as_str());
+        if main {
+            self.main_revertible = changed && self.last_good.get(&key).is_some();
+        }
         self.units.push(Unit {
             path: path.to_owned(),
             key,
@@ -613,8 +634,13 @@ pub(crate) fn strict(path: &Path, text: Option<&str>) -> Result<Config, ConfigEr
 /// error whose text changed since its last good version goes back to that version (or is left
 /// out if new), one that did not change is left out, and the set is checked again, until it is
 /// clean. A broken main file falls back to its last good text, `[daemon]` and includes
-/// included. `Err` only when the main file has no usable version at all (or is itself the cause
-/// of a cross-file error it cannot be reverted from).
+/// included. An edit of the main file that makes an unchanged included file invalid (a
+/// quota lowered below what a tenant has) is reverted, rather than the tenant's VPCs dropped.
+/// `Err` only when the main file has no usable version at all (or is itself the cause of a
+/// cross-file error it cannot be reverted from).
+///
+/// The caller applies `Loaded::config`, then persists `Loaded::last_good` with
+/// [`LastGood::save`], and reports [`Loaded::error_report`] (e.g. as `config_error`).
 pub fn load_resilient(path: &Path, last_good: &LastGood) -> Result<Loaded, ConfigError> {
     let mut reads = BTreeMap::new();
     let mut forced: BTreeMap<PathBuf, Forced> = BTreeMap::new();
@@ -623,6 +649,18 @@ pub fn load_resilient(path: &Path, last_good: &LastGood) -> Result<Loaded, Confi
         let w = Walk::run(Mode::Resilient, path, None, last_good, &forced, &mut reads);
         if let Some(errors) = w.fatal {
             return Err(ConfigError { errors });
+        }
+        if !w.blame_main.is_empty() {
+            if let Some(main) = w.units.first() {
+                forced.insert(
+                    main.key.clone(),
+                    Forced {
+                        fallback: Fallback::LastGood,
+                        errors: w.blame_main,
+                    },
+                );
+                continue;
+            }
         }
         // Files that did not change first: errors land on the files that did.
         let mut order: Vec<usize> = (0..w.units.len()).collect();

@@ -517,6 +517,37 @@ fn per_file_quota_excess_falls_back_for_that_tenant() {
 }
 
 #[test]
+fn a_main_edit_that_invalidates_unchanged_tenants_is_reverted() {
+    let (d, lg) = two_tenants();
+    // Quota 0 peerings: a and b, unchanged, would no longer be valid. The operator's edit goes
+    // back, the tenants' VPCs stay.
+    d.write(
+        "peerd.toml",
+        &format!("{INCLUDE_ALL}[daemon]\nmax_peerings_per_vpc = 0\nnetns_prefix = \"n-\"\n"),
+    );
+    let l = resilient(&d.main(), &lg);
+    assert_eq!(broken(&l), [("peerd.toml".into(), Fallback::LastGood)]);
+    let msg = l.broken[0].errors.to_string();
+    assert!(
+        msg.contains("a.toml:1:1: VPC \"a\" has 1 peerings, more than max_peerings_per_vpc = 0")
+            && msg.contains("b.toml:1:1:"),
+        "{msg}"
+    );
+    assert_eq!(l.config.daemon.netns_prefix, "vpc-");
+    assert_eq!(names(&l.config), ["a", "b"]);
+    // Without a last good main file there is nothing to go back to: the tenants are left out.
+    let l = resilient(&d.main(), &LastGood::default());
+    assert_eq!(
+        broken(&l),
+        [
+            ("a.toml".into(), Fallback::Dropped),
+            ("b.toml".into(), Fallback::Dropped)
+        ]
+    );
+    assert_eq!(l.config.daemon.netns_prefix, "n-");
+}
+
+#[test]
 fn a_broken_main_file_uses_its_last_good() {
     let (d, lg) = two_tenants();
     d.write("peerd.toml", "include = [\"vpcs.d/*.toml\"\n[daemon\n");
