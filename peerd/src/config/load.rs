@@ -717,3 +717,39 @@ pub fn load_resilient(path: &Path, last_good: &LastGood) -> Result<Loaded, Confi
         }],
     })
 }
+
+/// The daemon's first load: finds `state_dir` (from the main file's `[daemon]` if its TOML
+/// parses, whatever else is wrong with it; else the default), reads the persisted
+/// [`LastGood`] there, and loads with [`load_resilient`]. If the configuration in force names
+/// another `state_dir` (the main file fell back to a last good text that says otherwise), the
+/// last good set is read from there and the load done again. Warnings (a corrupt last good
+/// file) are returned for the log.
+pub fn load_resilient_at_start(path: &Path) -> (Result<Loaded, ConfigError>, Vec<String>) {
+    #[derive(Deserialize)]
+    struct Peek {
+        daemon: Option<PeekDaemon>,
+    }
+    #[derive(Deserialize)]
+    struct PeekDaemon {
+        state_dir: Option<String>,
+    }
+    let guess = read_config_file(path, None)
+        .ok()
+        .and_then(|t| toml::from_str::<Peek>(&t).ok())
+        .and_then(|p| p.daemon?.state_dir)
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .unwrap_or_else(|| DaemonConfig::default().state_dir);
+    let mut warnings = Vec::new();
+    let (lg, w) = LastGood::load(&guess);
+    warnings.extend(w);
+    let r = load_resilient(path, &lg);
+    match &r {
+        Ok(l) if l.config.daemon.state_dir != guess => {
+            let (lg, w) = LastGood::load(&l.config.daemon.state_dir);
+            warnings.extend(w);
+            (load_resilient(path, &lg), warnings)
+        }
+        _ => (r, warnings),
+    }
+}

@@ -16,7 +16,7 @@ mod parse;
 mod peering;
 mod read;
 
-pub use load::{load_resilient, BrokenFile, Fallback, LastGood, Loaded};
+pub use load::{load_resilient, load_resilient_at_start, BrokenFile, Fallback, LastGood, Loaded};
 pub use model::*;
 pub use peering::{evaluate_peerings, Peering, PeeringState};
 

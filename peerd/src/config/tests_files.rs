@@ -633,3 +633,39 @@ fn corrupt_last_good_is_ignored_with_a_warning() {
         assert!(w.contains("ignoring") && w.contains(LastGood::FILE), "{w}");
     }
 }
+
+#[test]
+fn the_first_load_finds_the_persisted_last_good_set() {
+    let d = Dir::new();
+    let state = tempfile::tempdir().unwrap();
+    let main = format!(
+        "{INCLUDE_ALL}[daemon]\nstate_dir = \"{}\"\n",
+        state.path().display()
+    );
+    d.write("peerd.toml", &main);
+    d.write("vpcs.d/a.toml", &vpc("a", "10.0.0.0/16"));
+    let (l, warnings) = load_resilient_at_start(&d.main());
+    let l = l.unwrap();
+    assert!(warnings.is_empty() && l.broken.is_empty(), "{warnings:?}");
+    l.last_good.save(state.path()).unwrap();
+    // A restart with both files broken (the main file's TOML still parses) starts on the
+    // persisted versions.
+    d.write("peerd.toml", &format!("{main}bogus = 1\n"));
+    d.write("vpcs.d/a.toml", "[[vpc]]\nname = \"a\"\n");
+    let (l, warnings) = load_resilient_at_start(&d.main());
+    let l = l.unwrap();
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert_eq!(
+        broken(&l),
+        [
+            ("peerd.toml".into(), Fallback::LastGood),
+            ("a.toml".into(), Fallback::LastGood)
+        ]
+    );
+    assert_eq!(names(&l.config), ["a"]);
+    // A corrupt persisted set is a warning, and the broken files are then unusable.
+    fs::write(state.path().join(LastGood::FILE), "{").unwrap();
+    let (r, warnings) = load_resilient_at_start(&d.main());
+    assert!(r.is_err());
+    assert!(warnings[0].contains("ignoring corrupt"), "{warnings:?}");
+}
