@@ -36,6 +36,9 @@ pub struct DaemonConfig {
     pub state_dir: PathBuf,
     pub pin_dir: PathBuf,
     pub socket: PathBuf,
+    /// Group allowed to use the control socket besides root (name syntax checked here; the
+    /// daemon resolves it).
+    pub socket_group: Option<String>,
     pub metrics: Option<SocketAddr>,
     pub flow_log: Option<PathBuf>,
     /// Aggregation window of the flow log.
@@ -47,6 +50,17 @@ pub struct DaemonConfig {
     pub pending_expiry: Duration,
     pub max_active_peerings_per_vpc: u32,
     pub max_pending_peerings_per_vpc: u32,
+    /// Per-VPC quotas checked at validation (an excess is an error of the VPC's file, so with
+    /// includes only that tenant's file falls back to its last good version). They keep one
+    /// tenant from filling the datapath's shared maps.
+    /// Source prefixes: CIDRs plus subnets, both families.
+    pub max_prefixes_per_vpc: u32,
+    /// Explicit routes over all of the VPC's route tables. Automatic routes are bounded by
+    /// `max_peerings_per_vpc` x the peers' `max_prefixes_per_vpc`.
+    pub max_routes_per_vpc: u32,
+    pub max_route_tables_per_vpc: u32,
+    /// Declared peering ends, whatever their state.
+    pub max_peerings_per_vpc: u32,
 }
 
 impl Default for DaemonConfig {
@@ -57,6 +71,7 @@ impl Default for DaemonConfig {
             state_dir: "/var/lib/peerd".into(),
             pin_dir: "/sys/fs/bpf/peerd".into(),
             socket: "/run/peerd/peerd.sock".into(),
+            socket_group: None,
             metrics: None,
             flow_log: None,
             flow_log_interval: Duration::from_secs(60),
@@ -65,6 +80,10 @@ impl Default for DaemonConfig {
             pending_expiry: Duration::from_secs(168 * 3600),
             max_active_peerings_per_vpc: 50,
             max_pending_peerings_per_vpc: 25,
+            max_prefixes_per_vpc: 64,
+            max_routes_per_vpc: 1000,
+            max_route_tables_per_vpc: 32,
+            max_peerings_per_vpc: 100,
         }
     }
 }
@@ -101,6 +120,8 @@ pub struct RouteTable {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Vpc {
     pub name: String,
+    /// Where the name was written (duplicate names across files point here).
+    pub name_location: Location,
     pub cidrs: Vec<IpNet>,
     pub mtu: Option<u32>,
     pub peerings: Vec<PeeringEnd>,
@@ -155,14 +176,16 @@ impl fmt::Display for ConfigError {
 }
 
 impl Config {
-    /// Reads `path` and its includes, parses and validates.
+    /// Reads `path` and its includes, parses and validates. Strict: any error in any file
+    /// rejects the whole set (`peerd check`, `peerd plan`). The daemon uses
+    /// [`load_resilient`](super::load_resilient), where the unit is the file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        super::parse::load(path, None)
+        super::load::strict(path, None)
     }
 
     /// The same for one in-memory main file (includes resolve relative to `file`'s directory).
     pub fn from_str(text: &str, file: &Path) -> Result<Config, ConfigError> {
-        super::parse::load(file, Some(text))
+        super::load::strict(file, Some(text))
     }
 
     pub fn vpc(&self, name: &str) -> Option<&Vpc> {

@@ -1,8 +1,10 @@
-//! Reading files (with includes), TOML into raw spanned structs, then validation into the model.
+//! One file: TOML into raw spanned structs, then the checks that need nothing but that file
+//! (and, for an included file, the main file's `[daemon]` quotas). Checks across files are
+//! in [`super::cross`], reading and includes in [`super::load`].
 use std::{
     collections::BTreeMap,
     net::SocketAddr,
-    path::{Path, PathBuf},
+    path::{Component, Path, PathBuf},
     time::Duration,
 };
 
@@ -11,8 +13,6 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::model::*;
-
-const MAX_INCLUDE_DEPTH: usize = 8;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -28,9 +28,10 @@ struct RawFile {
 struct RawDaemon {
     netns_prefix: Option<Spanned<String>>,
     datapath: Option<Spanned<String>>,
-    state_dir: Option<PathBuf>,
-    pin_dir: Option<PathBuf>,
-    socket: Option<PathBuf>,
+    state_dir: Option<Spanned<String>>,
+    pin_dir: Option<Spanned<String>>,
+    socket: Option<Spanned<String>>,
+    socket_group: Option<Spanned<String>>,
     metrics: Option<Spanned<String>>,
     flow_log: Option<PathBuf>,
     flow_log_interval: Option<Spanned<String>>,
@@ -39,6 +40,10 @@ struct RawDaemon {
     pending_expiry: Option<Spanned<String>>,
     max_active_peerings_per_vpc: Option<u32>,
     max_pending_peerings_per_vpc: Option<u32>,
+    max_prefixes_per_vpc: Option<Spanned<u32>>,
+    max_routes_per_vpc: Option<u32>,
+    max_route_tables_per_vpc: Option<u32>,
+    max_peerings_per_vpc: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -103,11 +108,13 @@ impl Source {
     }
 
     fn at(&self, offset: usize) -> Location {
+        // `line_starts[0] == 0 <= offset`, so the point is at least 1.
         let line = self.line_starts.partition_point(|&s| s <= offset).max(1);
+        let start = self.line_starts.get(line - 1).copied().unwrap_or(0);
         Location {
             file: self.file.clone(),
             line,
-            column: offset - self.line_starts[line - 1] + 1,
+            column: offset.saturating_sub(start) + 1,
         }
     }
 
@@ -116,257 +123,425 @@ impl Source {
     }
 }
 
-struct Loader {
-    errors: Vec<Diagnostic>,
-    files: Vec<PathBuf>,
-    watch_dirs: Vec<PathBuf>,
-    vpcs: Vec<(RawVpc, Location, std::rc::Rc<Source>)>,
-    daemon: DaemonConfig,
+/// Which file this is: the main one (with `[daemon]`) or an included one, checked against the
+/// main file's quotas.
+#[derive(Clone, Copy)]
+pub(crate) enum Role<'a> {
+    Main,
+    Included(&'a DaemonConfig),
 }
 
-impl Loader {
-    fn err(&mut self, location: Option<Location>, message: impl Into<String>) {
-        self.errors.push(Diagnostic {
-            location,
-            message: message.into(),
-        });
-    }
+/// An include pattern that passed the static checks (relative, no `..`, valid glob).
+#[derive(Clone, Debug)]
+pub(crate) struct Include {
+    pub pattern: String,
+    pub location: Location,
+}
 
-    fn file(
-        &mut self,
-        path: &Path,
-        text: Option<&str>,
-        depth: usize,
-        stack: &mut Vec<PathBuf>,
-        from: Option<Location>,
-    ) {
-        let owned;
-        let text = match text {
-            Some(t) => t,
-            None => match std::fs::read(path) {
-                Ok(bytes) => match String::from_utf8(bytes) {
-                    Ok(t) => {
-                        owned = t;
-                        &owned
-                    }
-                    Err(_) => {
-                        return self.err(
-                            from.or(Some(Location {
-                                file: path.into(),
-                                line: 1,
-                                column: 1,
-                            })),
-                            format!("{} is not a UTF-8 text file", path.display()),
-                        )
-                    }
-                },
-                Err(e) => return self.err(from, format!("cannot read {}: {e}", path.display())),
-            },
-        };
-        let canonical = path.canonicalize().unwrap_or_else(|_| path.to_owned());
-        if stack.contains(&canonical) {
-            return self.err(
-                from,
-                format!("include cycle: {} includes itself", path.display()),
+/// What one file says, and what is wrong with it on its own.
+#[derive(Debug)]
+pub(crate) struct ParsedFile {
+    /// The main file's `[daemon]` (defaults when absent); `None` for an included file.
+    pub daemon: Option<DaemonConfig>,
+    pub includes: Vec<Include>,
+    pub vpcs: Vec<Vpc>,
+    pub errors: Vec<Diagnostic>,
+}
+
+pub(crate) fn parse_file(path: &Path, text: &str, role: Role<'_>) -> ParsedFile {
+    let src = Source::new(path, text);
+    let mut out = ParsedFile {
+        daemon: matches!(role, Role::Main).then(DaemonConfig::default),
+        includes: Vec::new(),
+        vpcs: Vec::new(),
+        errors: Vec::new(),
+    };
+    let raw: RawFile = match toml::from_str(text) {
+        Ok(r) => r,
+        Err(e) => {
+            let loc = e.span().map(|s| src.at(s.start)).unwrap_or(Location {
+                file: path.into(),
+                line: 1,
+                column: 1,
+            });
+            let mut msg = e.message().trim().to_owned();
+            if msg.contains("unknown field `include`") {
+                msg += " (include is a top-level key: write it before the first [table] header)";
+            }
+            out.errors.push(Diagnostic {
+                location: Some(loc),
+                message: msg,
+            });
+            return out;
+        }
+    };
+    let mut errors = Vec::new();
+    let daemon = match (role, raw.daemon) {
+        (Role::Main, Some(d)) => daemon(d.into_inner(), &src, &mut errors),
+        (Role::Main, None) => DaemonConfig::default(),
+        (Role::Included(main), d) => {
+            if let Some(d) = d {
+                errors.push(Diagnostic {
+                    location: Some(src.of(&d)),
+                    message: "[daemon] is only allowed in the main configuration file".into(),
+                });
+            }
+            main.clone()
+        }
+    };
+    if matches!(role, Role::Main) {
+        out.daemon = Some(daemon.clone());
+    }
+    let dir = path.parent().unwrap_or(Path::new(""));
+    for p in raw.include.unwrap_or_default() {
+        if let Some(inc) = include(&p, &src, dir, &mut errors) {
+            out.includes.push(inc);
+        }
+    }
+    let mut seen: BTreeMap<String, Location> = BTreeMap::new();
+    for v in raw.vpc {
+        let loc = src.of(&v);
+        if let Some(vpc) = vpc(v.into_inner(), loc, &src, &daemon, &mut seen, &mut errors) {
+            out.vpcs.push(vpc);
+        }
+    }
+    out.errors = errors;
+    out
+}
+
+fn err(errors: &mut Vec<Diagnostic>, location: Location, message: String) {
+    errors.push(Diagnostic {
+        location: Some(location),
+        message,
+    });
+}
+
+fn include(
+    p: &Spanned<String>,
+    src: &Source,
+    dir: &Path,
+    errors: &mut Vec<Diagnostic>,
+) -> Option<Include> {
+    let pattern = p.get_ref();
+    let loc = src.of(p);
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let problem = if pattern.is_empty() {
+        Some("is empty".to_owned())
+    } else if pattern.starts_with('/') {
+        Some(format!(
+            "is an absolute path: include patterns are relative to the including file's directory ({}) and stay inside it",
+            dir.display()
+        ))
+    } else if Path::new(pattern)
+        .components()
+        .any(|c| c == Component::ParentDir)
+    {
+        Some(format!(
+            "has a \"..\" component: include patterns stay inside the including file's directory ({})",
+            dir.display()
+        ))
+    } else {
+        glob::Pattern::new(pattern)
+            .err()
+            .map(|e| format!("is not a valid pattern: {e}"))
+    };
+    match problem {
+        Some(why) => {
+            err(errors, loc, format!("include {pattern:?} {why}"));
+            None
+        }
+        None => Some(Include {
+            pattern: pattern.clone(),
+            location: loc,
+        }),
+    }
+}
+
+/// Longest durations accepted: beyond them a value is a typo, and date arithmetic downstream
+/// could overflow.
+const MAX_EXPIRY: Duration = Duration::from_secs(3650 * 86400);
+const MAX_FLOW_LOG_INTERVAL: Duration = Duration::from_secs(86400);
+
+/// "168h", "30m", "90s", "2h30m", "1d12h", "7d" (the `humantime` grammar: units from ns to
+/// years, optionally separated by spaces).
+pub(crate) fn parse_duration(s: &str) -> Option<Duration> {
+    humantime::parse_duration(s.trim()).ok()
+}
+
+/// Longest control socket path: `sun_path` holds 108 bytes with the final NUL.
+const MAX_SOCKET_PATH: usize = 107;
+/// The bpffs root: removing or pinning into it directly would touch every program's pins.
+const BPFFS_ROOT: &str = "/sys/fs/bpf";
+
+fn is_root(p: &Path) -> bool {
+    p.components().all(|c| c == Component::RootDir)
+}
+
+/// An absolute path without `..` (or an error naming `key`).
+fn abs_path(
+    s: &Spanned<String>,
+    key: &str,
+    src: &Source,
+    errors: &mut Vec<Diagnostic>,
+) -> Option<PathBuf> {
+    let p = Path::new(s.get_ref());
+    let why = if !p.is_absolute() {
+        "must be an absolute path"
+    } else if p.components().any(|c| c == Component::ParentDir) {
+        "must not contain \"..\""
+    } else if is_root(p) {
+        "must not be /"
+    } else {
+        return Some(p.to_owned());
+    };
+    err(errors, src.of(s), format!("{key} {:?} {why}", s.get_ref()));
+    None
+}
+
+/// A group name as `groupadd` accepts it: letters, digits, `_`, `.` and `-`, not starting with
+/// `-` or a digit, at most 32 characters, optionally ending in `$`.
+fn valid_group_name(n: &str) -> bool {
+    let body = n.strip_suffix('$').unwrap_or(n);
+    (1..=32).contains(&n.len())
+        && body
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && body
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+}
+
+fn daemon(d: RawDaemon, src: &Source, errors: &mut Vec<Diagnostic>) -> DaemonConfig {
+    let def = DaemonConfig::default();
+    if let Some(p) = &d.netns_prefix {
+        let ok = p.get_ref().len() <= 16
+            && p.get_ref()
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        if !ok {
+            err(
+                errors,
+                src.of(p),
+                format!(
+                    "netns_prefix {:?} must be at most 16 characters of a-z, 0-9 and -",
+                    p.get_ref()
+                ),
             );
         }
-        self.files.push(path.to_owned());
-        self.watch_dirs.push(
-            path.parent()
-                .filter(|p| !p.as_os_str().is_empty())
-                .unwrap_or(Path::new("."))
-                .to_owned(),
-        );
-        let src = std::rc::Rc::new(Source::new(path, text));
-        let raw: RawFile = match toml::from_str(text) {
-            Ok(r) => r,
-            Err(e) => {
-                let loc = e.span().map(|s| src.at(s.start)).unwrap_or(Location {
-                    file: path.into(),
-                    line: 1,
-                    column: 1,
-                });
-                let mut msg = e.message().trim().to_owned();
-                if msg.contains("unknown field `include`") {
-                    msg +=
-                        " (include is a top-level key: write it before the first [table] header)";
-                }
-                return self.err(Some(loc), msg);
-            }
-        };
-        if let Some(d) = raw.daemon {
-            if depth > 0 {
-                self.err(
-                    Some(src.of(&d)),
-                    "[daemon] is only allowed in the main configuration file",
-                );
-            } else {
-                self.daemon(d.into_inner(), &src);
-            }
-        }
-        self.vpcs.extend(raw.vpc.into_iter().map(|v| {
-            let loc = src.of(&v);
-            (v.into_inner(), loc, src.clone())
-        }));
-        for pattern in raw.include.unwrap_or_default() {
-            let loc = src.of(&pattern);
-            if depth + 1 > MAX_INCLUDE_DEPTH {
-                self.err(
-                    Some(loc.clone()),
-                    format!("includes nested deeper than {MAX_INCLUDE_DEPTH} levels"),
-                );
-                continue;
-            }
-            let base = path.parent().unwrap_or(Path::new("."));
-            let full = base.join(pattern.get_ref());
-            if let Some(dir) = full.parent() {
-                if !dir.to_string_lossy().contains(['*', '?', '[']) {
-                    self.watch_dirs.push(dir.to_owned());
-                }
-            }
-            let is_glob = pattern.get_ref().contains(['*', '?', '[']);
-            let mut matched: Vec<PathBuf> = match glob::glob(&full.to_string_lossy()) {
-                Ok(paths) => paths
-                    .filter_map(Result::ok)
-                    .filter(|p| p.is_file())
-                    .collect(),
-                Err(e) => {
-                    self.err(
-                        Some(loc.clone()),
-                        format!("include pattern \"{}\" is invalid: {e}", pattern.get_ref()),
-                    );
-                    continue;
-                }
-            };
-            matched.sort();
-            if matched.is_empty() && !is_glob {
-                self.err(
-                    Some(loc.clone()),
-                    format!("include \"{}\" matches no file", pattern.get_ref()),
-                );
-            }
-            stack.push(canonical.clone());
-            for m in matched {
-                self.file(&m, None, depth + 1, stack, Some(loc.clone()));
-            }
-            stack.pop();
-        }
     }
-
-    fn daemon(&mut self, d: RawDaemon, src: &Source) {
-        let def = DaemonConfig::default();
-        if let Some(p) = &d.netns_prefix {
-            let ok = p.get_ref().len() <= 16
-                && p.get_ref()
-                    .chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
-            if !ok {
-                self.err(
-                    Some(src.of(p)),
-                    format!(
-                        "netns_prefix \"{}\" must be at most 16 characters of a-z, 0-9 and -",
-                        p.get_ref()
-                    ),
-                );
-            }
-        }
-        let datapath = match d.datapath.as_ref().map(|s| s.get_ref().as_str()) {
-            None | Some("tc") => DatapathMode::Tc,
-            Some("xdp") => DatapathMode::Xdp,
-            Some(other) => {
-                self.err(
-                    Some(src.of(d.datapath.as_ref().unwrap())),
-                    format!("datapath \"{other}\" is not one of \"tc\", \"xdp\""),
+    let datapath = match &d.datapath {
+        None => DatapathMode::Tc,
+        Some(s) => match s.get_ref().as_str() {
+            "tc" => DatapathMode::Tc,
+            "xdp" => DatapathMode::Xdp,
+            other => {
+                err(
+                    errors,
+                    src.of(s),
+                    format!("datapath {other:?} is not one of \"tc\", \"xdp\""),
                 );
                 DatapathMode::Tc
             }
-        };
-        let metrics = d
-            .metrics
-            .as_ref()
-            .and_then(|m| match m.get_ref().parse::<SocketAddr>() {
-                Ok(a) => Some(a),
-                Err(_) => {
-                    self.err(
-                        Some(src.of(m)),
-                        format!(
-                            "metrics \"{}\" is not an address:port such as 127.0.0.1:9469",
-                            m.get_ref()
-                        ),
-                    );
-                    None
-                }
-            });
-        let pending_expiry = match &d.pending_expiry {
-            None => def.pending_expiry,
-            Some(s) => parse_duration(s.get_ref()).unwrap_or_else(|| {
-                self.err(Some(src.of(s)), format!("pending_expiry \"{}\" is not a duration such as \"168h\", \"30m\", \"90s\", \"1d12h\"", s.get_ref()));
+        },
+    };
+    let metrics = d
+        .metrics
+        .as_ref()
+        .and_then(|m| match m.get_ref().parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                err(
+                    errors,
+                    src.of(m),
+                    format!(
+                        "metrics {:?} is not an address:port such as 127.0.0.1:9469",
+                        m.get_ref()
+                    ),
+                );
+                None
+            }
+        });
+    let pending_expiry = match &d.pending_expiry {
+        None => def.pending_expiry,
+        Some(s) => match parse_duration(s.get_ref()) {
+            Some(v) if v <= MAX_EXPIRY => v,
+            _ => {
+                err(
+                    errors,
+                    src.of(s),
+                    format!(
+                        "pending_expiry {:?} is not a duration of at most 3650d, such as \"168h\", \"30m\", \"90s\", \"1d12h\"",
+                        s.get_ref()
+                    ),
+                );
                 def.pending_expiry
-            }),
-        };
-        let flow_log_interval = match &d.flow_log_interval {
-            None => def.flow_log_interval,
-            Some(s) => match parse_duration(s.get_ref()) {
-                Some(v) if v.as_secs() >= 1 => v,
-                _ => {
-                    self.err(
-                        Some(src.of(s)),
-                        format!("flow_log_interval \"{}\" is not a duration of at least 1s, such as \"60s\"", s.get_ref()),
-                    );
-                    def.flow_log_interval
-                }
-            },
-        };
-        self.daemon = DaemonConfig {
-            netns_prefix: d
-                .netns_prefix
-                .map(Spanned::into_inner)
-                .unwrap_or(def.netns_prefix),
-            datapath,
-            state_dir: d.state_dir.unwrap_or(def.state_dir),
-            pin_dir: d.pin_dir.unwrap_or(def.pin_dir),
-            socket: d.socket.unwrap_or(def.socket),
-            metrics,
-            flow_log: d.flow_log,
-            flow_log_interval,
-            flow_log_max_bytes: d
-                .flow_log_max_bytes
-                .unwrap_or(def.flow_log_max_bytes)
-                .max(1024),
-            flow_log_keep: d.flow_log_keep.unwrap_or(def.flow_log_keep),
-            pending_expiry,
-            max_active_peerings_per_vpc: d
-                .max_active_peerings_per_vpc
-                .unwrap_or(def.max_active_peerings_per_vpc),
-            max_pending_peerings_per_vpc: d
-                .max_pending_peerings_per_vpc
-                .unwrap_or(def.max_pending_peerings_per_vpc),
-        };
+            }
+        },
+    };
+    let flow_log_interval = match &d.flow_log_interval {
+        None => def.flow_log_interval,
+        Some(s) => match parse_duration(s.get_ref()) {
+            Some(v) if v >= Duration::from_secs(1) && v <= MAX_FLOW_LOG_INTERVAL => v,
+            _ => {
+                err(
+                    errors,
+                    src.of(s),
+                    format!(
+                        "flow_log_interval {:?} is not a duration from 1s to 1d, such as \"60s\"",
+                        s.get_ref()
+                    ),
+                );
+                def.flow_log_interval
+            }
+        },
+    };
+    let state_dir = d
+        .state_dir
+        .as_ref()
+        .and_then(|s| abs_path(s, "state_dir", src, errors))
+        .unwrap_or(def.state_dir);
+    let pin_dir = match &d.pin_dir {
+        None => def.pin_dir,
+        Some(s) => match abs_path(s, "pin_dir", src, errors) {
+            Some(p) if p == Path::new(BPFFS_ROOT) => {
+                err(
+                    errors,
+                    src.of(s),
+                    format!(
+                        "pin_dir {:?} is the bpffs root: use a directory of peerd's own below it, such as \"/sys/fs/bpf/peerd\"",
+                        s.get_ref()
+                    ),
+                );
+                def.pin_dir
+            }
+            Some(p) => p,
+            None => def.pin_dir,
+        },
+    };
+    let socket = match &d.socket {
+        None => def.socket,
+        Some(s) => match abs_path(s, "socket", src, errors) {
+            Some(p) if p.as_os_str().len() > MAX_SOCKET_PATH => {
+                err(
+                    errors,
+                    src.of(s),
+                    format!(
+                        "socket {:?} is {} bytes long: a Unix socket path must be shorter than 108 bytes",
+                        s.get_ref(),
+                        p.as_os_str().len()
+                    ),
+                );
+                def.socket
+            }
+            Some(p) => p,
+            None => def.socket,
+        },
+    };
+    let socket_group = d.socket_group.as_ref().and_then(|g| {
+        if valid_group_name(g.get_ref()) {
+            Some(g.get_ref().clone())
+        } else {
+            err(
+                errors,
+                src.of(g),
+                format!(
+                    "socket_group {:?} is not a group name (letters, digits, _ . -, at most 32 characters)",
+                    g.get_ref()
+                ),
+            );
+            None
+        }
+    });
+    let max_prefixes_per_vpc = match &d.max_prefixes_per_vpc {
+        None => def.max_prefixes_per_vpc,
+        Some(v) if *v.get_ref() == 0 => {
+            err(
+                errors,
+                src.of(v),
+                "max_prefixes_per_vpc must be at least 1 (a VPC has at least one CIDR)".into(),
+            );
+            def.max_prefixes_per_vpc
+        }
+        Some(v) => *v.get_ref(),
+    };
+    DaemonConfig {
+        netns_prefix: d
+            .netns_prefix
+            .map(Spanned::into_inner)
+            .unwrap_or(def.netns_prefix),
+        datapath,
+        state_dir,
+        pin_dir,
+        socket,
+        socket_group,
+        metrics,
+        flow_log: d.flow_log,
+        flow_log_interval,
+        flow_log_max_bytes: d
+            .flow_log_max_bytes
+            .unwrap_or(def.flow_log_max_bytes)
+            .max(1024),
+        flow_log_keep: d.flow_log_keep.unwrap_or(def.flow_log_keep),
+        pending_expiry,
+        max_active_peerings_per_vpc: d
+            .max_active_peerings_per_vpc
+            .unwrap_or(def.max_active_peerings_per_vpc),
+        max_pending_peerings_per_vpc: d
+            .max_pending_peerings_per_vpc
+            .unwrap_or(def.max_pending_peerings_per_vpc),
+        max_prefixes_per_vpc,
+        max_routes_per_vpc: d.max_routes_per_vpc.unwrap_or(def.max_routes_per_vpc),
+        max_route_tables_per_vpc: d
+            .max_route_tables_per_vpc
+            .unwrap_or(def.max_route_tables_per_vpc),
+        max_peerings_per_vpc: d.max_peerings_per_vpc.unwrap_or(def.max_peerings_per_vpc),
     }
 }
 
-/// "168h", "30m", "90s", "2h30m", "1d".
-pub(crate) fn parse_duration(s: &str) -> Option<Duration> {
-    let mut total = 0u64;
-    let mut num = String::new();
-    let mut any = false;
-    for c in s.trim().chars() {
-        if c.is_ascii_digit() {
-            num.push(c);
-            continue;
-        }
-        let n: u64 = num.parse().ok()?;
-        num.clear();
-        total = total.checked_add(n.checked_mul(match c {
-            'd' => 86400,
-            'h' => 3600,
-            'm' => 60,
-            's' => 1,
-            _ => return None,
-        })?)?;
-        any = true;
-    }
-    (num.is_empty() && any).then(|| Duration::from_secs(total))
+/// Address ranges no VPC may use, and why (SPEC §2: the gateway is link-local; the rest can
+/// never be a workload's unicast address, or is the host's own).
+const SPECIAL_RANGES: &[(&str, &str)] = &[
+    (
+        "0.0.0.0/8",
+        "\"this network\", which includes the default route 0.0.0.0/0",
+    ),
+    ("127.0.0.0/8", "loopback"),
+    (
+        "169.254.0.0/16",
+        "link-local: peerd's gateway 169.254.1.1 lives there",
+    ),
+    ("224.0.0.0/4", "multicast"),
+    (
+        "240.0.0.0/4",
+        "reserved, with the broadcast address 255.255.255.255",
+    ),
+    (
+        "::/128",
+        "the unspecified address, which includes the default route ::/0",
+    ),
+    ("::1/128", "loopback"),
+    ("::ffff:0:0/96", "IPv4-mapped addresses"),
+    (
+        "fe80::/10",
+        "link-local: peerd's gateway fe80::1 lives there",
+    ),
+    ("ff00::/8", "multicast"),
+];
+
+pub(crate) fn special_ranges() -> impl Iterator<Item = (IpNet, &'static str)> {
+    SPECIAL_RANGES
+        .iter()
+        .filter_map(|(n, why)| Some((n.parse().ok()?, *why)))
+}
+
+/// The special range `net` overlaps, if any.
+fn special_overlap(net: &IpNet) -> Option<(IpNet, &'static str)> {
+    special_ranges().find(|(r, _)| overlaps(r, net))
 }
 
 fn parse_cidr(
@@ -378,25 +553,27 @@ fn parse_cidr(
     let loc = src.of(s);
     match s.get_ref().parse::<IpNet>() {
         Ok(net) if net.trunc() != net => {
-            errors.push(Diagnostic {
-                location: Some(loc),
-                message: format!(
+            err(
+                errors,
+                loc,
+                format!(
                     "{what} {} has host bits set; did you mean {}?",
                     s.get_ref(),
                     net.trunc()
                 ),
-            });
+            );
             None
         }
         Ok(net) => Some(net),
         Err(_) => {
-            errors.push(Diagnostic {
-                location: Some(loc),
-                message: format!(
-                    "{what} \"{}\" is not a CIDR such as 10.0.0.0/16 or 2001:db8::/56",
+            err(
+                errors,
+                loc,
+                format!(
+                    "{what} {:?} is not a CIDR such as 10.0.0.0/16 or 2001:db8::/56",
                     s.get_ref()
                 ),
-            });
+            );
             None
         }
     }
@@ -406,10 +583,26 @@ pub(crate) fn overlaps(a: &IpNet, b: &IpNet) -> bool {
     a.contains(&b.network()) || b.contains(&a.network())
 }
 
+/// A user string as is when it prints plainly, else quoted with escapes (no control characters
+/// reach a terminal through an error message).
+fn show(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.is_empty() && s.chars().all(|c| c.is_ascii_graphic() && c != '"') {
+        s.into()
+    } else {
+        format!("{s:?}").into()
+    }
+}
+
 fn valid_vpc_name(n: &str) -> bool {
     (1..=32).contains(&n.len())
         && n.chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
+fn valid_table_name(n: &str) -> bool {
+    (1..=64).contains(&n.len())
+        && n.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 fn valid_peering_id(n: &str) -> bool {
@@ -420,225 +613,295 @@ fn valid_peering_id(n: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
 }
 
-pub(crate) fn load(path: &Path, text: Option<&str>) -> Result<Config, ConfigError> {
-    let mut l = Loader {
-        errors: Vec::new(),
-        files: Vec::new(),
-        watch_dirs: Vec::new(),
-        vpcs: Vec::new(),
-        daemon: DaemonConfig::default(),
-    };
-    l.file(path, text, 0, &mut Vec::new(), None);
-    let mut errors = std::mem::take(&mut l.errors);
-    let mut vpcs = Vec::new();
-    let mut seen: BTreeMap<String, Location> = BTreeMap::new();
-    for (raw, loc, src) in l.vpcs {
-        let name = raw.name.get_ref().clone();
-        macro_rules! e {
-            ($s:expr, $m:expr) => {
-                errors.push(Diagnostic {
-                    location: Some(src.of($s)),
-                    message: $m,
-                })
-            };
+/// One VPC's own rules; `None` only when its name is unusable (it could not be referred to).
+fn vpc(
+    raw: RawVpc,
+    loc: Location,
+    src: &Source,
+    daemon: &DaemonConfig,
+    seen: &mut BTreeMap<String, Location>,
+    errors: &mut Vec<Diagnostic>,
+) -> Option<Vpc> {
+    let name = raw.name.get_ref().clone();
+    let name_location = src.of(&raw.name);
+    if !valid_vpc_name(&name) {
+        err(
+            errors,
+            name_location,
+            format!("VPC name {name:?} must be 1 to 32 characters of a-z, 0-9 and -"),
+        );
+        return None;
+    }
+    if let Some(first) = seen.get(&name) {
+        err(
+            errors,
+            name_location.clone(),
+            format!("VPC \"{name}\" is already defined at {first}"),
+        );
+    } else {
+        seen.insert(name.clone(), name_location.clone());
+    }
+    if raw.cidrs.get_ref().is_empty() {
+        err(
+            errors,
+            src.of(&raw.cidrs),
+            format!("VPC \"{name}\" needs at least one CIDR"),
+        );
+    }
+    let mut cidrs: Vec<IpNet> = Vec::new();
+    for c in raw.cidrs.get_ref() {
+        let Some(net) = parse_cidr(c, src, "CIDR", errors) else {
+            continue;
+        };
+        if let Some((r, why)) = special_overlap(&net) {
+            err(
+                errors,
+                src.of(c),
+                format!("CIDR {net} of VPC \"{name}\" overlaps {r} ({why})"),
+            );
         }
-        if !valid_vpc_name(&name) {
-            e!(
-                &raw.name,
-                format!("VPC name \"{name}\" must be 1 to 32 characters of a-z, 0-9 and -")
+        if let Some(o) = cidrs.iter().find(|o| overlaps(o, &net)) {
+            err(
+                errors,
+                src.of(c),
+                format!("CIDR {net} overlaps {o}, another CIDR of VPC \"{name}\""),
             );
-        } else if let Some(first) = seen.get(&name) {
-            e!(
-                &raw.name,
-                format!("VPC \"{name}\" is already defined at {first}")
-            );
+        }
+        cidrs.push(net);
+    }
+    let mtu = raw.mtu.as_ref().and_then(|m| {
+        let v = *m.get_ref();
+        let min = if cidrs.iter().any(|c| matches!(c, IpNet::V6(_))) {
+            1280
         } else {
-            seen.insert(name.clone(), src.of(&raw.name));
-        }
-        if raw.cidrs.get_ref().is_empty() {
-            e!(
-                &raw.cidrs,
-                format!("VPC \"{name}\" needs at least one CIDR")
-            );
-        }
-        let mut cidrs: Vec<IpNet> = Vec::new();
-        for c in raw.cidrs.get_ref() {
-            if let Some(net) = parse_cidr(c, &src, "CIDR", &mut errors) {
-                if let Some(o) = cidrs.iter().find(|o| overlaps(o, &net)) {
-                    errors.push(Diagnostic {
-                        location: Some(src.of(c)),
-                        message: format!("CIDR {net} overlaps {o}, another CIDR of VPC \"{name}\""),
-                    });
-                }
-                cidrs.push(net);
-            }
-        }
-        let mtu = raw.mtu.as_ref().and_then(|m| {
-            let v = *m.get_ref();
-            let min = if cidrs.iter().any(|c| matches!(c, IpNet::V6(_))) {
-                1280
-            } else {
-                68
-            };
-            if v < min || v > 65535 {
-                e!(
-                    m,
-                    format!(
-                        "mtu {v} is outside {min}..=65535{}",
-                        if min == 1280 {
-                            " (IPv6 needs at least 1280)"
-                        } else {
-                            ""
-                        }
-                    )
+            68
+        };
+        match u32::try_from(v) {
+            Ok(v) if (min..=65535).contains(&v) => Some(v),
+            _ => {
+                let why = if min == 1280 {
+                    " (IPv6 needs at least 1280)"
+                } else {
+                    ""
+                };
+                err(
+                    errors,
+                    src.of(m),
+                    format!("mtu {v} is outside {min}..=65535{why}"),
                 );
                 None
-            } else {
-                Some(v as u32)
             }
+        }
+    });
+    let mut peerings: Vec<PeeringEnd> = Vec::new();
+    // Every id written, valid or not, so a route to a misspelt end is not a second error.
+    let mut declared: Vec<&str> = Vec::new();
+    for p in &raw.peering {
+        let pr = p.get_ref();
+        let id = pr.id.get_ref();
+        declared.push(id);
+        let mut ok = true;
+        if !valid_peering_id(id) {
+            ok = false;
+            err(
+                errors,
+                src.of(&pr.id),
+                format!(
+                    "peering id {id:?} must start with \"pcx-\" and use a-z, 0-9 and - (at most 64 characters)"
+                ),
+            );
+        }
+        let peer = pr.peer.get_ref();
+        if !valid_vpc_name(peer) {
+            ok = false;
+            err(
+                errors,
+                src.of(&pr.peer),
+                format!("peer {peer:?} of peering {id:?} is not a VPC name (1 to 32 characters of a-z, 0-9 and -)"),
+            );
+        }
+        if !ok {
+            continue;
+        }
+        if peerings.iter().any(|q| &q.id == id) {
+            err(
+                errors,
+                src.of(&pr.id),
+                format!("peering {id} is declared twice in VPC \"{name}\""),
+            );
+            continue;
+        }
+        peerings.push(PeeringEnd {
+            id: id.clone(),
+            peer: peer.clone(),
+            reject: pr.reject,
+            location: src.of(p),
         });
-        let mut peerings: Vec<PeeringEnd> = Vec::new();
-        for p in &raw.peering {
-            let pr = p.get_ref();
-            let id = pr.id.get_ref();
-            if !valid_peering_id(id) {
-                e!(&pr.id, format!("peering id \"{id}\" must start with \"pcx-\" and use a-z, 0-9 and - (at most 64 characters)"));
-            }
-            if peerings.iter().any(|q| &q.id == id) {
-                e!(
-                    &pr.id,
-                    format!("peering {id} is declared twice in VPC \"{name}\"")
+    }
+    let mut tables: Vec<RouteTable> = Vec::new();
+    for t in &raw.route_table {
+        let tr = t.get_ref();
+        let tname = tr.name.get_ref();
+        if !valid_table_name(tname) {
+            err(
+                errors,
+                src.of(&tr.name),
+                format!("route table name {tname:?} must be 1 to 64 characters of a-z, A-Z, 0-9, -, _ and ."),
+            );
+            continue;
+        }
+        if tables.iter().any(|x| &x.name == tname) {
+            err(
+                errors,
+                src.of(&tr.name),
+                format!("route table \"{tname}\" is declared twice in VPC \"{name}\""),
+            );
+            continue;
+        }
+        let mut routes: Vec<Route> = Vec::new();
+        for r in &tr.routes {
+            let rr = r.get_ref();
+            let Some(dst) = parse_cidr(&rr.destination, src, "route destination", errors) else {
+                continue;
+            };
+            if dst.prefix_len() == 0 {
+                err(
+                    errors,
+                    src.of(&rr.destination),
+                    format!("route destination {dst} is a default route: peerd routes only to peers' CIDRs, write those (or parts of them)"),
                 );
                 continue;
             }
-            peerings.push(PeeringEnd {
-                id: id.clone(),
-                peer: pr.peer.get_ref().clone(),
-                reject: pr.reject,
-                location: src.of(p),
-            });
-        }
-        let mut tables: Vec<RouteTable> = Vec::new();
-        for t in &raw.route_table {
-            let tr = t.get_ref();
-            let tname = tr.name.get_ref();
-            if tables.iter().any(|x| &x.name == tname) {
-                errors.push(Diagnostic {
-                    location: Some(src.of(&tr.name)),
-                    message: format!("route table \"{tname}\" is declared twice in VPC \"{name}\""),
-                });
+            if let Some((r, why)) = special_ranges().find(|(r, _)| r.contains(&dst)) {
+                err(
+                    errors,
+                    src.of(&rr.destination),
+                    format!("route destination {dst} lies in {r} ({why}), which is never a peer's address"),
+                );
                 continue;
             }
-            let mut routes: Vec<Route> = Vec::new();
-            for r in &tr.routes {
-                let rr = r.get_ref();
-                let Some(dst) = parse_cidr(&rr.destination, &src, "route destination", &mut errors)
-                else {
-                    continue;
-                };
-                let pid = rr.peering.get_ref();
-                if !peerings.iter().any(|p| &p.id == pid) {
-                    errors.push(Diagnostic { location: Some(src.of(&rr.peering)), message: format!("route to {dst} names peering {pid}, which VPC \"{name}\" does not declare") });
-                }
-                if routes.iter().any(|x| x.destination == dst) {
-                    errors.push(Diagnostic {
-                        location: Some(src.of(&rr.destination)),
-                        message: format!("route table \"{tname}\" has two routes for {dst}"),
-                    });
-                    continue;
-                }
-                routes.push(Route {
-                    destination: dst,
-                    peering: pid.clone(),
-                    location: src.of(r),
-                });
+            let pid = rr.peering.get_ref();
+            if !declared.contains(&pid.as_str()) {
+                err(
+                    errors,
+                    src.of(&rr.peering),
+                    format!(
+                        "route to {dst} names peering {}, which VPC \"{name}\" does not declare",
+                        show(pid)
+                    ),
+                );
             }
-            tables.push(RouteTable {
-                name: tname.clone(),
-                routes,
-                location: src.of(t),
-            });
-        }
-        let mut subnets: Vec<Subnet> = Vec::new();
-        for s in &raw.subnet {
-            let sr = s.get_ref();
-            let Some(net) = parse_cidr(&sr.cidr, &src, "subnet", &mut errors) else {
+            if routes.iter().any(|x| x.destination == dst) {
+                err(
+                    errors,
+                    src.of(&rr.destination),
+                    format!("route table \"{tname}\" has two routes for {dst}"),
+                );
                 continue;
-            };
-            let loc = src.of(&sr.cidr);
-            if !cidrs.iter().any(|c| c.contains(&net)) {
-                errors.push(Diagnostic {
-                    location: Some(loc.clone()),
-                    message: format!("subnet {net} is not inside any CIDR of VPC \"{name}\""),
-                });
             }
-            if let Some(o) = subnets.iter().find(|o| overlaps(&o.cidr, &net)) {
-                errors.push(Diagnostic {
-                    location: Some(loc.clone()),
-                    message: format!("subnet {net} overlaps subnet {} of VPC \"{name}\"", o.cidr),
-                });
-            }
-            let table = sr.route_table.get_ref();
-            if !tables.iter().any(|t| &t.name == table) {
-                errors.push(Diagnostic { location: Some(src.of(&sr.route_table)), message: format!("subnet {net} names route table \"{table}\", which VPC \"{name}\" does not declare") });
-            }
-            subnets.push(Subnet {
-                cidr: net,
-                route_table: table.clone(),
-                location: src.of(s),
+            routes.push(Route {
+                destination: dst,
+                peering: pid.clone(),
+                location: src.of(r),
             });
         }
-        vpcs.push(Vpc {
-            name,
-            cidrs,
-            mtu,
-            peerings,
-            subnets,
-            route_tables: tables,
-            location: loc,
+        tables.push(RouteTable {
+            name: tname.clone(),
+            routes,
+            location: src.of(t),
         });
     }
+    let mut subnets: Vec<Subnet> = Vec::new();
+    for s in &raw.subnet {
+        let sr = s.get_ref();
+        let Some(net) = parse_cidr(&sr.cidr, src, "subnet", errors) else {
+            continue;
+        };
+        let sloc = src.of(&sr.cidr);
+        if !cidrs.iter().any(|c| c.contains(&net)) {
+            err(
+                errors,
+                sloc.clone(),
+                format!("subnet {net} is not inside any CIDR of VPC \"{name}\""),
+            );
+        }
+        if let Some((r, why)) = special_overlap(&net) {
+            err(
+                errors,
+                sloc.clone(),
+                format!("subnet {net} of VPC \"{name}\" overlaps {r} ({why})"),
+            );
+        }
+        if let Some(o) = subnets.iter().find(|o| overlaps(&o.cidr, &net)) {
+            err(
+                errors,
+                sloc.clone(),
+                format!("subnet {net} overlaps subnet {} of VPC \"{name}\"", o.cidr),
+            );
+        }
+        let table = sr.route_table.get_ref();
+        if !tables.iter().any(|t| &t.name == table) {
+            err(
+                errors,
+                src.of(&sr.route_table),
+                format!("subnet {net} names route table {table:?}, which VPC \"{name}\" does not declare"),
+            );
+        }
+        subnets.push(Subnet {
+            cidr: net,
+            route_table: table.clone(),
+            location: src.of(s),
+        });
+    }
+    let v = Vpc {
+        name,
+        name_location,
+        cidrs,
+        mtu,
+        peerings,
+        subnets,
+        route_tables: tables,
+        location: loc,
+    };
+    quotas(&raw, &v, daemon, errors);
+    Some(v)
+}
 
-    // Both ends of an id must agree on the pair; an id has at most two ends.
-    let mut ends: BTreeMap<&str, Vec<(&Vpc, &PeeringEnd)>> = BTreeMap::new();
-    for v in &vpcs {
-        for p in &v.peerings {
-            ends.entry(p.id.as_str()).or_default().push((v, p));
+/// The per-VPC quotas of `[daemon]`, counted on what was written (valid or not), at the VPC's
+/// location.
+fn quotas(raw: &RawVpc, v: &Vpc, d: &DaemonConfig, errors: &mut Vec<Diagnostic>) {
+    let routes: usize = raw
+        .route_table
+        .iter()
+        .map(|t| t.get_ref().routes.len())
+        .sum();
+    for (n, max, what, key) in [
+        (
+            raw.cidrs.get_ref().len() + raw.subnet.len(),
+            d.max_prefixes_per_vpc,
+            "source prefixes (CIDRs and subnets)",
+            "max_prefixes_per_vpc",
+        ),
+        (routes, d.max_routes_per_vpc, "routes", "max_routes_per_vpc"),
+        (
+            raw.route_table.len(),
+            d.max_route_tables_per_vpc,
+            "route tables",
+            "max_route_tables_per_vpc",
+        ),
+        (
+            raw.peering.len(),
+            d.max_peerings_per_vpc,
+            "peerings",
+            "max_peerings_per_vpc",
+        ),
+    ] {
+        if n > max as usize {
+            err(
+                errors,
+                v.location.clone(),
+                format!("VPC \"{}\" has {n} {what}, more than {key} = {max}", v.name),
+            );
         }
     }
-    for (id, es) in &ends {
-        if es.len() > 2 {
-            let names: Vec<&str> = es.iter().map(|(v, _)| v.name.as_str()).collect();
-            errors.push(Diagnostic {
-                location: Some(es[2].1.location.clone()),
-                message: format!(
-                    "peering {id} is declared by more than two VPCs ({})",
-                    names.join(", ")
-                ),
-            });
-        } else if let [(va, pa), (vb, pb)] = es.as_slice() {
-            if pa.peer != vb.name || pb.peer != va.name {
-                errors.push(Diagnostic {
-                    location: Some(pb.location.clone()),
-                    message: format!(
-                        "the two ends of peering {id} disagree: VPC \"{}\" peers with \"{}\" (at {}), VPC \"{}\" peers with \"{}\"",
-                        va.name, pa.peer, pa.location, vb.name, pb.peer
-                    ),
-                });
-            }
-        }
-    }
-
-    if !errors.is_empty() {
-        return Err(ConfigError { errors });
-    }
-    let mut watch_dirs = l.watch_dirs;
-    watch_dirs.sort();
-    watch_dirs.dedup();
-    Ok(Config {
-        daemon: l.daemon,
-        vpcs,
-        files: l.files,
-        watch_dirs,
-    })
 }

@@ -58,7 +58,9 @@ pub fn evaluate_peerings(
     let mut candidates = Vec::new(); // ids that pass rules 1-5 as active
     let mut pending = Vec::new();
     for (id, es) in &ends {
-        let (req, peer, req_reject) = es[0];
+        let Some(&(req, peer, req_reject)) = es.first() else {
+            continue;
+        };
         let mut p = Peering {
             id: id.to_string(),
             vpcs: [req.into(), peer.into()],
@@ -97,7 +99,9 @@ pub fn evaluate_peerings(
     // Rule 6: one peering per pair.
     let mut pairs: BTreeMap<(String, String), String> = BTreeMap::new();
     for id in &candidates {
-        let p = out.get_mut(id).unwrap();
+        let Some(p) = out.get_mut(id) else {
+            continue;
+        };
         let mut k = p.vpcs.clone();
         k.sort();
         let key = (k[0].clone(), k[1].clone());
@@ -114,7 +118,9 @@ pub fn evaluate_peerings(
     // Rule 7: quotas.
     let mut active: BTreeMap<String, u32> = BTreeMap::new();
     for id in &candidates {
-        let p = out.get_mut(id).unwrap();
+        let Some(p) = out.get_mut(id) else {
+            continue;
+        };
         if p.state != PeeringState::Active {
             continue;
         }
@@ -137,7 +143,9 @@ pub fn evaluate_peerings(
     order(&mut pending);
     let mut requested: BTreeMap<String, u32> = BTreeMap::new();
     for id in &pending {
-        let p = out.get_mut(id).unwrap();
+        let Some(p) = out.get_mut(id) else {
+            continue;
+        };
         let max = cfg.daemon.max_pending_peerings_per_vpc;
         let n = requested.entry(p.vpcs[0].clone()).or_default();
         if *n >= max {
