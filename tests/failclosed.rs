@@ -183,8 +183,13 @@ fn the_backstop_counts_nothing_normally_and_drops_what_a_missing_program_lets_th
             std::fs::remove_file(e.path()).unwrap();
         }
     }
+    // The kernel frees the link (and detaches the program) once its last reference goes.
+    wait_for(Duration::from_secs(10), "the program to be detached", || {
+        let net = sh(&["bpftool", "net", "show", "dev", &host_if]);
+        (!net.contains("peerd_tc") && !net.contains("peerd_xdp")).then_some(())
+    });
     multicast_from(&env, "a", "10.71.0.1", 4);
-    wait_for(Duration::from_secs(3), "the backstop to count", || {
+    wait_for(Duration::from_secs(5), "the backstop to count", || {
         (backstop_packets(&env) >= 4).then_some(())
     });
     // A restart puts the program back; the counter is in status and metrics.
@@ -328,4 +333,65 @@ fn teardown_refuses_a_pin_dir_that_is_the_bpffs_root() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("/sys/fs/bpf"), "{err}");
     assert!(!err.contains("torn down"), "{err}");
+}
+
+#[test]
+#[ignore = "needs root"]
+fn one_tenants_broken_file_freezes_nobody_and_a_restart_starts_on_the_last_good_set() {
+    common::can_run();
+    let mut env = Env::new();
+    let tenants = env.dir.join("tenants");
+    std::fs::create_dir_all(&tenants).unwrap();
+    let file = |name: &str, body: &str| {
+        let tmp = tenants.join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, body).unwrap();
+        std::fs::rename(&tmp, tenants.join(name)).unwrap();
+    };
+    let a = "[[vpc]]\nname = \"a\"\ncidrs = [\"10.71.0.0/16\"]\n  [[vpc.peering]]\n  id = \"pcx-ab\"\n  peer = \"b\"\n";
+    let b = "[[vpc]]\nname = \"b\"\ncidrs = [\"10.72.0.0/16\"]\n  [[vpc.peering]]\n  id = \"pcx-ab\"\n  peer = \"a\"\n";
+    file("a.toml", a);
+    file("b.toml", b);
+    file("c.toml", "[[vpc]]\nname = \"c\"\ncidrs = [\"10.73.0.0/16\"]\n");
+    // `include` is a top-level key: it goes before the test's [daemon] section.
+    let main = std::fs::read_to_string({
+        env.write_config("");
+        &env.config
+    })
+    .unwrap();
+    std::fs::write(&env.config, format!("include = [\"tenants/*.toml\"]\n{main}")).unwrap();
+    env.start();
+    env.add_addr("a", "10.71.0.1");
+    env.add_addr("b", "10.72.0.1");
+    assert!(env.ping("a", "10.71.0.1", "10.72.0.1", 1));
+
+    // Tenant a breaks its file; tenant c adds a peering with b at the same time.
+    file("a.toml", &format!("{a}  oops = \n"));
+    file(
+        "c.toml",
+        "[[vpc]]\nname = \"c\"\ncidrs = [\"10.73.0.0/16\"]\n  [[vpc.peering]]\n  id = \"pcx-cb\"\n  peer = \"b\"\n",
+    );
+    let st = env.wait_status("c's change applied, a's file reported", BOUND, |st| {
+        st["config_error"].as_str().is_some_and(|e| e.contains("a.toml:"))
+            && st["peerings"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p["id"] == "pcx-cb")
+    });
+    let err = st["config_error"].as_str().unwrap();
+    assert!(err.contains("a.toml:7:"), "file:line:col of the broken file: {err}");
+    assert!(!err.contains("c.toml"), "{err}");
+    assert_eq!(vpc(&st, "a")["ready"], true, "a's last good version stays in force");
+    assert!(env.ping("a", "10.71.0.1", "10.72.0.1", 1));
+
+    // A restart with the broken file starts on the last good set.
+    env.stop();
+    env.start();
+    let st = env.status();
+    assert!(st["config_error"].as_str().is_some_and(|e| e.contains("a.toml:")));
+    assert_eq!(vpc(&st, "a")["ready"], true);
+    assert!(env.ping("a", "10.71.0.1", "10.72.0.1", 1));
+    // Fixed: the report goes away.
+    file("a.toml", a);
+    env.wait_status("config_error cleared", BOUND, |st| st["config_error"].is_null());
 }

@@ -33,6 +33,9 @@ pub enum Error {
     State(#[from] state::Error),
     #[error(transparent)]
     Netlink(#[from] netlink::Error),
+    /// Some files were rejected (their last good version stays in force).
+    #[error("{0}")]
+    Rejected(String),
 }
 
 /// How often the daemon re-checks the whole host even when no event woke it (a flushed route,
@@ -57,6 +60,8 @@ pub enum Msg {
 pub struct Daemon {
     config_path: PathBuf,
     cfg: Config,
+    /// The last good text of every configuration file (persisted in `state_dir`).
+    last_good: config::LastGood,
     state: State,
     rec: Reconciler,
     peerings: Vec<Peering>,
@@ -87,7 +92,12 @@ impl Daemon {
         config_path: &Path,
         snapshot: watch::Sender<Arc<Snapshot>>,
     ) -> Result<Daemon, Error> {
-        let cfg = Config::load(config_path)?;
+        let (loaded, warnings) = config::load_resilient_at_start(config_path);
+        for w in warnings {
+            warn!("{w}");
+        }
+        let loaded = loaded?;
+        let cfg = loaded.config.clone();
         let lock = state::Lock::take(&cfg.daemon.state_dir)?;
         let (st, warning) = State::load(&cfg.daemon.state_dir);
         if let Some(w) = warning {
@@ -99,6 +109,7 @@ impl Daemon {
         let mut d = Daemon {
             config_path: config_path.to_owned(),
             cfg,
+            last_good: config::LastGood::default(),
             state: st,
             rec,
             peerings: Vec::new(),
@@ -120,15 +131,30 @@ impl Daemon {
             desired: desired::Desired::default(),
             _lock: lock,
         };
+        d.accept(loaded);
         d.reconcile(Scope::Full).await?;
         Ok(d)
     }
 
-    /// Re-reads the configuration. A bad one is reported and changes nothing.
+    /// Takes a loaded configuration's bookkeeping: its broken files (reported, their last good
+    /// version in force) and the new last good set (persisted, so a restart starts from it).
+    fn accept(&mut self, loaded: config::Loaded) {
+        self.config_error = loaded.error_report();
+        if let Some(e) = &self.config_error {
+            error!(error = %e, "configuration files rejected; their last good version stays in force");
+        }
+        if let Err(e) = loaded.last_good.save(&self.cfg.daemon.state_dir) {
+            error!(error = %e, "saving the last good configuration");
+        }
+        self.last_good = loaded.last_good;
+    }
+
+    /// Re-reads the configuration. A broken file keeps its last good version in force (the
+    /// other files' changes apply); a configuration with no usable main file changes nothing.
     pub async fn reload(&mut self) -> Result<(), Error> {
         self.last_reload_unix = state::unix(SystemTime::now());
-        let cfg = match Config::load(&self.config_path) {
-            Ok(c) => c,
+        let loaded = match config::load_resilient(&self.config_path, &self.last_good) {
+            Ok(l) => l,
             Err(e) => {
                 error!(error = %e, "configuration rejected; the last good one stays in force");
                 self.config_error = Some(e.to_string());
@@ -136,15 +162,21 @@ impl Daemon {
                 return Err(e.into());
             }
         };
-        self.config_error = None;
-        let cfg = self.keep_restart_settings(cfg);
+        let cfg = self.keep_restart_settings(loaded.config.clone());
+        let broken = loaded.error_report();
+        self.accept(loaded);
         if cfg == self.cfg {
             info!("configuration unchanged");
             self.publish();
-            return Ok(());
+        } else {
+            self.cfg = cfg;
+            self.reconcile(Scope::Changed).await?;
         }
-        self.cfg = cfg;
-        self.reconcile(Scope::Changed).await
+        // The good files' changes are applied; the broken ones are reported to whoever asked.
+        match broken {
+            Some(e) => Err(Error::Rejected(e)),
+            None => Ok(()),
+        }
     }
 
     /// Settings that only apply at a restart keep their running values (with a warning).

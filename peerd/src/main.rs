@@ -397,8 +397,12 @@ fn run(path: &Path) -> Result<(), String> {
 
 async fn run_async(path: &Path) -> Result<(), String> {
     use tokio::signal::unix::{signal, SignalKind};
-    // Refuse to start a second daemon on the same socket before touching anything.
-    let pre = Config::load(path).map_err(|e| e.to_string())?;
+    // Refuse to start a second daemon on the same socket before touching anything. A broken
+    // configuration file falls back to its last good version (the daemon reports it).
+    let pre = config::load_resilient_at_start(path)
+        .0
+        .map_err(|e| e.to_string())?
+        .config;
     let socket = pre.daemon.socket.clone();
     if control::daemon_alive(&socket) {
         return Err(format!("another peerd is already running on {}", socket.display()));
