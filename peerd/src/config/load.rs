@@ -753,3 +753,45 @@ pub fn load_resilient_at_start(path: &Path) -> (Result<Loaded, ConfigError>, Vec
         _ => (r, warnings),
     }
 }
+
+/// Checks VPC declarations from several sources together, as `check` checks the files of one
+/// configuration: each source on its own, then the set (VPC names, the ends of each peering
+/// id, quotas, the datapath's capacity). `peerd apply` uses it for the files being applied
+/// plus the VPCs already in etcd, each of which is a source labelled with its key. Sources hold
+/// `[[vpc]]` tables only. Quotas are `daemon`'s.
+pub fn check_vpc_sources(
+    sources: &[(PathBuf, String)],
+    daemon: &DaemonConfig,
+) -> Result<Vec<Vpc>, ConfigError> {
+    let daemon = DaemonConfig {
+        cluster: None,
+        ..daemon.clone()
+    };
+    let mut errors = Vec::new();
+    let mut parsed = Vec::new();
+    for (i, (path, text)) in sources.iter().enumerate() {
+        let p = parse_file(path, text, Role::Included(&daemon));
+        errors.extend(p.errors);
+        for inc in &p.includes {
+            errors.push(Diagnostic {
+                location: Some(inc.location.clone()),
+                message: "include is not followed here: give every file to apply".into(),
+            });
+        }
+        parsed.push((i, p.vpcs));
+    }
+    let entries: Vec<Entry<'_>> = parsed
+        .iter()
+        .flat_map(|(i, vpcs)| vpcs.iter().map(move |v| (v, *i)))
+        .collect();
+    errors.extend(
+        cross_check(&entries, &Capacity::DATAPATH)
+            .into_iter()
+            .map(|(d, _)| d),
+    );
+    if errors.is_empty() {
+        Ok(parsed.into_iter().flat_map(|(_, v)| v).collect())
+    } else {
+        Err(ConfigError { errors })
+    }
+}

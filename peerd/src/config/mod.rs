@@ -16,12 +16,16 @@ mod parse;
 mod peering;
 mod read;
 
-pub use load::{load_resilient, load_resilient_at_start, BrokenFile, Fallback, LastGood, Loaded};
+pub use load::{
+    check_vpc_sources, load_resilient, load_resilient_at_start, BrokenFile, Fallback, LastGood, Loaded,
+};
 pub use model::*;
 pub use peering::{evaluate_peerings, Peering, PeeringState};
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_cluster;
 #[cfg(test)]
 mod tests_files;
 #[cfg(test)]

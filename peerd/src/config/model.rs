@@ -61,6 +61,47 @@ pub struct DaemonConfig {
     pub max_route_tables_per_vpc: u32,
     /// Declared peering ends, whatever their state.
     pub max_peerings_per_vpc: u32,
+    /// `[cluster]`: this host is one of a fleet sharing VPCs through etcd (SPEC §7). Kept with
+    /// the daemon settings because, like them, it comes from the main file only.
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// `[cluster]` of a host file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// etcd endpoints (`http://` or `https://` URLs).
+    pub etcd: Vec<String>,
+    /// This host's name in the fleet (unique).
+    pub host: String,
+    /// This host's VXLAN source address (IPv4 or IPv6), reached through the routes of the
+    /// namespace peerd runs in.
+    pub underlay: std::net::IpAddr,
+    /// VPCs with a presence (a namespace) on this host.
+    pub vpcs: Vec<String>,
+    /// Prefix of every key peerd uses in etcd (several fleets can share one etcd).
+    pub key_prefix: String,
+    /// TTL of the host's lease: a host that stops renewing it leaves the fleet after this long.
+    pub lease_ttl: Duration,
+    /// UDP port of the VXLAN underlay.
+    pub vxlan_port: u16,
+    /// MTU of the underlay path (default: the MTU of the link that holds `underlay`).
+    pub underlay_mtu: Option<u32>,
+    pub tls: Option<Tls>,
+}
+
+/// TLS towards etcd.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tls {
+    pub ca: PathBuf,
+    /// Client certificate and key, both or neither.
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+impl ClusterConfig {
+    pub const DEFAULT_KEY_PREFIX: &'static str = "/peerd/";
+    pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(15);
+    pub const DEFAULT_VXLAN_PORT: u16 = 4789;
 }
 
 impl Default for DaemonConfig {
@@ -84,6 +125,7 @@ impl Default for DaemonConfig {
             max_routes_per_vpc: 1000,
             max_route_tables_per_vpc: 32,
             max_peerings_per_vpc: 100,
+            cluster: None,
         }
     }
 }

@@ -18,6 +18,7 @@ use super::model::*;
 #[serde(deny_unknown_fields)]
 struct RawFile {
     daemon: Option<Spanned<RawDaemon>>,
+    cluster: Option<Spanned<RawCluster>>,
     include: Option<Vec<Spanned<String>>>,
     #[serde(default)]
     vpc: Vec<Spanned<RawVpc>>,
@@ -44,6 +45,29 @@ struct RawDaemon {
     max_routes_per_vpc: Option<u32>,
     max_route_tables_per_vpc: Option<u32>,
     max_peerings_per_vpc: Option<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCluster {
+    etcd: Spanned<Vec<Spanned<String>>>,
+    host: Spanned<String>,
+    underlay: Spanned<String>,
+    #[serde(default)]
+    vpcs: Vec<Spanned<String>>,
+    key_prefix: Option<Spanned<String>>,
+    lease_ttl: Option<Spanned<String>>,
+    vxlan_port: Option<Spanned<i64>>,
+    underlay_mtu: Option<Spanned<i64>>,
+    tls: Option<Spanned<RawTls>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    ca: Spanned<String>,
+    cert: Option<Spanned<String>>,
+    key: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -176,7 +200,7 @@ pub(crate) fn parse_file(path: &Path, text: &str, role: Role<'_>) -> ParsedFile 
         }
     };
     let mut errors = Vec::new();
-    let daemon = match (role, raw.daemon) {
+    let mut daemon = match (role, raw.daemon) {
         (Role::Main, Some(d)) => daemon(d.into_inner(), &src, &mut errors),
         (Role::Main, None) => DaemonConfig::default(),
         (Role::Included(main), d) => {
@@ -189,6 +213,27 @@ pub(crate) fn parse_file(path: &Path, text: &str, role: Role<'_>) -> ParsedFile 
             main.clone()
         }
     };
+    match (role, raw.cluster) {
+        (Role::Main, Some(c)) => {
+            daemon.cluster = cluster(c.into_inner(), &src, &mut errors);
+            if daemon.datapath == DatapathMode::Xdp {
+                errors.push(Diagnostic {
+                    location: Some(Location {
+                        file: path.into(),
+                        line: 1,
+                        column: 1,
+                    }),
+                    message: "datapath = \"xdp\" cannot carry cluster traffic: the VXLAN tunnel key is set by a TC program (XDP has no bpf_skb_set_tunnel_key); use datapath = \"tc\" with [cluster]".into(),
+                });
+            }
+        }
+        (Role::Main, None) => {}
+        (Role::Included(_), Some(c)) => errors.push(Diagnostic {
+            location: Some(src.of(&c)),
+            message: "[cluster] is only allowed in the main configuration file".into(),
+        }),
+        (Role::Included(_), None) => {}
+    }
     if matches!(role, Role::Main) {
         out.daemon = Some(daemon.clone());
     }
@@ -201,6 +246,13 @@ pub(crate) fn parse_file(path: &Path, text: &str, role: Role<'_>) -> ParsedFile 
     let mut seen: BTreeMap<String, Location> = BTreeMap::new();
     for v in raw.vpc {
         let loc = src.of(&v);
+        if daemon.cluster.is_some() {
+            errors.push(Diagnostic {
+                location: Some(loc),
+                message: "in cluster mode VPCs live in etcd: write them with `peerd apply`, not in the host's configuration ([cluster] vpcs lists the VPCs present on this host)".into(),
+            });
+            continue;
+        }
         if let Some(vpc) = vpc(v.into_inner(), loc, &src, &daemon, &mut seen, &mut errors) {
             out.vpcs.push(vpc);
         }
@@ -314,6 +366,156 @@ fn valid_group_name(n: &str) -> bool {
         && body
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+}
+
+/// A host name: a-z 0-9 - and ., 1 to 63 characters.
+fn valid_host_name(n: &str) -> bool {
+    (1..=63).contains(&n.len())
+        && n
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+}
+
+fn cluster(c: RawCluster, src: &Source, errors: &mut Vec<Diagnostic>) -> Option<ClusterConfig> {
+    let before = errors.len();
+    if c.etcd.get_ref().is_empty() {
+        err(errors, src.of(&c.etcd), "[cluster] etcd needs at least one endpoint".into());
+    }
+    for e in c.etcd.get_ref() {
+        let ok = e
+            .get_ref()
+            .strip_prefix("http://")
+            .or_else(|| e.get_ref().strip_prefix("https://"))
+            .is_some_and(|rest| !rest.is_empty() && !rest.contains(char::is_whitespace));
+        if !ok {
+            err(
+                errors,
+                src.of(e),
+                format!("etcd endpoint {:?} is not an http:// or https:// URL", show(e.get_ref())),
+            );
+        }
+    }
+    if !valid_host_name(c.host.get_ref()) {
+        err(
+            errors,
+            src.of(&c.host),
+            format!(
+                "host {:?} must be 1 to 63 characters of a-z, 0-9, - and .",
+                show(c.host.get_ref())
+            ),
+        );
+    }
+    let underlay = match c.underlay.get_ref().parse::<std::net::IpAddr>() {
+        Ok(a) if a.is_unspecified() || a.is_multicast() || a.is_loopback() => {
+            err(
+                errors,
+                src.of(&c.underlay),
+                format!("underlay {a} must be a unicast address other hosts can reach"),
+            );
+            None
+        }
+        Ok(a) => Some(a),
+        Err(_) => {
+            err(
+                errors,
+                src.of(&c.underlay),
+                format!("underlay {:?} is not an IP address", show(c.underlay.get_ref())),
+            );
+            None
+        }
+    };
+    let mut vpcs: Vec<String> = Vec::new();
+    for v in &c.vpcs {
+        if !valid_vpc_name(v.get_ref()) {
+            err(
+                errors,
+                src.of(v),
+                format!("VPC name {:?} must be 1 to 32 characters of a-z, 0-9 and -", show(v.get_ref())),
+            );
+        } else if vpcs.contains(v.get_ref()) {
+            err(errors, src.of(v), format!("VPC {:?} is listed twice", v.get_ref()));
+        } else {
+            vpcs.push(v.get_ref().clone());
+        }
+    }
+    let key_prefix = match &c.key_prefix {
+        None => ClusterConfig::DEFAULT_KEY_PREFIX.to_owned(),
+        Some(p) => {
+            let v = p.get_ref();
+            let ok = v.starts_with('/')
+                && v.ends_with('/')
+                && v.len() <= 128
+                && v.chars().all(|c| c.is_ascii_graphic());
+            if !ok {
+                err(
+                    errors,
+                    src.of(p),
+                    format!("key_prefix {:?} must start and end with / (at most 128 printable characters)", show(v)),
+                );
+            }
+            v.clone()
+        }
+    };
+    let lease_ttl = match &c.lease_ttl {
+        None => ClusterConfig::DEFAULT_LEASE_TTL,
+        Some(s) => match parse_duration(s.get_ref()) {
+            Some(d) if (2..=3600).contains(&d.as_secs()) => d,
+            _ => {
+                err(
+                    errors,
+                    src.of(s),
+                    format!("lease_ttl {:?} must be a duration from 2s to 1h", show(s.get_ref())),
+                );
+                ClusterConfig::DEFAULT_LEASE_TTL
+            }
+        },
+    };
+    let vxlan_port = match &c.vxlan_port {
+        None => ClusterConfig::DEFAULT_VXLAN_PORT,
+        Some(p) => match u16::try_from(*p.get_ref()) {
+            Ok(v) if v > 0 => v,
+            _ => {
+                err(errors, src.of(p), format!("vxlan_port {} is not a UDP port", p.get_ref()));
+                ClusterConfig::DEFAULT_VXLAN_PORT
+            }
+        },
+    };
+    let underlay_mtu = c.underlay_mtu.as_ref().and_then(|m| match u32::try_from(*m.get_ref()) {
+        Ok(v) if (1280 + 70..=65535).contains(&v) => Some(v),
+        _ => {
+            err(
+                errors,
+                src.of(m),
+                format!("underlay_mtu {} must be 1350..=65535 (IPv6 inside VXLAN needs 1280 + 70)", m.get_ref()),
+            );
+            None
+        }
+    });
+    let tls = c.tls.map(|t| {
+        let loc = src.of(&t);
+        let t = t.into_inner();
+        let path = |s: &Spanned<String>, errors: &mut Vec<Diagnostic>| abs_path(s, "tls path", src, errors);
+        let tls = Tls {
+            ca: path(&t.ca, errors).unwrap_or_default(),
+            cert: t.cert.as_ref().and_then(|p| path(p, errors)),
+            key: t.key.as_ref().and_then(|p| path(p, errors)),
+        };
+        if tls.cert.is_some() != tls.key.is_some() {
+            err(errors, loc, "[cluster.tls] needs both cert and key, or neither".into());
+        }
+        tls
+    });
+    (errors.len() == before).then(|| ClusterConfig {
+        etcd: c.etcd.into_inner().into_iter().map(Spanned::into_inner).collect(),
+        host: c.host.into_inner(),
+        underlay: underlay.unwrap_or(std::net::IpAddr::from([0, 0, 0, 0])),
+        vpcs,
+        key_prefix,
+        lease_ttl,
+        vxlan_port,
+        underlay_mtu,
+        tls,
+    })
 }
 
 fn daemon(d: RawDaemon, src: &Source, errors: &mut Vec<Diagnostic>) -> DaemonConfig {
@@ -500,6 +702,7 @@ fn daemon(d: RawDaemon, src: &Source, errors: &mut Vec<Diagnostic>) -> DaemonCon
             .max_route_tables_per_vpc
             .unwrap_or(def.max_route_tables_per_vpc),
         max_peerings_per_vpc: d.max_peerings_per_vpc.unwrap_or(def.max_peerings_per_vpc),
+        cluster: None,
     }
 }
 
