@@ -9,6 +9,7 @@ pub mod control;
 pub mod daemon;
 pub mod datapath;
 pub mod desired;
+pub mod endpoints;
 pub mod flowlog;
 pub mod lifecycle;
 pub mod metrics;

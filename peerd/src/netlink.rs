@@ -266,3 +266,114 @@ pub async fn routes_of_proto(
     }
     Ok(out)
 }
+
+/// Groups a namespace's event socket joins: addresses and routes of both families.
+const EVENT_GROUPS: [u32; 4] = [
+    5,  // RTNLGRP_IPV4_IFADDR
+    7,  // RTNLGRP_IPV4_ROUTE
+    9,  // RTNLGRP_IPV6_IFADDR
+    11, // RTNLGRP_IPV6_ROUTE
+];
+
+impl Netlink {
+    /// A stream of address and route events of namespace `name` (one item per netlink
+    /// message); it ends when the namespace goes. Runs on the caller's runtime.
+    pub async fn ns_events(
+        &self,
+        name: &str,
+    ) -> Result<futures::channel::mpsc::UnboundedReceiver<()>, Error> {
+        let label = name.to_owned();
+        let fd = tokio::task::spawn_blocking(move || {
+            netns::run_in(&label, || -> std::io::Result<i32> {
+                let mut s = netlink_sys::Socket::new(NETLINK_ROUTE)?;
+                s.bind_auto()?;
+                for g in EVENT_GROUPS {
+                    s.add_membership(g)?;
+                }
+                Ok(s.into_raw_fd())
+            })
+        })
+        .await
+        .map_err(|_| netns::Error::Thread(name.to_owned()))??
+        .map_err(|source| Error::Socket {
+            ns: name.to_owned(),
+            source,
+        })?;
+        // SAFETY: `fd` is the netlink socket just created for us and owned by nobody else.
+        let sock = unsafe { <TokioSocket as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        let (conn, _handle, mut messages) = rtnetlink::from_socket(sock);
+        tokio::spawn(conn);
+        let (tx, rx) = futures::channel::mpsc::unbounded();
+        tokio::spawn(async move {
+            use futures::StreamExt as _;
+            while messages.next().await.is_some() {
+                if tx.unbounded_send(()).is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(rx)
+    }
+}
+
+/// Every address configured in a namespace.
+pub async fn addresses(h: &Handle, ns: &str) -> Result<Vec<IpAddr>, Error> {
+    use netlink_packet_route::address::AddressAttribute;
+    let mut out = Vec::new();
+    let mut s = h.address().get().execute();
+    while let Some(a) = s.try_next().await.map_err(failed("listing addresses in", ns))? {
+        // IPv4 reports the local address as Local (Address is the peer on point-to-point).
+        let local = a
+            .attributes
+            .iter()
+            .find_map(|x| match x {
+                AddressAttribute::Local(ip) => Some(*ip),
+                _ => None,
+            })
+            .or_else(|| {
+                a.attributes.iter().find_map(|x| match x {
+                    AddressAttribute::Address(ip) => Some(*ip),
+                    _ => None,
+                })
+            });
+        out.extend(local);
+    }
+    Ok(out)
+}
+
+/// Host routes (/32, /128) of the main table in a namespace that go out of a link other than
+/// `except_ifindex`, any protocol but `except_proto`: workloads reached through a link.
+pub async fn host_routes(
+    h: &Handle,
+    ns: &str,
+    except_ifindex: u32,
+    except_proto: u8,
+) -> Result<Vec<IpAddr>, Error> {
+    let mut out = Vec::new();
+    for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+        let mut q = RouteMessageBuilder::<IpAddr>::new().build();
+        q.header.address_family = family;
+        let mut s = h.route().get(q).execute();
+        while let Some(r) = s.try_next().await.map_err(failed("listing routes in", ns))? {
+            let host = r.header.destination_prefix_length
+                == if family == AddressFamily::Inet { 32 } else { 128 };
+            if !host || u8::from(r.header.protocol) == except_proto {
+                continue;
+            }
+            let oif = r.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Oif(i) => Some(*i),
+                _ => None,
+            });
+            if oif == Some(except_ifindex) || oif.is_none() {
+                continue;
+            }
+            let dst = r.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Destination(RouteAddress::Inet(a)) => Some(IpAddr::V4(*a)),
+                RouteAttribute::Destination(RouteAddress::Inet6(a)) => Some(IpAddr::V6(*a)),
+                _ => None,
+            });
+            out.extend(dst);
+        }
+    }
+    Ok(out)
+}
