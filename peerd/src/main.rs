@@ -6,15 +6,16 @@ use std::{
 };
 
 use clap::{Parser, Subcommand};
+use futures::future::BoxFuture;
 use peerd::{
     config::{self, Config},
-    control::{self, Command},
+    control::{self, Request},
     daemon::{self, Daemon},
-    netns,
+    metrics, netns,
     state::{self, State},
     watch,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
 const DEFAULT_CONFIG: &str = "/etc/peerd/peerd.toml";
@@ -128,9 +129,11 @@ fn main() -> ExitCode {
         Cmd::Check => check(&cli.config),
         Cmd::Status { json, dot, socket } => status(&socket_for(&cli.config, socket), json, dot),
         Cmd::Plan { socket } => plan(&socket_for(&cli.config, socket), &cli.config),
-        Cmd::Reload { socket } => control::request(&socket_for(&cli.config, socket), "reload")
-            .map(|_| println!("reloaded"))
-            .map_err(|e| e.to_string()),
+        Cmd::Reload { socket } => {
+            control::request(&socket_for(&cli.config, socket), &Request::Reload)
+                .map(|_| println!("reloaded"))
+                .map_err(|e| e.to_string())
+        }
         Cmd::Explain {
             from,
             src,
@@ -139,7 +142,7 @@ fn main() -> ExitCode {
             socket,
         } => explain(
             &socket_for(&cli.config, socket),
-            control::ExplainRequest { from, src, dst },
+            Request::Explain { from, src, dst },
             json,
         ),
         Cmd::Teardown { socket } => teardown(&cli.config, socket),
@@ -199,7 +202,7 @@ fn age(since: Option<u64>) -> String {
 }
 
 fn status(socket: &Path, json: bool, dot: bool) -> Result<(), String> {
-    let s = control::request(socket, "status").map_err(|e| e.to_string())?;
+    let s = control::request(socket, &Request::Status).map_err(|e| e.to_string())?;
     if json {
         println!("{}", serde_json::to_string_pretty(&s).expect("json"));
         return Ok(());
@@ -316,8 +319,8 @@ fn plan(socket: &Path, config: &Path) -> Result<(), String> {
     let path = config
         .canonicalize()
         .map_err(|e| format!("{}: {e}", config.display()))?;
-    let v =
-        control::request(socket, &format!("plan {}", path.display())).map_err(|e| e.to_string())?;
+    let v = control::request(socket, &Request::Plan { config: Some(path) })
+        .map_err(|e| e.to_string())?;
     let lines: Vec<String> = serde_json::from_value(v).map_err(|e| e.to_string())?;
     if lines.is_empty() {
         println!("no changes");
@@ -328,9 +331,8 @@ fn plan(socket: &Path, config: &Path) -> Result<(), String> {
     Ok(())
 }
 
-fn explain(socket: &Path, req: control::ExplainRequest, json: bool) -> Result<(), String> {
-    let line = format!("explain {}", serde_json::to_string(&req).expect("json"));
-    let v = control::request(socket, &line).map_err(|e| e.to_string())?;
+fn explain(socket: &Path, req: Request, json: bool) -> Result<(), String> {
+    let v = control::request(socket, &req).map_err(|e| e.to_string())?;
     if json {
         println!("{}", serde_json::to_string_pretty(&v).expect("json"));
         return Ok(());
@@ -423,16 +425,34 @@ async fn run_async(path: &Path) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let shared = Arc::new(Mutex::new(d));
 
-    if let Some(dir) = socket.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-    }
-    let _ = std::fs::remove_file(&socket);
-    let listener = tokio::net::UnixListener::bind(&socket)
-        .map_err(|e| format!("binding control socket {}: {e}", socket.display()))?;
+    // TODO(adapter): `Policy.group` comes from `[daemon] socket_group` once that key exists
+    // (resolve it with `control::group_id`).
+    let policy = control::Policy::default();
+    let listener = control::bind(&socket, policy.group).map_err(|e| e.to_string())?;
     let (tx, mut rx) = mpsc::channel::<Command>(8);
-    tokio::spawn(control::serve(listener, shared.clone(), tx));
+    let handler = Arc::new(SharedHandler {
+        daemon: shared.clone(),
+        commands: tx,
+    });
+    tokio::spawn(control::serve(
+        listener,
+        policy,
+        handler,
+        Arc::new(control::Stats::default()),
+    ));
     if let Some(addr) = pre.daemon.metrics {
-        tokio::spawn(peerd::metrics::serve(addr, shared.clone()));
+        match metrics::bind(addr) {
+            Ok(l) => {
+                info!(%addr, "metrics endpoint listening");
+                tokio::spawn(metrics::serve(
+                    l,
+                    metrics::Limits::default(),
+                    shared_render(shared.clone()),
+                    Arc::new(metrics::ServeStats::default()),
+                ));
+            }
+            Err(e) => warn!(%addr, error = %e, "metrics endpoint not available"),
+        }
     }
 
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
@@ -525,4 +545,74 @@ async fn run_async(path: &Path) -> Result<(), String> {
     let _ = std::fs::remove_file(&socket);
     info!("stopping; the datapath keeps forwarding as last configured (peerd teardown removes it)");
     Ok(())
+}
+
+/// Requests the run loop must act on (they need the reconcile path).
+#[derive(Debug)]
+enum Command {
+    Reload(oneshot::Sender<Result<(), String>>),
+}
+
+/// ADAPTER, to be replaced by the daemon actor: answers control requests from today's
+/// `daemon::Shared` (reads under the lock on a blocking thread) and sends reloads to the run
+/// loop. The control server itself knows nothing of the daemon.
+struct SharedHandler {
+    daemon: daemon::Shared,
+    commands: mpsc::Sender<Command>,
+}
+
+impl SharedHandler {
+    /// Runs `f` on the locked daemon on a blocking thread.
+    fn read<T: serde::Serialize>(
+        &self,
+        f: impl FnOnce(&Daemon) -> Result<T, String> + Send + 'static,
+    ) -> BoxFuture<'static, Result<serde_json::Value, String>> {
+        let d = self.daemon.clone();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || {
+                f(&d.lock().expect("daemon lock"))
+                    .and_then(|v| serde_json::to_value(v).map_err(|e| e.to_string()))
+            })
+            .await
+            .map_err(|e| e.to_string())?
+        })
+    }
+}
+
+impl control::Handler for SharedHandler {
+    fn handle(&self, req: Request) -> BoxFuture<'static, Result<serde_json::Value, String>> {
+        match req {
+            Request::Status => self.read(|d| Ok(d.status())),
+            Request::Plan { config } => {
+                self.read(move |d| d.plan_reload(config.as_deref()).map_err(|e| e.to_string()))
+            }
+            Request::Explain { from, src, dst } => self.read(move |d| d.explain(&from, src, dst)),
+            Request::Reload => {
+                let commands = self.commands.clone();
+                Box::pin(async move {
+                    let (tx, rx) = oneshot::channel();
+                    let stopping = || "daemon is stopping".to_owned();
+                    commands
+                        .send(Command::Reload(tx))
+                        .await
+                        .map_err(|_| stopping())?;
+                    rx.await.map_err(|_| stopping())??;
+                    Ok(serde_json::Value::Null)
+                })
+            }
+        }
+    }
+}
+
+/// ADAPTER, to be replaced by the daemon actor: one scrape renders under the daemon lock on a
+/// blocking thread.
+fn shared_render(daemon: daemon::Shared) -> metrics::Render {
+    Arc::new(move || {
+        let d = daemon.clone();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || metrics::render(&d.lock().expect("daemon lock")))
+                .await
+                .unwrap_or_default()
+        })
+    })
 }

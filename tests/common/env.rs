@@ -132,7 +132,7 @@ impl Env {
             if let Some(Ok(Some(st))) = self.daemon.as_mut().map(|c| c.try_wait()) {
                 panic!("peerd exited early ({st}): {}", self.log());
             }
-            peerd::control::request(&socket, "status").ok()
+            peerd::control::request(&socket, &peerd::control::Request::Status).ok()
         });
     }
 
@@ -169,7 +169,8 @@ impl Env {
     /// Waits (bounded) until status satisfies `f`; returns that status.
     pub fn wait_status(&self, what: &str, limit: Duration, f: impl Fn(&Value) -> bool) -> Value {
         wait_for(limit, what, || {
-            let st = peerd::control::request(&self.socket, "status").ok()?;
+            let st =
+                peerd::control::request(&self.socket, &peerd::control::Request::Status).ok()?;
             f(&st).then_some(st)
         })
     }
@@ -182,7 +183,7 @@ impl Env {
     }
 
     pub fn status(&self) -> Value {
-        peerd::control::request(&self.socket, "status").expect("status")
+        peerd::control::request(&self.socket, &peerd::control::Request::Status).expect("status")
     }
 
     pub fn peerd(&self, args: &[&str]) -> std::process::Output {
@@ -195,7 +196,7 @@ impl Env {
     }
 
     pub fn reload(&self) {
-        peerd::control::request(&self.socket, "reload").expect("reload");
+        peerd::control::request(&self.socket, &peerd::control::Request::Reload).expect("reload");
     }
 
     pub fn peering<'a>(status: &'a Value, id: &str) -> &'a Value {
