@@ -463,17 +463,39 @@ async fn run_async(path: &Path) -> Result<(), String> {
     if let Some(dir) = socket.parent() {
         std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
     }
-    let _ = std::fs::remove_file(&socket);
-    let listener = tokio::net::UnixListener::bind(&socket)
-        .map_err(|e| format!("binding control socket {}: {e}", socket.display()))?;
-    tokio::spawn(control::serve(listener, Arc::new(api.clone())));
+    let group = match &pre.daemon.socket_group {
+        Some(g) => Some(control::group_id(g).map_err(|e| e.to_string())?),
+        None => None,
+    };
+    let listener = control::bind(&socket, group).map_err(|e| e.to_string())?;
+    let policy = control::Policy {
+        group,
+        ..control::Policy::default()
+    };
+    tokio::spawn(control::serve(
+        listener,
+        policy,
+        Arc::new(api.clone()),
+        Arc::default(),
+    ));
     if let Some(addr) = pre.daemon.metrics {
         let api = api.clone();
         let render: peerd::metrics::Render = Arc::new(move || {
             let api = api.clone();
             Box::pin(async move { api.metrics().await })
         });
-        tokio::spawn(peerd::metrics::serve(addr, render));
+        match peerd::metrics::bind(addr) {
+            Ok(l) => {
+                info!(%addr, "metrics endpoint listening");
+                tokio::spawn(peerd::metrics::serve(
+                    l,
+                    peerd::metrics::Limits::default(),
+                    render,
+                    Arc::default(),
+                ));
+            }
+            Err(e) => warn!(%addr, error = %e, "metrics endpoint not available"),
+        }
     }
 
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);

@@ -1,19 +1,48 @@
 //! Prometheus endpoint (`[daemon] metrics`): a registry built from the daemon's status on each
-//! scrape, encoded by `prometheus-client` (OpenMetrics text: `# HELP`, `# TYPE`, `# EOF`).
-use std::net::SocketAddr;
+//! scrape, encoded by `prometheus-client` (OpenMetrics text: `# HELP`, `# TYPE`, `# EOF`), served
+//! over HTTP/1.1 by hyper.
+//!
+//! The server is bounded like the control socket (see `control`): a connection must send its
+//! headers within [`Limits::header_read_timeout`] (which also ends an idle keep-alive), serves at
+//! most [`Limits::max_requests_per_connection`] requests and lives at most
+//! [`Limits::max_connection_age`]; at most [`Limits::max_connections`] are held, and when all are
+//! taken a new one evicts the connection idle the longest, so idle connections never keep a
+//! scrape out. Request bodies are never read. Accept errors back off.
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicU32, AtomicU64, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use http_body_util::Full;
+use hyper::{
+    body::Incoming,
+    header::{HeaderValue, ALLOW, CONNECTION, CONTENT_TYPE},
+    server::conn::http1,
+    service::service_fn,
+    Method, Request, Response, StatusCode,
+};
+use hyper_util::rt::{TokioIo, TokioTimer};
 
 use prometheus_client::{
     encoding::text::encode,
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram, info::Info},
     registry::Registry,
 };
-use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
-    net::TcpListener,
-};
-use tracing::{info, warn};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tracing::debug;
 
-use crate::{datapath::Counters, status::Snapshot};
+use crate::{
+    control::{AcceptBackoff, Admit, Slot, Slots},
+    datapath::Counters,
+    status::Snapshot,
+};
 
 type Labels = Vec<(String, String)>;
 
@@ -178,49 +207,189 @@ pub fn reconcile_histogram() -> Histogram {
     ))
 }
 
-/// Renders one scrape.
-pub type Render = std::sync::Arc<dyn Fn() -> futures::future::BoxFuture<'static, String> + Send + Sync>;
+/// The OpenMetrics text format, as Prometheus asks for it.
+pub const CONTENT_TYPE_OPENMETRICS: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-/// Serves `GET /metrics` on `addr` until the process ends.
-pub async fn serve(addr: SocketAddr, render: Render) {
-    let listener = match TcpListener::bind(addr).await {
-        Ok(l) => l,
-        Err(e) => {
-            warn!(%addr, error = %e, "metrics endpoint not available");
-            return;
+/// Produces the text of one scrape.
+pub type Render = Arc<dyn Fn() -> BoxFuture<'static, String> + Send + Sync>;
+
+/// Bounds on the metrics server.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Connections held at once.
+    pub max_connections: usize,
+    /// A request's headers must arrive within this; a keep-alive connection with no next
+    /// request closes after it too.
+    pub header_read_timeout: Duration,
+    /// The largest request head (request line and headers); larger gets 431.
+    pub max_header_bytes: usize,
+    /// Requests served on one connection; the last answer says `Connection: close`.
+    pub max_requests_per_connection: u32,
+    /// After this a connection is shut down (gracefully, then forcibly after
+    /// `header_read_timeout`): bounds a client that never reads its answer.
+    pub max_connection_age: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 64,
+            header_read_timeout: Duration::from_secs(5),
+            max_header_bytes: 16 << 10,
+            max_requests_per_connection: 100,
+            max_connection_age: Duration::from_secs(60),
         }
-    };
-    info!(%addr, "metrics endpoint listening");
-    loop {
-        let Ok((mut s, _)) = listener.accept().await else {
-            continue;
-        };
-        let render = render.clone();
-        tokio::spawn(async move {
-            let mut req = Vec::new();
-            let mut buf = [0u8; 1024];
-            while !req.windows(4).any(|w| w == b"\r\n\r\n") && req.len() < 8192 {
-                match s.read(&mut buf).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => req.extend_from_slice(&buf[..n]),
-                }
-            }
-            let line = String::from_utf8_lossy(&req)
-                .lines()
-                .next()
-                .unwrap_or("")
-                .to_owned();
-            let resp = if line.starts_with("GET /metrics ") || line.starts_with("GET / ") {
-                let body = render().await;
-                format!(
-                    "HTTP/1.1 200 OK\r\nContent-Type: application/openmetrics-text; version=1.0.0; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                )
-            } else {
-                "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-                    .to_owned()
-            };
-            let _ = s.write_all(resp.as_bytes()).await;
-        });
     }
 }
+
+/// What the metrics server turned away.
+#[derive(Debug, Default)]
+pub struct ServeStats {
+    pub accepted: AtomicU64,
+    /// Refused because every held connection was running a request.
+    pub refused_busy: AtomicU64,
+    /// Idle connections closed to make room for a new one.
+    pub evicted_idle: AtomicU64,
+    pub accept_errors: AtomicU64,
+}
+
+/// The accept queue of the metrics listener. The standard library's 128 overflows when a burst
+/// of connections arrives while the acceptor waits for a CPU, and an overflowed SYN costs its
+/// client a one-second retransmit.
+const BACKLOG: u32 = 1024;
+
+/// Binds the metrics listener (must run inside a Tokio runtime).
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
+}
+
+/// Serves `GET /metrics` (and `GET /`) on `listener` until the task is dropped.
+pub async fn serve(listener: TcpListener, limits: Limits, render: Render, stats: Arc<ServeStats>) {
+    let slots = Arc::new(Slots::new(limits.max_connections));
+    let limits = Arc::new(limits);
+    let mut backoff = AcceptBackoff::default();
+    loop {
+        let stream = match listener.accept().await {
+            Ok((s, _)) => {
+                backoff.reset();
+                s
+            }
+            Err(e) => {
+                stats.accept_errors.fetch_add(1, Ordering::Relaxed);
+                backoff.wait("metrics endpoint", &e).await;
+                continue;
+            }
+        };
+        stats.accepted.fetch_add(1, Ordering::Relaxed);
+        let slot = match slots.admit() {
+            Admit::Free(s) => s,
+            Admit::Evicted(s) => {
+                stats.evicted_idle.fetch_add(1, Ordering::Relaxed);
+                s
+            }
+            Admit::Full => {
+                stats.refused_busy.fetch_add(1, Ordering::Relaxed);
+                debug!("metrics endpoint: every connection is running a request; refused");
+                let _ = stream.try_write(
+                    b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                );
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(connection(stream, slot, limits.clone(), render.clone()));
+    }
+}
+
+async fn connection(stream: TcpStream, slot: Slot, limits: Arc<Limits>, render: Render) {
+    let slot = Arc::new(slot);
+    let served = Arc::new(AtomicU32::new(0));
+    let service = {
+        let slot = slot.clone();
+        let limits = limits.clone();
+        service_fn(move |req: Request<Incoming>| {
+            let (slot, render) = (slot.clone(), render.clone());
+            let last =
+                served.fetch_add(1, Ordering::Relaxed) + 1 >= limits.max_requests_per_connection;
+            async move {
+                let mut resp = if slot.busy() {
+                    let r = respond(&req, &render).await;
+                    slot.idle();
+                    r
+                } else {
+                    // Evicted while its request arrived.
+                    plain(StatusCode::SERVICE_UNAVAILABLE, "busy\n")
+                };
+                if last {
+                    resp.headers_mut()
+                        .insert(CONNECTION, HeaderValue::from_static("close"));
+                }
+                Ok::<_, Infallible>(resp)
+            }
+        })
+    };
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_header_size(limits.max_header_bytes)
+        // The read buffer only ever holds a head: bounded by it, not by hyper's ~400 KiB default.
+        .max_buf_size(limits.max_header_bytes.max(8192) + 4096)
+        .keep_alive(true)
+        .serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                debug!(error = %e, "metrics endpoint: connection");
+            }
+        }
+        _ = slot.evicted() => debug!("metrics endpoint: idle connection evicted for a new one"),
+        _ = tokio::time::sleep(limits.max_connection_age) => {
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(limits.header_read_timeout, conn).await;
+        }
+    }
+}
+
+fn plain(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+/// The answer to one request; its body is never read.
+async fn respond(req: &Request<Incoming>, render: &Render) -> Response<Full<Bytes>> {
+    if !matches!(req.uri().path(), "/metrics" | "/") {
+        return plain(
+            StatusCode::NOT_FOUND,
+            "not found; metrics are at /metrics\n",
+        );
+    }
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        let mut r = plain(StatusCode::METHOD_NOT_ALLOWED, "use GET\n");
+        r.headers_mut()
+            .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return r;
+    }
+    let mut r = Response::new(Full::new(Bytes::from(render().await)));
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static(CONTENT_TYPE_OPENMETRICS),
+    );
+    r
+}
+
+#[cfg(test)]
+mod tests;

@@ -189,7 +189,8 @@ impl Env {
     /// Waits (bounded) until status satisfies `f`; returns that status.
     pub fn wait_status(&self, what: &str, limit: Duration, f: impl Fn(&Value) -> bool) -> Value {
         wait_for(limit, what, || {
-            let st = peerd::control::request(&self.socket, &peerd::control::Request::Status).ok()?;
+            let st =
+                peerd::control::request(&self.socket, &peerd::control::Request::Status).ok()?;
             f(&st).then_some(st)
         })
     }

@@ -1,0 +1,354 @@
+//! The metrics HTTP server against a fake `render`: no daemon involved.
+use std::{
+    io::{Read as _, Write as _},
+    net::{SocketAddr, TcpStream},
+    sync::atomic::AtomicUsize,
+    time::Instant,
+};
+
+use tokio::{runtime::Runtime, sync::Semaphore};
+
+use super::*;
+
+const TEXT: &str = "# TYPE peerd_test counter\npeerd_test_total 7\n# EOF\n";
+
+/// A metrics server on 127.0.0.1 (an ephemeral port), stopped with its runtime on drop.
+struct Server {
+    addr: SocketAddr,
+    stats: Arc<ServeStats>,
+    renders: Arc<AtomicUsize>,
+    _rt: Runtime,
+}
+
+impl Server {
+    fn start(limits: Limits) -> Server {
+        Self::start_with(limits, None)
+    }
+
+    /// With `gate`, every render waits for a permit.
+    fn start_with(limits: Limits, gate: Option<Arc<Semaphore>>) -> Server {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let listener = rt
+            .block_on(async { bind("127.0.0.1:0".parse().unwrap()) })
+            .expect("bind");
+        let addr = listener.local_addr().unwrap();
+        let renders = Arc::new(AtomicUsize::new(0));
+        let render: Render = {
+            let renders = renders.clone();
+            Arc::new(move || {
+                let (renders, gate) = (renders.clone(), gate.clone());
+                Box::pin(async move {
+                    renders.fetch_add(1, Ordering::SeqCst);
+                    if let Some(g) = gate {
+                        g.acquire().await.expect("open").forget();
+                    }
+                    TEXT.to_owned()
+                })
+            })
+        };
+        let stats = Arc::new(ServeStats::default());
+        rt.spawn(serve(listener, limits, render, stats.clone()));
+        Server {
+            addr,
+            stats,
+            renders,
+            _rt: rt,
+        }
+    }
+
+    fn connect(&self) -> TcpStream {
+        let s = TcpStream::connect(self.addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s
+    }
+
+    /// Sends `raw` and returns everything up to the server's close.
+    fn exchange(&self, raw: &str) -> String {
+        let mut s = self.connect();
+        s.write_all(raw.as_bytes()).unwrap();
+        read_all(&mut s)
+    }
+
+    fn get(&self, path: &str) -> String {
+        self.exchange(&format!(
+            "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        ))
+    }
+}
+
+fn read_all(s: &mut TcpStream) -> String {
+    let mut out = Vec::new();
+    match s.read_to_end(&mut out) {
+        Ok(_) => {}
+        // A close with unread request bytes is a reset; what came before it still counts.
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        Err(e) => panic!(
+            "reading the answer: {e} (after {:?})",
+            String::from_utf8_lossy(&out)
+        ),
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn header<'a>(resp: &'a str, name: &str) -> Option<&'a str> {
+    let head = resp.split("\r\n\r\n").next()?;
+    head.lines().skip(1).find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+fn body(resp: &str) -> &str {
+    resp.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("")
+}
+
+fn wait_until(what: &str, limit: Duration, f: impl Fn() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn serves_the_rendered_text_at_metrics_and_root_and_404_elsewhere() {
+    let srv = Server::start(Limits::default());
+    for path in ["/metrics", "/", "/metrics?x=1"] {
+        let r = srv.get(path);
+        assert!(r.starts_with("HTTP/1.1 200 OK\r\n"), "{path}: {r}");
+        assert_eq!(
+            header(&r, "content-type"),
+            Some(CONTENT_TYPE_OPENMETRICS),
+            "{r}"
+        );
+        assert_eq!(header(&r, "content-length"), Some(&*TEXT.len().to_string()));
+        assert_eq!(body(&r), TEXT);
+    }
+    for path in ["/nope", "/metrics/x", "/metricsx"] {
+        let r = srv.get(path);
+        assert!(r.starts_with("HTTP/1.1 404 Not Found\r\n"), "{path}: {r}");
+    }
+    let r = srv.exchange(
+        "POST /metrics HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    );
+    assert!(r.starts_with("HTTP/1.1 405"), "{r}");
+    assert_eq!(header(&r, "allow"), Some("GET, HEAD"));
+    assert_eq!(
+        srv.renders.load(Ordering::SeqCst),
+        3,
+        "only the three scrapes rendered"
+    );
+}
+
+#[test]
+fn keep_alive_ends_after_the_request_limit() {
+    let srv = Server::start(Limits {
+        max_requests_per_connection: 2,
+        header_read_timeout: Duration::from_secs(30),
+        ..Limits::default()
+    });
+    let mut s = srv.connect();
+    // Three pipelined requests on one connection: two answers, then the server closes.
+    let one = "GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n";
+    s.write_all(one.repeat(3).as_bytes()).unwrap();
+    let start = Instant::now();
+    let r = read_all(&mut s);
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "closed by the limit, not a timeout"
+    );
+    assert_eq!(r.matches("HTTP/1.1 200 OK").count(), 2, "{r}");
+    assert_eq!(r.matches(TEXT).count(), 2);
+    assert!(r.to_ascii_lowercase().contains("connection: close"), "{r}");
+}
+
+#[test]
+fn an_idle_keep_alive_connection_closes_after_the_header_timeout() {
+    let timeout = Duration::from_millis(300);
+    let srv = Server::start(Limits {
+        header_read_timeout: timeout,
+        ..Limits::default()
+    });
+    let mut s = srv.connect();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let start = Instant::now();
+    let r = read_all(&mut s);
+    let took = start.elapsed();
+    assert_eq!(r.matches("HTTP/1.1 200 OK").count(), 1, "{r}");
+    assert!(
+        took >= timeout && took < timeout * 10,
+        "closed after {took:?}"
+    );
+}
+
+#[test]
+fn slow_headers_are_cut_at_the_header_timeout() {
+    let timeout = Duration::from_millis(300);
+    let srv = Server::start(Limits {
+        header_read_timeout: timeout,
+        ..Limits::default()
+    });
+    let mut s = srv.connect();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: loc").unwrap();
+    let start = Instant::now();
+    let r = read_all(&mut s);
+    let took = start.elapsed();
+    assert!(!r.contains("200 OK"), "{r}");
+    assert!(
+        took >= timeout && took < timeout * 10,
+        "closed after {took:?}"
+    );
+    assert_eq!(srv.renders.load(Ordering::SeqCst), 0);
+}
+
+#[test]
+fn oversize_headers_get_431() {
+    let srv = Server::start(Limits {
+        max_header_bytes: 16 << 10,
+        ..Limits::default()
+    });
+    let big = "a".repeat(32 << 10);
+    let r = srv.exchange(&format!(
+        "GET /metrics HTTP/1.1\r\nHost: localhost\r\nX-Big: {big}\r\nConnection: close\r\n\r\n"
+    ));
+    assert!(r.starts_with("HTTP/1.1 431"), "{:.200}", r);
+    assert_eq!(srv.renders.load(Ordering::SeqCst), 0);
+}
+
+#[test]
+fn a_request_body_is_never_waited_for() {
+    let srv = Server::start(Limits::default());
+    let mut s = srv.connect();
+    // Announces 100 MiB and sends none of it: the answer must not wait for the body.
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nContent-Length: 104857600\r\n\r\n")
+        .unwrap();
+    let start = Instant::now();
+    let r = read_all(&mut s);
+    assert!(r.starts_with("HTTP/1.1 200 OK"), "{r}");
+    assert_eq!(body(&r), TEXT);
+    // ...and the connection, with an unread body, is not kept.
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        start.elapsed()
+    );
+}
+
+#[test]
+fn a_thousand_idle_connections_do_not_prevent_a_scrape() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid struct.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0);
+        assert!(
+            lim.rlim_max >= 2300,
+            "needs 2300 descriptors, hard limit {}",
+            lim.rlim_max
+        );
+        lim.rlim_cur = lim.rlim_cur.max(2300);
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lim), 0);
+    }
+    let max = 64;
+    let srv = Server::start(Limits {
+        max_connections: max,
+        // No idle connection times out during the test: eviction is what makes room.
+        header_read_timeout: Duration::from_secs(120),
+        ..Limits::default()
+    });
+    let idle: Vec<TcpStream> = (0..1000).map(|_| srv.connect()).collect();
+    wait_until(
+        "the server to take every idle connection",
+        Duration::from_secs(20),
+        || srv.stats.accepted.load(Ordering::SeqCst) == 1000,
+    );
+
+    let addr = srv.addr;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let start = Instant::now();
+    std::thread::spawn(move || {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        tx.send(read_all(&mut s))
+    });
+    let r = rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("a scrape within 5 s");
+    assert!(r.starts_with("HTTP/1.1 200 OK"), "{r}");
+    assert_eq!(body(&r), TEXT);
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        start.elapsed()
+    );
+    let evicted = srv.stats.evicted_idle.load(Ordering::SeqCst);
+    assert!(evicted >= (1001 - max) as u64, "evicted {evicted}");
+    assert_eq!(srv.stats.refused_busy.load(Ordering::SeqCst), 0);
+    drop(idle);
+}
+
+#[test]
+fn beyond_the_cap_a_connection_is_refused_at_once_when_all_are_scraping() {
+    let max = 2;
+    let gate = Arc::new(Semaphore::new(0));
+    let srv = Server::start_with(
+        Limits {
+            max_connections: max,
+            ..Limits::default()
+        },
+        Some(gate.clone()),
+    );
+    let held: Vec<_> = (0..max)
+        .map(|_| {
+            let addr = srv.addr;
+            std::thread::spawn(move || {
+                let mut s = TcpStream::connect(addr).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                s.write_all(
+                    b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+                )
+                .unwrap();
+                read_all(&mut s)
+            })
+        })
+        .collect();
+    wait_until("every slot to be scraping", Duration::from_secs(10), || {
+        srv.renders.load(Ordering::SeqCst) == max
+    });
+
+    let start = Instant::now();
+    let r = srv.get("/metrics");
+    assert!(
+        r.is_empty() || r.starts_with("HTTP/1.1 503"),
+        "expected a refusal, got {r}"
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        start.elapsed()
+    );
+    assert_eq!(srv.stats.refused_busy.load(Ordering::SeqCst), 1);
+    assert_eq!(srv.stats.evicted_idle.load(Ordering::SeqCst), 0);
+
+    gate.add_permits(max + 1);
+    for h in held {
+        let r = h.join().unwrap();
+        assert!(r.starts_with("HTTP/1.1 200 OK"), "{r}");
+    }
+    assert!(
+        srv.get("/metrics").starts_with("HTTP/1.1 200 OK"),
+        "slots came back"
+    );
+}
