@@ -104,6 +104,10 @@ struct Run {
 
 impl Harness {
     fn new(t: &Tables) -> Self {
+        assert!(
+            common::can_run(),
+            "needs root and the eBPF object (run with --run-ignored all as root)"
+        );
         let pins = PinDir::new();
         let mut dp = Datapath::load(&pins.0).expect("load datapath");
         dp.sync(t).expect("sync");
@@ -160,10 +164,8 @@ impl Harness {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn forwards_ipv4_between_peers_with_ttl_checksum_and_macs() {
-    if !common::can_run() {
-        return;
-    }
     let t = topology();
     let mut h = Harness::new(&t);
     let f = frame(ip("10.1.0.5"), ip("10.2.0.7"), 64);
@@ -201,10 +203,8 @@ fn forwards_ipv4_between_peers_with_ttl_checksum_and_macs() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn ttl_checksum_update_is_correct_for_every_ttl() {
-    if !common::can_run() {
-        return;
-    }
     let mut h = Harness::new(&topology());
     for ttl in 2..=255u8 {
         let r = h.run(101, &frame(ip("10.1.255.255"), ip("10.2.0.0"), ttl));
@@ -215,10 +215,8 @@ fn ttl_checksum_update_is_correct_for_every_ttl() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn forwards_ipv6_and_decrements_hop_limit() {
-    if !common::can_run() {
-        return;
-    }
     let mut h = Harness::new(&topology());
     let f = frame(ip("2001:db8:1::5"), ip("2001:db8:2::7"), 64);
     let r = h.run(101, &f);
@@ -229,10 +227,8 @@ fn forwards_ipv6_and_decrements_hop_limit() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn drops_by_reason_and_counts() {
-    if !common::can_run() {
-        return;
-    }
     let t = topology();
     let mut h = Harness::new(&t);
     let cases: &[(&str, &str, u8, DropReason)] = &[
@@ -267,10 +263,8 @@ fn drops_by_reason_and_counts() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn malformed_frames_are_dropped_and_counted() {
-    if !common::can_run() {
-        return;
-    }
     let mut h = Harness::new(&topology());
     let good = frame(ip("10.1.0.5"), ip("10.2.0.7"), 64);
     let m = DropReason::Malformed;
@@ -331,10 +325,8 @@ fn malformed_frames_are_dropped_and_counted() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn answers_arp_for_the_gateway_only() {
-    if !common::can_run() {
-        return;
-    }
     let mut h = Harness::new(&topology());
     let req = arp_request(Ipv4Addr::new(10, 1, 0, 5), Ipv4Addr::new(169, 254, 1, 1));
     let r = h.run(101, &req);
@@ -363,10 +355,8 @@ fn pin_to(cpu: usize) {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn flows_aggregate_across_cpus_with_their_verdict() {
-    if !common::can_run() {
-        return;
-    }
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
