@@ -396,3 +396,61 @@ fn flows_aggregate_across_cpus_with_their_verdict() {
     assert!(h.dp.drain_flows().is_empty(), "drained");
     assert_eq!(h.dp.flow_lost().packets, 0);
 }
+
+#[test]
+#[ignore = "needs root"]
+fn a_route_over_a_peering_that_does_not_join_the_two_vpcs_is_a_blackhole() {
+    // Table 3 (VPC 3's) routes 10.2/16 over peering 1, which joins VPCs 1 and 2: tables the
+    // daemon never compiles, but the datapath must not forward (nor count) by them.
+    let mut t = topology();
+    t.peerings.get_mut(&2).unwrap().state = PEERING_ACTIVE;
+    let r = |p, d| RouteTarget {
+        peering: p,
+        dst_vpc: d,
+        ..Default::default()
+    };
+    t.routes
+        .insert((3, "10.2.0.0/16".parse().unwrap()), r(1, 2));
+    // And table 1 names VPC 3 as the far end of peering 1.
+    t.routes
+        .insert((1, "10.3.9.0/24".parse().unwrap()), r(1, 3));
+    let mut h = Harness::new(&t);
+    for (vpc, src, dst) in [(3, "10.3.0.5", "10.2.0.7"), (1, "10.1.0.5", "10.3.9.7")] {
+        assert_eq!(
+            decide(&t, vpc, ip(src), ip(dst), 64),
+            Decision::Drop(DropReason::Blackhole),
+            "model: {src} -> {dst}"
+        );
+        let before = (h.dp.forwarded(1, 0), h.dp.forwarded(1, 1));
+        h.expect_drop(vpc, &frame(ip(src), ip(dst), 64), DropReason::Blackhole);
+        assert_eq!((h.dp.forwarded(1, 0), h.dp.forwarded(1, 1)), before);
+    }
+    // The peering's own ends still talk.
+    assert_eq!(
+        h.run(101, &frame(ip("10.1.0.5"), ip("10.2.0.7"), 64))
+            .verdict,
+        TC_ACT_REDIRECT
+    );
+}
+
+#[test]
+#[ignore = "needs root"]
+fn a_destination_vpc_without_its_link_is_a_counted_drop_not_a_forward() {
+    let mut t = topology();
+    t.vpcs.get_mut(&2).unwrap().flags = 0;
+    let mut h = Harness::new(&t);
+    let f = frame(ip("10.1.0.5"), ip("10.2.0.7"), 64);
+    assert_eq!(
+        decide(&t, 1, ip("10.1.0.5"), ip("10.2.0.7"), 64),
+        Decision::Drop(DropReason::DestinationUnavailable)
+    );
+    h.expect_drop(1, &f, DropReason::DestinationUnavailable);
+    assert_eq!(
+        DropReason::DestinationUnavailable.name(),
+        "destination-unavailable"
+    );
+    assert_eq!(h.dp.forwarded(1, 0).packets, 0, "not counted as forwarded");
+    // The link of a VPC slot not in use gets no ARP answer (there is no gateway MAC to give).
+    let req = arp_request(Ipv4Addr::new(10, 2, 0, 5), Ipv4Addr::new(169, 254, 1, 1));
+    h.expect_drop(2, &req, DropReason::UnknownInterface);
+}

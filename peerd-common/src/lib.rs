@@ -12,7 +12,8 @@ pub enum DropReason {
     Malformed = 0,
     /// Broadcast or multicast, or a link-local destination.
     NotUnicast = 1,
-    /// Not IPv4, IPv6, or ARP for the gateway.
+    /// Not IPv4, IPv6, or ARP for the gateway; or VLAN-tagged (802.1Q / 802.1ad), whatever
+    /// it carries: VPC links are untagged.
     UnsupportedProtocol = 2,
     /// The source address is not in the source VPC's CIDRs.
     SpoofedSource = 3,
@@ -24,9 +25,13 @@ pub enum DropReason {
     NotPeerDestination = 6,
     /// TTL / hop limit would reach zero.
     TtlExceeded = 7,
-    /// The destination VPC's link is missing or the redirect failed.
-    RedirectFailed = 8,
-    /// The packet arrived on an interface that belongs to no VPC.
+    /// The route's destination VPC has no link in the datapath (`VPC_PRESENT` unset: the VPC
+    /// is being created or removed, or its link could not be set up), so there is nowhere to
+    /// deliver. Slot 8, formerly `redirect-failed`: counters keep their meaning across the
+    /// rename, since the redirect helpers (flags 0) never fail and this was its only cause.
+    DestinationUnavailable = 8,
+    /// The packet arrived on an interface that belongs to no VPC (counted in slot 0), or an
+    /// ARP request arrived on the link of a VPC slot that is not in use (counted there).
     UnknownInterface = 9,
 }
 
@@ -40,7 +45,7 @@ impl DropReason {
         DropReason::Blackhole,
         DropReason::NotPeerDestination,
         DropReason::TtlExceeded,
-        DropReason::RedirectFailed,
+        DropReason::DestinationUnavailable,
         DropReason::UnknownInterface,
     ];
 
@@ -55,7 +60,7 @@ impl DropReason {
             DropReason::Blackhole => "blackhole",
             DropReason::NotPeerDestination => "not-peer-destination",
             DropReason::TtlExceeded => "ttl-exceeded",
-            DropReason::RedirectFailed => "redirect-failed",
+            DropReason::DestinationUnavailable => "destination-unavailable",
             DropReason::UnknownInterface => "unknown-interface",
         }
     }
@@ -88,6 +93,14 @@ pub mod maps {
     pub const ROUTES_V4: &str = "PEERD_ROUTES_V4";
     pub const ROUTES_V6: &str = "PEERD_ROUTES_V6";
     pub const DROPS: &str = "PEERD_DROPS";
+    /// Forwarded packets and bytes per peering and direction. "Forwarded" means: the datapath
+    /// decided to deliver the packet (every check of SPEC §5 passed and the destination VPC's
+    /// link was present in `PEERD_VPCS`), rewrote it, and handed it to the kernel with a
+    /// redirect verdict towards that link. The kernel carries out the redirect after the
+    /// program returns; a packet it drops then (the link deleted in between, a full queue, an
+    /// XDP frame the VPC-side end cannot receive) is counted in that link's statistics, not
+    /// here. So this is the number of packets peerd sent on their way, an upper bound of those
+    /// delivered; bytes are the frame's length as received (a GSO packet counts once).
     pub const FWD: &str = "PEERD_FWD";
     pub const CONFIG: &str = "PEERD_CONFIG";
     pub const FLOWS: &str = "PEERD_FLOWS";

@@ -32,6 +32,8 @@ pub static ROUTES_V6: LpmTrie<KeyV6, RouteTarget> = LpmTrie::pinned(MAX_PREFIXES
 #[map(name = "PEERD_DROPS")]
 pub static DROPS: PerCpuArray<Counter> = PerCpuArray::pinned(MAX_VPCS * DROP_SLOTS, 0);
 
+/// Packets handed to the kernel for delivery, per peering and direction (see
+/// `peerd_common::maps::FWD` for exactly what that promises).
 #[map(name = "PEERD_FWD")]
 pub static FWD: PerCpuArray<Counter> = PerCpuArray::pinned(MAX_PEERINGS * 2, 0);
 
@@ -87,6 +89,7 @@ pub fn src_v4(id: u32, addr: [u8; 4]) -> Option<&'static SrcInfo> {
     ))
 }
 
+/// A forward, counted when the packet is handed to the kernel for delivery.
 #[inline(always)]
 pub fn src_v6(id: u32, addr: [u8; 16]) -> Option<&'static SrcInfo> {
     SRC_V6.get(Key::new(

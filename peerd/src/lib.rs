@@ -4,6 +4,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod datapath;
+pub mod ethtool;
 pub mod flowlog;
 pub mod metrics;
 pub mod netns;

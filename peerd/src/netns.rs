@@ -93,8 +93,9 @@ pub struct VpcHostSpec {
     pub host_if: String,
     pub mtu: u32,
     pub routes: Vec<IpNet>,
-    /// XDP datapath: the VPC-side end needs NAPI (GRO on) to receive XDP redirects, and TX
-    /// checksum offload off (an XDP redirect loses the skb's partial-checksum state). `None`
+    /// XDP datapath: the VPC-side end needs NAPI (GRO on) to receive XDP redirects, TX
+    /// checksum offload off (an XDP redirect loses the skb's partial-checksum state) and VLAN
+    /// tag insertion off (XDP sees tags only in the frame). `None`
     /// leaves them as they are (while switching modes).
     pub xdp: Option<bool>,
 }
@@ -640,8 +641,8 @@ struct IfreqData {
     _pad: [u8; 16],
 }
 
-/// GRO and TX checksum offload of the VPC-side end, for the XDP datapath or for TC; run on a
-/// thread inside the namespace. Returns what changed.
+/// GRO, TX checksum offload and VLAN tag insertion offload of the VPC-side end, for the XDP
+/// datapath or for TC; run on a thread inside the namespace. Returns what changed.
 fn set_xdp_features(xdp: bool, ns: &str) -> Result<Vec<String>, Error> {
     let (gro, txcsum) = if xdp { (1, 0) } else { (0, 1) };
     let features = [
@@ -657,6 +658,17 @@ fn set_xdp_features(xdp: bool, ns: &str) -> Result<Vec<String>, Error> {
             let state = if want == 1 { "on" } else { "off" };
             c.push(format!("set {name} {state} on {NS_IFNAME} in {ns}"));
         }
+    }
+    // VLAN tag insertion off for XDP: a tagged frame then carries its tag in the data, where
+    // the XDP program sees it and drops it; offloaded, the tag would ride in skb metadata that
+    // XDP cannot see, and the redirect would deliver the frame untagged. (TC sees the tag
+    // either way; there the kernel's default, on, is restored.)
+    let vlan_insert = ["tx-vlan-hw-insert", "tx-vlan-stag-hw-insert"];
+    let changed = crate::ethtool::set_features(NS_IFNAME, &vlan_insert, !xdp)
+        .map_err(io("ethtool features on", Path::new(NS_IFNAME)))?;
+    for name in changed {
+        let state = if xdp { "off" } else { "on" };
+        c.push(format!("set {name} {state} on {NS_IFNAME} in {ns}"));
     }
     Ok(c)
 }
