@@ -278,7 +278,7 @@ fn ipv4(data: usize, data_end: usize, iface: &IfaceInfo, len: u32) -> Verdict {
             let l4 = ETH_LEN + ((ihl as usize) & 0x0f) * 4;
             (key.src_port, key.dst_port) = ports(data, data_end, l4);
         }
-        flow::record(&key, &v, len);
+        flow::record(&mut key, &v, len);
     }
     v
 }
@@ -388,7 +388,7 @@ fn ipv6(data: usize, data_end: usize, iface: &IfaceInfo, len: u32) -> Verdict {
         if proto == IPPROTO_TCP || proto == IPPROTO_UDP {
             (key.src_port, key.dst_port) = ports(data, data_end, ETH_LEN + 40);
         }
-        flow::record(&key, &v, len);
+        flow::record(&mut key, &v, len);
     }
     v
 }
