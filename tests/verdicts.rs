@@ -104,6 +104,10 @@ struct Run {
 
 impl Harness {
     fn new(t: &Tables) -> Self {
+        assert!(
+            common::can_run(),
+            "needs root and the eBPF object (run with --run-ignored all as root)"
+        );
         let pins = PinDir::new();
         let mut dp = Datapath::load(&pins.0).expect("load datapath");
         dp.sync(t).expect("sync");
@@ -162,9 +166,6 @@ impl Harness {
 #[test]
 #[ignore = "needs root"]
 fn forwards_ipv4_between_peers_with_ttl_checksum_and_macs() {
-    if !common::can_run() {
-        return;
-    }
     let t = topology();
     let mut h = Harness::new(&t);
     let f = frame(ip("10.1.0.5"), ip("10.2.0.7"), 64);
@@ -204,9 +205,6 @@ fn forwards_ipv4_between_peers_with_ttl_checksum_and_macs() {
 #[test]
 #[ignore = "needs root"]
 fn ttl_checksum_update_is_correct_for_every_ttl() {
-    if !common::can_run() {
-        return;
-    }
     let mut h = Harness::new(&topology());
     for ttl in 2..=255u8 {
         let r = h.run(101, &frame(ip("10.1.255.255"), ip("10.2.0.0"), ttl));
@@ -219,9 +217,6 @@ fn ttl_checksum_update_is_correct_for_every_ttl() {
 #[test]
 #[ignore = "needs root"]
 fn forwards_ipv6_and_decrements_hop_limit() {
-    if !common::can_run() {
-        return;
-    }
     let mut h = Harness::new(&topology());
     let f = frame(ip("2001:db8:1::5"), ip("2001:db8:2::7"), 64);
     let r = h.run(101, &f);
@@ -234,9 +229,6 @@ fn forwards_ipv6_and_decrements_hop_limit() {
 #[test]
 #[ignore = "needs root"]
 fn drops_by_reason_and_counts() {
-    if !common::can_run() {
-        return;
-    }
     let t = topology();
     let mut h = Harness::new(&t);
     let cases: &[(&str, &str, u8, DropReason)] = &[
@@ -273,9 +265,6 @@ fn drops_by_reason_and_counts() {
 #[test]
 #[ignore = "needs root"]
 fn malformed_frames_are_dropped_and_counted() {
-    if !common::can_run() {
-        return;
-    }
     let mut h = Harness::new(&topology());
     let good = frame(ip("10.1.0.5"), ip("10.2.0.7"), 64);
     let m = DropReason::Malformed;
@@ -338,9 +327,6 @@ fn malformed_frames_are_dropped_and_counted() {
 #[test]
 #[ignore = "needs root"]
 fn answers_arp_for_the_gateway_only() {
-    if !common::can_run() {
-        return;
-    }
     let mut h = Harness::new(&topology());
     let req = arp_request(Ipv4Addr::new(10, 1, 0, 5), Ipv4Addr::new(169, 254, 1, 1));
     let r = h.run(101, &req);
@@ -371,9 +357,6 @@ fn pin_to(cpu: usize) {
 #[test]
 #[ignore = "needs root"]
 fn flows_aggregate_across_cpus_with_their_verdict() {
-    if !common::can_run() {
-        return;
-    }
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
@@ -412,4 +395,215 @@ fn flows_aggregate_across_cpus_with_their_verdict() {
     }
     assert!(h.dp.drain_flows().is_empty(), "drained");
     assert_eq!(h.dp.flow_lost().packets, 0);
+}
+
+type Flows = Vec<(peerd_common::FlowKey, peerd_common::FlowValue)>;
+
+/// The drained flows of VPC `vpc`: (individual entries, aggregate entries).
+fn split_by_vpc(flows: &Flows, vpc: u32) -> (Flows, Flows) {
+    flows
+        .iter()
+        .filter(|(k, _)| k.src_vpc == vpc)
+        .partition(|(k, _)| !k.is_aggregate())
+}
+
+#[test]
+#[ignore = "needs root"]
+fn a_vpc_spraying_new_flows_gets_its_budget_then_aggregates_and_others_keep_theirs() {
+    use peerd_common::{FlowKey, FLOW_ACCEPT, FLOW_BUDGET, FLOW_REJECT_BASE, MAX_FLOWS};
+    let spoofed = FLOW_REJECT_BASE + DropReason::SpoofedSource as u32;
+    let budget = FLOW_BUDGET as usize;
+    let mut t = topology();
+    t.peerings.get_mut(&2).unwrap().state = PEERING_ACTIVE; // VPC 1 peers with 2 and 3
+    let mut h = Harness::new(&t);
+    h.dp.set_flow_log(true).unwrap();
+    assert!(h.dp.drain_flows().is_empty());
+
+    // VPC 1: one real flow first, then a spray of distinct spoofed sources, more than the
+    // whole map holds, then the real flow again, new real flows (IPv4 over both peerings,
+    // IPv6 over one) and an IPv6 spoofed packet.
+    let real = frame(ip("10.1.0.5"), ip("10.2.0.7"), 64);
+    assert_eq!(h.run(101, &real).verdict, TC_ACT_REDIRECT);
+    let spray = MAX_FLOWS as usize + 100;
+    for i in 0..spray {
+        let src = Ipv4Addr::from(0x0a32_0000 + i as u32); // 10.50.x.y: nobody's
+        let f = frame(IpAddr::V4(src), ip("10.2.0.7"), 64);
+        assert_eq!(h.run(101, &f).verdict, TC_ACT_SHOT);
+    }
+    assert_eq!(h.run(101, &real).verdict, TC_ACT_REDIRECT);
+    for (i, dst) in ["10.2.0.7", "10.3.0.7"].iter().cycle().take(8).enumerate() {
+        let f = frame(ip(&format!("10.1.1.{i}")), ip(dst), 64);
+        assert_eq!(h.run(101, &f).verdict, TC_ACT_REDIRECT);
+    }
+    for i in 0..4 {
+        let f = frame(ip(&format!("2001:db8:1::1:{i}")), ip("2001:db8:2::7"), 64);
+        assert_eq!(h.run(101, &f).verdict, TC_ACT_REDIRECT);
+    }
+    let f6 = frame(ip("2001:db8:3::5"), ip("2001:db8:2::7"), 64);
+    assert_eq!(h.run(101, &f6).verdict, TC_ACT_SHOT);
+    // VPC 2, in the same window: its own flows, one by one.
+    for i in 0..20 {
+        let f = frame(ip(&format!("10.2.0.{}", 10 + i)), ip("10.1.0.5"), 64);
+        assert_eq!(h.run(102, &f).verdict, TC_ACT_REDIRECT);
+    }
+
+    let flows = h.dp.drain_flows();
+    assert_eq!(h.dp.flow_lost().packets, 0, "nothing lost");
+    let (one, agg) = split_by_vpc(&flows, 1);
+    assert!(
+        one.len() <= budget,
+        "VPC 1 has {} individual entries, budget {budget}",
+        one.len()
+    );
+    let sent = 1 + spray + 1 + 8 + 4 + 1;
+    let counted: u64 = one.iter().chain(&agg).map(|(_, v)| v.packets).sum();
+    assert_eq!(counted, sent as u64, "every packet of VPC 1 counted once");
+    let real_flow = one
+        .iter()
+        .find(|(k, _)| k.src[..4] == [10, 1, 0, 5])
+        .expect("the flow VPC 1 started within its budget stays individual");
+    assert_eq!(real_flow.1.packets, 2);
+    // Its aggregates: one per family and verdict, the 5-tuple zeroed.
+    assert_eq!(agg.len(), 4, "{agg:?}");
+    for (k, v) in &agg {
+        assert_eq!(
+            (k.proto, k.src_port, k.dst_port, k.src, k.dst),
+            (0, 0, 0, [0; 16], [0; 16]),
+            "{k:?}"
+        );
+        assert_eq!(*k, FlowKey::aggregate(1, k.family, v.verdict));
+    }
+    let agg_of = |family: u8, verdict: u32| {
+        agg.iter()
+            .find(|(k, _)| *k == FlowKey::aggregate(1, family, verdict))
+            .map(|(_, v)| *v)
+            .unwrap_or_else(|| panic!("no aggregate v{family} verdict {verdict}: {agg:?}"))
+    };
+    let individual_spoofed = one.iter().filter(|(_, v)| v.verdict == spoofed).count();
+    assert_eq!(
+        agg_of(4, spoofed).packets,
+        (spray - individual_spoofed) as u64
+    );
+    // Accepted packets over two peerings: the aggregate names neither; over one, that one.
+    let accepted = agg_of(4, FLOW_ACCEPT);
+    assert_eq!(
+        (accepted.packets, accepted.dst_vpc, accepted.peering),
+        (8, 0, 0)
+    );
+    let accepted = agg_of(6, FLOW_ACCEPT);
+    assert_eq!(
+        (accepted.packets, accepted.dst_vpc, accepted.peering),
+        (4, 2, 1)
+    );
+    assert_eq!(agg_of(6, spoofed).packets, 1);
+
+    // VPC 2's flows were all recorded one by one.
+    let (two, two_agg) = split_by_vpc(&flows, 2);
+    assert!(two_agg.is_empty(), "{two_agg:?}");
+    assert_eq!(two.len(), 20);
+    assert!(two
+        .iter()
+        .all(|(_, v)| v.packets == 1 && v.verdict == FLOW_ACCEPT));
+
+    // The drain started a new window: VPC 1 has its budget again.
+    let f = frame(ip("10.50.0.1"), ip("10.2.0.7"), 64);
+    assert_eq!(h.run(101, &f).verdict, TC_ACT_SHOT);
+    let flows = h.dp.drain_flows();
+    assert_eq!(flows.len(), 1, "{flows:?}");
+    assert!(!flows[0].0.is_aggregate(), "{flows:?}");
+}
+
+#[test]
+#[ignore = "needs root"]
+fn a_route_over_a_peering_that_does_not_join_the_two_vpcs_is_a_blackhole() {
+    // Table 3 (VPC 3's) routes 10.2/16 over peering 1, which joins VPCs 1 and 2: tables the
+    // daemon never compiles, but the datapath must not forward (nor count) by them.
+    let mut t = topology();
+    t.peerings.get_mut(&2).unwrap().state = PEERING_ACTIVE;
+    let r = |p, d| RouteTarget {
+        peering: p,
+        dst_vpc: d,
+        ..Default::default()
+    };
+    t.routes
+        .insert((3, "10.2.0.0/16".parse().unwrap()), r(1, 2));
+    // And table 1 names VPC 3 as the far end of peering 1.
+    t.routes
+        .insert((1, "10.3.9.0/24".parse().unwrap()), r(1, 3));
+    let mut h = Harness::new(&t);
+    for (vpc, src, dst) in [(3, "10.3.0.5", "10.2.0.7"), (1, "10.1.0.5", "10.3.9.7")] {
+        assert_eq!(
+            decide(&t, vpc, ip(src), ip(dst), 64),
+            Decision::Drop(DropReason::Blackhole),
+            "model: {src} -> {dst}"
+        );
+        let before = (h.dp.counters().forwarded(1, 0), h.dp.counters().forwarded(1, 1));
+        h.expect_drop(vpc, &frame(ip(src), ip(dst), 64), DropReason::Blackhole);
+        assert_eq!((h.dp.counters().forwarded(1, 0), h.dp.counters().forwarded(1, 1)), before);
+    }
+    // The peering's own ends still talk.
+    assert_eq!(
+        h.run(101, &frame(ip("10.1.0.5"), ip("10.2.0.7"), 64))
+            .verdict,
+        TC_ACT_REDIRECT
+    );
+}
+
+#[test]
+#[ignore = "needs root"]
+fn a_destination_vpc_without_its_link_is_a_counted_drop_not_a_forward() {
+    let mut t = topology();
+    t.vpcs.get_mut(&2).unwrap().flags = 0;
+    let mut h = Harness::new(&t);
+    let f = frame(ip("10.1.0.5"), ip("10.2.0.7"), 64);
+    assert_eq!(
+        decide(&t, 1, ip("10.1.0.5"), ip("10.2.0.7"), 64),
+        Decision::Drop(DropReason::DestinationUnavailable)
+    );
+    h.expect_drop(1, &f, DropReason::DestinationUnavailable);
+    assert_eq!(
+        DropReason::DestinationUnavailable.name(),
+        "destination-unavailable"
+    );
+    assert_eq!(h.dp.counters().forwarded(1, 0).packets, 0, "not counted as forwarded");
+    // The link of a VPC slot not in use gets no ARP answer (there is no gateway MAC to give).
+    let req = arp_request(Ipv4Addr::new(10, 2, 0, 5), Ipv4Addr::new(169, 254, 1, 1));
+    h.expect_drop(2, &req, DropReason::UnknownInterface);
+}
+
+#[test]
+#[ignore = "needs root"]
+fn a_flow_whose_verdict_changes_within_a_window_is_logged_under_each_verdict() {
+    use peerd_common::{FLOW_ACCEPT, FLOW_REJECT_BASE};
+    let mut t = topology();
+    let mut h = Harness::new(&t);
+    h.dp.set_flow_log(true).unwrap();
+    let f = frame(ip("10.1.0.5"), ip("10.2.0.7"), 64);
+    for _ in 0..3 {
+        assert_eq!(h.run(101, &f).verdict, TC_ACT_REDIRECT);
+    }
+    // The peering is deactivated mid-window: the same 5-tuple is now a blackhole.
+    t.peerings.get_mut(&1).unwrap().state = 0;
+    h.dp.sync(&t).expect("sync");
+    for _ in 0..2 {
+        h.expect_drop(1, &f, DropReason::Blackhole);
+    }
+    let mut flows = h.dp.drain_flows();
+    flows.sort_by_key(|(_, v)| v.verdict);
+    let got: Vec<_> = flows
+        .iter()
+        .map(|(k, v)| (k.src[..4].to_vec(), v.verdict, v.packets))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (vec![10, 1, 0, 5], FLOW_ACCEPT, 3),
+            (
+                vec![10, 1, 0, 5],
+                FLOW_REJECT_BASE + DropReason::Blackhole as u32,
+                2
+            ),
+        ],
+        "{flows:?}"
+    );
 }

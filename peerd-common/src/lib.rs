@@ -12,7 +12,8 @@ pub enum DropReason {
     Malformed = 0,
     /// Broadcast or multicast, or a link-local destination.
     NotUnicast = 1,
-    /// Not IPv4, IPv6, or ARP for the gateway.
+    /// Not IPv4, IPv6, or ARP for the gateway; or VLAN-tagged (802.1Q / 802.1ad), whatever
+    /// it carries: VPC links are untagged.
     UnsupportedProtocol = 2,
     /// The source address is not in the source VPC's CIDRs.
     SpoofedSource = 3,
@@ -24,9 +25,13 @@ pub enum DropReason {
     NotPeerDestination = 6,
     /// TTL / hop limit would reach zero.
     TtlExceeded = 7,
-    /// The destination VPC's link is missing or the redirect failed.
-    RedirectFailed = 8,
-    /// The packet arrived on an interface that belongs to no VPC.
+    /// The route's destination VPC has no link in the datapath (`VPC_PRESENT` unset: the VPC
+    /// is being created or removed, or its link could not be set up), so there is nowhere to
+    /// deliver. Slot 8, formerly `redirect-failed`: counters keep their meaning across the
+    /// rename, since the redirect helpers (flags 0) never fail and this was its only cause.
+    DestinationUnavailable = 8,
+    /// The packet arrived on an interface that belongs to no VPC (counted in slot 0), or an
+    /// ARP request arrived on the link of a VPC slot that is not in use (counted there).
     UnknownInterface = 9,
 }
 
@@ -40,7 +45,7 @@ impl DropReason {
         DropReason::Blackhole,
         DropReason::NotPeerDestination,
         DropReason::TtlExceeded,
-        DropReason::RedirectFailed,
+        DropReason::DestinationUnavailable,
         DropReason::UnknownInterface,
     ];
 
@@ -55,7 +60,7 @@ impl DropReason {
             DropReason::Blackhole => "blackhole",
             DropReason::NotPeerDestination => "not-peer-destination",
             DropReason::TtlExceeded => "ttl-exceeded",
-            DropReason::RedirectFailed => "redirect-failed",
+            DropReason::DestinationUnavailable => "destination-unavailable",
             DropReason::UnknownInterface => "unknown-interface",
         }
     }
@@ -88,25 +93,47 @@ pub mod maps {
     pub const ROUTES_V4: &str = "PEERD_ROUTES_V4";
     pub const ROUTES_V6: &str = "PEERD_ROUTES_V6";
     pub const DROPS: &str = "PEERD_DROPS";
+    /// Forwarded packets and bytes per peering and direction. "Forwarded" means: the datapath
+    /// decided to deliver the packet (every check of SPEC §5 passed and the destination VPC's
+    /// link was present in `PEERD_VPCS`), rewrote it, and handed it to the kernel with a
+    /// redirect verdict towards that link. The kernel carries out the redirect after the
+    /// program returns; a packet it drops then (the link deleted in between, a full queue, an
+    /// XDP frame the VPC-side end cannot receive) is counted in that link's statistics, not
+    /// here. So this is the number of packets peerd sent on their way, an upper bound of those
+    /// delivered; bytes are the frame's length as received (a GSO packet counts once).
     pub const FWD: &str = "PEERD_FWD";
     pub const CONFIG: &str = "PEERD_CONFIG";
     pub const FLOWS: &str = "PEERD_FLOWS";
     pub const FLOW_LOST: &str = "PEERD_FLOW_LOST";
+    pub const FLOW_BUDGET: &str = "PEERD_FLOW_BUDGET";
 
     /// Every map peerd pins (teardown removes these and nothing else).
     pub const ALL: &[&str] = &[
         IFACES, VPCS, PEERINGS, SRC_V4, SRC_V6, ROUTES_V4, ROUTES_V6, DROPS, FWD, CONFIG, FLOWS,
-        FLOW_LOST,
+        FLOW_LOST, FLOW_BUDGET,
     ];
 }
 
-/// `PEERD_CONFIG[0]` bits: runtime switches of the datapath.
+/// `PEERD_CONFIG` entries.
+pub const CONFIG_ENTRIES: u32 = 2;
+/// `PEERD_CONFIG[CONFIG_FLAGS]`: bits, the runtime switches of the datapath.
+pub const CONFIG_FLAGS: u32 = 0;
+/// `PEERD_CONFIG[CONFIG_FLOW_WINDOW]`: the flow log's window number, bumped by the daemon at
+/// every drain; a per-VPC flow budget from an older window counts as unused.
+pub const CONFIG_FLOW_WINDOW: u32 = 1;
+/// Bit of `PEERD_CONFIG[CONFIG_FLAGS]`: aggregate flows for the flow log.
 pub const CONFIG_FLOW_LOG: u32 = 1;
 /// Flows aggregated between two drains of the flow log; beyond this, packets' flows are lost
 /// (and counted in `PEERD_FLOW_LOST`).
 pub const MAX_FLOWS: u32 = 32_768;
+/// New per-flow entries one source VPC may create in one window (1/8 of the map): past it, the
+/// VPC's packets of new flows are added to its aggregate entries instead, so one VPC (e.g.
+/// spraying spoofed sources) cannot fill the map and cost every other VPC its flows.
+pub const FLOW_BUDGET: u32 = MAX_FLOWS / 8;
 
-/// `PEERD_FLOWS` key: one direction of a 5-tuple, from one VPC.
+/// `PEERD_FLOWS` key: one direction of a 5-tuple, from one VPC, with one verdict; or, with
+/// `FLOW_AGGREGATE` in `kind`, every packet of one source VPC, family and verdict whose own
+/// flow did not fit the VPC's budget (`FLOW_BUDGET`), with `proto`, ports and addresses zero.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Hash, PartialOrd, Ord)]
 pub struct FlowKey {
@@ -117,10 +144,48 @@ pub struct FlowKey {
     pub proto: u8,
     pub src_port: u16,
     pub dst_port: u16,
-    pub _pad: u16,
+    /// The verdict (`FLOW_ACCEPT` or `FLOW_REJECT_BASE + reason`, as in the value), plus
+    /// `FLOW_AGGREGATE` for an aggregate entry. The verdict is part of the key so that a
+    /// flow's accepted packets and its rejects (e.g. before and after its peering was
+    /// deactivated) stay apart, as do an aggregate's.
+    pub kind: u16,
     /// IPv4 addresses use the first 4 bytes.
     pub src: [u8; 16],
     pub dst: [u8; 16],
+}
+/// Bit of `FlowKey::kind`: an aggregate entry (no 5-tuple).
+pub const FLOW_AGGREGATE: u16 = 0x8000;
+
+impl FlowKey {
+    /// Is this an aggregate entry (no 5-tuple)?
+    pub const fn is_aggregate(&self) -> bool {
+        self.kind & FLOW_AGGREGATE != 0
+    }
+
+    /// The aggregate entry for `src_vpc`, `family` and `verdict`.
+    pub const fn aggregate(src_vpc: u32, family: u8, verdict: u32) -> FlowKey {
+        FlowKey {
+            src_vpc,
+            family,
+            proto: 0,
+            src_port: 0,
+            dst_port: 0,
+            kind: FLOW_AGGREGATE | verdict as u16,
+            src: [0; 16],
+            dst: [0; 16],
+        }
+    }
+}
+
+/// `PEERD_FLOW_BUDGET` value, indexed by source VPC slot: per-flow entries the VPC created in
+/// window `window` (shared by all CPUs, added to atomically).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FlowBudget {
+    /// 64 bits: the BPF target has 64-bit atomics only.
+    pub used: u64,
+    pub window: u32,
+    pub _pad: u32,
 }
 
 /// `PEERD_FLOWS` value.
@@ -132,7 +197,8 @@ pub struct FlowValue {
     /// bpf_ktime_get_ns of the first and last packet.
     pub first_ns: u64,
     pub last_ns: u64,
-    /// Destination VPC and peering slots for ACCEPT (0 for REJECT).
+    /// Destination VPC and peering slots for ACCEPT (0 for REJECT, and for an entry whose
+    /// packets went over more than one peering: an aggregate, or a flow rerouted mid-window).
     pub dst_vpc: u32,
     pub peering: u32,
     /// `FLOW_ACCEPT`, or `FLOW_REJECT_BASE + DropReason`.
@@ -141,6 +207,8 @@ pub struct FlowValue {
 }
 pub const FLOW_ACCEPT: u32 = 0;
 pub const FLOW_REJECT_BASE: u32 = 1;
+// Every verdict fits in `FlowKey::kind` next to the `FLOW_AGGREGATE` bit.
+const _: () = assert!(FLOW_REJECT_BASE + DropReason::ALL.len() as u32 <= FLOW_AGGREGATE as u32);
 
 /// `PEERD_IFACES` value, keyed by the ifindex of a VPC's host-side veth: the VPC behind the
 /// link and, when the VPC has few source prefixes (its CIDRs and subnets), those prefixes
@@ -299,6 +367,7 @@ assert_layout!(Counter, 16, 8);
 assert_layout!(FlowKey, 44, 4);
 assert_layout!(BenchGen, 48, 4);
 assert_layout!(FlowValue, 48, 8);
+assert_layout!(FlowBudget, 16, 8);
 
 #[cfg(feature = "user")]
 mod user {
@@ -314,5 +383,6 @@ mod user {
     unsafe impl aya::Pod for Counter {}
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for FlowValue {}
+    unsafe impl aya::Pod for FlowBudget {}
     unsafe impl aya::Pod for BenchGen {}
 }

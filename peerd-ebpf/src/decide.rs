@@ -66,23 +66,21 @@ fn drop(vpc: u32, reason: DropReason, len: u32) -> Verdict {
     Verdict::dropped(reason)
 }
 
-/// The redirect helper refused: counted against the source VPC.
+/// Decides what happens to the frame at `data..data_end` (`len` bytes in all) that arrived
+/// on `ifindex`. `vlan_tagged`: the frame carried an 802.1Q / 802.1ad tag that the kernel has
+/// already taken out of the data (TC sees `__sk_buff.vlan_present`; XDP sees tags in the data
+/// and drops them as an unsupported ethertype).
 #[inline(always)]
-pub fn drop_redirect_failed(ifindex: u32, len: u32) {
-    // SAFETY: map lookup result is valid for the program's run.
-    let vpc = unsafe { maps::IFACES.get(&ifindex) }
-        .map(|i| i.vpc)
-        .unwrap_or(0);
-    count_drop(vpc, DropReason::RedirectFailed, len);
-}
-
-#[inline(always)]
-pub fn process(data: usize, data_end: usize, ifindex: u32, len: u32) -> Verdict {
+pub fn process(data: usize, data_end: usize, ifindex: u32, len: u32, vlan_tagged: bool) -> Verdict {
     // SAFETY: map lookup result is valid for the program's run.
     let Some(iface) = (unsafe { maps::IFACES.get(&ifindex) }) else {
         return drop(0, DropReason::UnknownInterface, len);
     };
     let vpc = iface.vpc;
+    if vlan_tagged {
+        // VPC links are untagged: a tagged frame is not the plain IP packet it now looks like.
+        return drop(vpc, DropReason::UnsupportedProtocol, len);
+    }
     let Some(eth) = ptr_at::<EthHdr>(data, data_end, 0) else {
         return drop(vpc, DropReason::Malformed, len);
     };
@@ -93,8 +91,9 @@ pub fn process(data: usize, data_end: usize, ifindex: u32, len: u32) -> Verdict 
         ETH_P_IP => ipv4(data, data_end, iface, len),
         ETH_P_IPV6 => ipv6(data, data_end, iface, len),
         ETH_P_ARP => {
-            let Some(me) = maps::VPCS.get(vpc) else {
-                return drop(vpc, DropReason::RedirectFailed, len);
+            // The link's own VPC slot must be in use: its gateway MAC is the answer.
+            let Some(me) = maps::VPCS.get(vpc).filter(|me| me.flags & VPC_PRESENT != 0) else {
+                return drop(vpc, DropReason::UnknownInterface, len);
             };
             match arp::answer(data, data_end, &me.gw_mac) {
                 Arp::Replied => Verdict::REPLY,
@@ -135,21 +134,32 @@ fn choose(
     if p.state != PEERING_ACTIVE {
         return Err(drop(src_vpc, DropReason::Blackhole, len));
     }
-    let dir = if p.vpc_a == src_vpc { 0 } else { 1 };
+    // The peering must join the source VPC to the route's destination VPC (SPEC §5 steps 4
+    // and 5). The daemon compiles only such routes; this keeps a stale or inconsistent table
+    // from forwarding over another VPC's peering, or counting it in the wrong direction.
+    let dir = if p.vpc_a == src_vpc && p.vpc_b == dst_vpc {
+        0
+    } else if p.vpc_b == src_vpc && p.vpc_a == dst_vpc {
+        1
+    } else {
+        return Err(drop(src_vpc, DropReason::Blackhole, len));
+    };
     if !inside && !dst_in(dst_vpc) {
         return Err(drop(src_vpc, DropReason::NotPeerDestination, len));
     }
     Ok((peering, dir, dst_vpc))
 }
 
-/// Rewrites the MACs for delivery into `dst_vpc` and returns the verdict.
+/// Rewrites the MACs for delivery into `dst_vpc` and returns the verdict; drops when the
+/// destination VPC's slot is not in use (nowhere to deliver). This is the last check: the
+/// caller hands a `Deliver` verdict to the kernel and counts it as forwarded.
 #[inline(always)]
 fn deliver(eth: *mut EthHdr, src_vpc: u32, dst_vpc: u32, fwd_slot: u32, len: u32) -> Verdict {
     let Some(d) = maps::VPCS.get(dst_vpc) else {
-        return drop(src_vpc, DropReason::RedirectFailed, len);
+        return drop(src_vpc, DropReason::DestinationUnavailable, len);
     };
     if d.flags & VPC_PRESENT == 0 {
-        return drop(src_vpc, DropReason::RedirectFailed, len);
+        return drop(src_vpc, DropReason::DestinationUnavailable, len);
     }
     // SAFETY: `eth` was bounds-checked by the caller. Byte by byte: a slice copy would become
     // a memmove call, which BPF cannot link.
@@ -268,7 +278,7 @@ fn ipv4(data: usize, data_end: usize, iface: &IfaceInfo, len: u32) -> Verdict {
             let l4 = ETH_LEN + ((ihl as usize) & 0x0f) * 4;
             (key.src_port, key.dst_port) = ports(data, data_end, l4);
         }
-        flow::record(&key, &v, len);
+        flow::record(&mut key, &v, len);
     }
     v
 }
@@ -378,7 +388,7 @@ fn ipv6(data: usize, data_end: usize, iface: &IfaceInfo, len: u32) -> Verdict {
         if proto == IPPROTO_TCP || proto == IPPROTO_UDP {
             (key.src_port, key.dst_port) = ports(data, data_end, ETH_LEN + 40);
         }
-        flow::record(&key, &v, len);
+        flow::record(&mut key, &v, len);
     }
     v
 }

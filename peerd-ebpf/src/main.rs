@@ -1,6 +1,9 @@
 //! peerd's datapath: one entry point per attach point; the decision lives in `decide`.
 #![no_std]
 #![no_main]
+// Inline assembly for the BPF atomic add (`flow::atomic_add`), as aya-ebpf itself does: the BPF
+// target offers no atomic read-modify-write in `core`.
+#![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 
 mod arp;
 mod bench;
@@ -11,8 +14,8 @@ mod parse;
 
 use aya_ebpf::{
     bindings::{
-        xdp_action::{XDP_DROP, XDP_REDIRECT, XDP_TX},
-        TC_ACT_REDIRECT, TC_ACT_SHOT,
+        xdp_action::{XDP_DROP, XDP_TX},
+        TC_ACT_SHOT,
     },
     helpers::{bpf_redirect, bpf_redirect_peer},
     macros::{classifier, xdp},
@@ -29,20 +32,20 @@ pub fn peerd_tc(ctx: TcContext) -> i32 {
 #[inline(always)]
 fn tc_run(ctx: &TcContext) -> i32 {
     // SAFETY: the context pointer is valid for the duration of the program.
-    let ifindex = unsafe { (*ctx.skb.skb).ingress_ifindex };
+    let (ifindex, vlan_present) = unsafe {
+        let skb = &*ctx.skb.skb;
+        (skb.ingress_ifindex, skb.vlan_present != 0)
+    };
     let len = ctx.len();
-    let v = decide::process(ctx.data(), ctx.data_end(), ifindex, len);
+    let v = decide::process(ctx.data(), ctx.data_end(), ifindex, len, vlan_present);
     match v.action {
         Action::Deliver => {
-            // SAFETY: plain helper call; flags must be 0.
-            let rc = unsafe { bpf_redirect_peer(v.ifindex, 0) };
-            if rc == TC_ACT_REDIRECT as i64 {
-                maps::count_fwd(v.fwd_slot, len);
-                TC_ACT_REDIRECT as i32
-            } else {
-                decide::drop_redirect_failed(ifindex, len);
-                TC_ACT_SHOT as i32
-            }
+            // Counted as forwarded here, where the packet is handed to the kernel (see
+            // `peerd_common::maps::FWD`). With flags 0, bpf_redirect_peer cannot fail: it
+            // returns TC_ACT_REDIRECT, and the kernel redirects after the program returns.
+            maps::count_fwd(v.fwd_slot, len);
+            // SAFETY: plain helper call.
+            unsafe { bpf_redirect_peer(v.ifindex, 0) as i32 }
         }
         // Answer to the gateway's neighbour resolution: back out of the same veth.
         // SAFETY: plain helper call.
@@ -53,7 +56,9 @@ fn tc_run(ctx: &TcContext) -> i32 {
 
 /// XDP on a VPC's host-side veth (`datapath = "xdp"`): the same decision; delivery is an XDP
 /// redirect into the destination VPC's veth, whose VPC-side end must run NAPI (peerd turns GRO
-/// on there) to receive it.
+/// on there) to receive it. XDP sees VLAN tags only in the data (dropped as an unsupported
+/// ethertype), so peerd also turns VLAN tag insertion offload off on the VPC-side end: a tag
+/// left in skb metadata would be invisible here and lost by the redirect.
 #[xdp]
 pub fn peerd_xdp(ctx: XdpContext) -> u32 {
     xdp_run(&ctx)
@@ -65,18 +70,13 @@ fn xdp_run(ctx: &XdpContext) -> u32 {
     let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
     let (data, data_end) = (ctx.data(), ctx.data_end());
     let len = (data_end - data) as u32;
-    let v = decide::process(data, data_end, ifindex, len);
+    let v = decide::process(data, data_end, ifindex, len, false);
     match v.action {
         Action::Deliver => {
+            // As for TC: with flags 0, bpf_redirect cannot fail (it returns XDP_REDIRECT).
+            maps::count_fwd(v.fwd_slot, len);
             // SAFETY: plain helper call.
-            let rc = unsafe { bpf_redirect(v.ifindex, 0) };
-            if rc == XDP_REDIRECT as i64 {
-                maps::count_fwd(v.fwd_slot, len);
-                XDP_REDIRECT
-            } else {
-                decide::drop_redirect_failed(ifindex, len);
-                XDP_DROP
-            }
+            unsafe { bpf_redirect(v.ifindex, 0) as u32 }
         }
         Action::Reply => XDP_TX,
         Action::Drop => XDP_DROP,

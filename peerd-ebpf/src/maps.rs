@@ -4,8 +4,9 @@ use aya_ebpf::{
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, PerCpuArray, PerCpuHashMap},
 };
 use peerd_common::{
-    drop_index, Counter, DropReason, FlowKey, FlowValue, IfaceInfo, KeyV4, KeyV6, PeeringInfo,
-    RouteTarget, SrcInfo, VpcInfo, DROP_SLOTS, MAX_FLOWS, MAX_PEERINGS, MAX_PREFIXES, MAX_VPCS,
+    drop_index, Counter, DropReason, FlowBudget, FlowKey, FlowValue, IfaceInfo, KeyV4, KeyV6,
+    PeeringInfo, RouteTarget, SrcInfo, VpcInfo, CONFIG_ENTRIES, CONFIG_FLAGS, CONFIG_FLOW_WINDOW,
+    DROP_SLOTS, MAX_FLOWS, MAX_PEERINGS, MAX_PREFIXES, MAX_VPCS,
 };
 
 #[map(name = "PEERD_IFACES")]
@@ -32,11 +33,13 @@ pub static ROUTES_V6: LpmTrie<KeyV6, RouteTarget> = LpmTrie::pinned(MAX_PREFIXES
 #[map(name = "PEERD_DROPS")]
 pub static DROPS: PerCpuArray<Counter> = PerCpuArray::pinned(MAX_VPCS * DROP_SLOTS, 0);
 
+/// Packets handed to the kernel for delivery, per peering and direction (see
+/// `peerd_common::maps::FWD` for exactly what that promises).
 #[map(name = "PEERD_FWD")]
 pub static FWD: PerCpuArray<Counter> = PerCpuArray::pinned(MAX_PEERINGS * 2, 0);
 
 #[map(name = "PEERD_CONFIG")]
-pub static CONFIG: Array<u32> = Array::pinned(1, 0);
+pub static CONFIG: Array<u32> = Array::pinned(CONFIG_ENTRIES, 0);
 
 #[map(name = "PEERD_FLOWS")]
 pub static FLOWS: PerCpuHashMap<FlowKey, FlowValue> = PerCpuHashMap::pinned(MAX_FLOWS, 0);
@@ -44,9 +47,19 @@ pub static FLOWS: PerCpuHashMap<FlowKey, FlowValue> = PerCpuHashMap::pinned(MAX_
 #[map(name = "PEERD_FLOW_LOST")]
 pub static FLOW_LOST: PerCpuArray<Counter> = PerCpuArray::pinned(1, 0);
 
+/// Per-flow entries each source VPC created in the current flow-log window.
+#[map(name = "PEERD_FLOW_BUDGET")]
+pub static FLOW_BUDGET: Array<FlowBudget> = Array::pinned(MAX_VPCS, 0);
+
 #[inline(always)]
 pub fn config() -> u32 {
-    CONFIG.get(0).copied().unwrap_or(0)
+    CONFIG.get(CONFIG_FLAGS).copied().unwrap_or(0)
+}
+
+/// The flow log's current window number.
+#[inline(always)]
+pub fn flow_window() -> u32 {
+    CONFIG.get(CONFIG_FLOW_WINDOW).copied().unwrap_or(0)
 }
 
 #[inline(always)]
@@ -71,6 +84,7 @@ pub fn count_drop(vpc: u32, reason: DropReason, len: u32) {
     bump(&DROPS, drop_index(vpc, reason), len);
 }
 
+/// A forward, counted when the packet is handed to the kernel for delivery.
 #[inline(always)]
 pub fn count_fwd(slot: u32, len: u32) {
     bump(&FWD, slot, len);

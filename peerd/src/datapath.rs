@@ -9,7 +9,7 @@ use std::{
 use aya::{
     maps::{
         lpm_trie::LpmTrie,
-        Array, HashMap, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues,
+        Array, HashMap, IterableMap, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues,
     },
     programs::{ProgramError, SchedClassifier, Xdp},
     util::nr_cpus,
@@ -17,7 +17,7 @@ use aya::{
 };
 use peerd_common::{
     maps as names, Counter, DropReason, FlowKey, FlowValue, IfaceInfo, KeyV4, KeyV6, PeeringInfo,
-    RouteTarget, SrcInfo, VpcInfo, CONFIG_FLOW_LOG, DROP_SLOTS,
+    RouteTarget, SrcInfo, VpcInfo, CONFIG_FLAGS, CONFIG_FLOW_LOG, CONFIG_FLOW_WINDOW, DROP_SLOTS,
 };
 use tracing::{info, warn};
 
@@ -274,7 +274,7 @@ impl Datapath {
 
     /// Turns flow aggregation in the datapath on or off.
     pub fn set_flow_log(&mut self, on: bool) -> Result<(), Error> {
-        let cur = self.config.get(&0, 0).unwrap_or(0);
+        let cur = self.config.get(&CONFIG_FLAGS, 0).unwrap_or(0);
         let want = if on {
             cur | CONFIG_FLOW_LOG
         } else {
@@ -282,35 +282,48 @@ impl Datapath {
         };
         if want != cur {
             self.config
-                .set(0, want, 0)
+                .set(CONFIG_FLAGS, want, 0)
                 .map_err(map_err(names::CONFIG, "set"))?;
         }
         Ok(())
     }
 
-    /// Takes every aggregated flow out of the datapath (summed over CPUs).
+    /// Takes every aggregated flow out of the datapath (summed over CPUs) and starts a new
+    /// window, in which every source VPC has its whole flow budget again.
+    ///
+    /// The window moves on first: entries created while the drain runs count against the new
+    /// window's budgets, so a VPC can never exceed its budget by more than the datapath's own
+    /// slack (see `peerd-ebpf/src/flow.rs`). Each entry is read and deleted in one step
+    /// (BPF_MAP_LOOKUP_AND_DELETE_ELEM), so no packet is added to an entry between reading it
+    /// and deleting it; a packet that arrives after is recorded in a new entry, drained next time.
     pub fn drain_flows(&mut self) -> Vec<(FlowKey, FlowValue)> {
+        use std::os::fd::AsFd as _;
+        let window = self.config.get(&CONFIG_FLOW_WINDOW, 0).unwrap_or(0);
+        if let Err(e) = self
+            .config
+            .set(CONFIG_FLOW_WINDOW, window.wrapping_add(1), 0)
+        {
+            warn!(error = %e, "starting a new flow window: the flow budgets stay used up");
+        }
         let keys: Vec<FlowKey> = self.flows.keys().filter_map(Result::ok).collect();
+        let cpus = match nr_cpus() {
+            Ok(n) => n,
+            Err((what, e)) => {
+                warn!(error = %e, what, "counting CPUs: flows left in the datapath");
+                return Vec::new();
+            }
+        };
+        let fd = IterableMap::map(&self.flows).fd().as_fd();
+        let mut values = vec![FlowValue::default(); cpus];
         let mut out = Vec::with_capacity(keys.len());
         for k in keys {
-            let Ok(values) = self.flows.get(&k, 0) else {
+            if let Err(e) = lookup_and_delete_percpu(fd, &k, &mut values) {
+                if e.raw_os_error() != Some(libc::ENOENT) {
+                    warn!(error = %e, "draining a flow");
+                }
                 continue;
-            };
-            let _ = self.flows.remove(&k);
-            let mut sum = FlowValue {
-                first_ns: u64::MAX,
-                ..FlowValue::default()
-            };
-            for v in values.iter().filter(|v| v.packets > 0) {
-                sum.packets += v.packets;
-                sum.bytes += v.bytes;
-                sum.first_ns = sum.first_ns.min(v.first_ns);
-                sum.last_ns = sum.last_ns.max(v.last_ns);
-                sum.dst_vpc = v.dst_vpc;
-                sum.peering = v.peering;
-                sum.verdict = v.verdict;
             }
-            if sum.packets > 0 {
+            if let Some(sum) = merge_cpus(&values) {
                 out.push((k, sum));
             }
         }
@@ -431,5 +444,105 @@ impl Counters {
                 .map_err(map_err(names::FWD, "reset"))?;
         }
         Ok(())
+    }
+}
+
+/// One flow's per-CPU values merged: counts summed, first and last packet over all CPUs. The
+/// destination and peering are kept when every CPU agrees, else 0 (unknown; an aggregate entry
+/// whose packets went over several peerings). None when no CPU saw a packet.
+pub fn merge_cpus(values: &[FlowValue]) -> Option<FlowValue> {
+    let mut seen = values.iter().filter(|v| v.packets > 0);
+    let mut sum = *seen.next()?;
+    for v in seen {
+        sum.packets += v.packets;
+        sum.bytes += v.bytes;
+        sum.first_ns = sum.first_ns.min(v.first_ns);
+        sum.last_ns = sum.last_ns.max(v.last_ns);
+        if (v.dst_vpc, v.peering) != (sum.dst_vpc, sum.peering) {
+            (sum.dst_vpc, sum.peering) = (0, 0);
+        }
+    }
+    Some(sum)
+}
+
+/// BPF_MAP_LOOKUP_AND_DELETE_ELEM on a per-CPU hash map (kernel 5.14+; aya 0.14 offers it for
+/// queues and stacks only): `values` gets one value per possible CPU.
+fn lookup_and_delete_percpu(
+    fd: std::os::fd::BorrowedFd<'_>,
+    key: &FlowKey,
+    values: &mut [FlowValue],
+) -> io::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    const BPF_MAP_LOOKUP_AND_DELETE_ELEM: libc::c_long = 21;
+    // The kernel copies each CPU's value at an 8-byte aligned stride: FlowValue is exactly that.
+    const _: () = assert!(std::mem::size_of::<FlowValue>().is_multiple_of(8));
+    /// The `map_elem` part of `union bpf_attr`.
+    #[repr(C)]
+    struct MapElemAttr {
+        map_fd: u32,
+        _pad: u32,
+        key: u64,
+        value: u64,
+        flags: u64,
+    }
+    let attr = MapElemAttr {
+        map_fd: fd.as_raw_fd() as u32,
+        _pad: 0,
+        key: key as *const FlowKey as u64,
+        value: values.as_mut_ptr() as u64,
+        flags: 0,
+    };
+    // SAFETY: attr points at a valid bpf_attr prefix of the size passed; key and value point
+    // at buffers of the map's key size and value size x possible CPUs (`values` has one
+    // element per possible CPU, as the caller sizes it with `nr_cpus`).
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_LOOKUP_AND_DELETE_ELEM,
+            &attr as *const MapElemAttr,
+            std::mem::size_of::<MapElemAttr>() as u32,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(packets: u64, first: u64, last: u64, dst_vpc: u32, peering: u32) -> FlowValue {
+        FlowValue {
+            packets,
+            bytes: packets * 10,
+            first_ns: first,
+            last_ns: last,
+            dst_vpc,
+            peering,
+            ..FlowValue::default()
+        }
+    }
+
+    #[test]
+    fn per_cpu_flow_values_merge_into_one() {
+        assert_eq!(
+            merge_cpus(&[FlowValue::default(); 4]),
+            None,
+            "no CPU saw a packet"
+        );
+        // Idle CPUs (zeroed slots) take no part, not even in first_ns.
+        let m = merge_cpus(&[
+            FlowValue::default(),
+            v(2, 50, 60, 2, 1),
+            FlowValue::default(),
+            v(3, 40, 55, 2, 1),
+        ])
+        .unwrap();
+        assert_eq!(m, v(5, 40, 60, 2, 1));
+        // CPUs that disagree on where the packets went (an aggregate over two peerings).
+        let m = merge_cpus(&[v(1, 1, 1, 2, 1), v(1, 2, 2, 3, 2)]).unwrap();
+        assert_eq!((m.packets, m.dst_vpc, m.peering), (2, 0, 0));
     }
 }

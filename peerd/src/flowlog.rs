@@ -1,6 +1,8 @@
 //! Flow logs ("VPC flow logs" for peerd): the datapath aggregates per source VPC and 5-tuple;
 //! every window the daemon drains the aggregates and appends one JSON line per flow, rotating
-//! the file by size.
+//! the file by size. A VPC that starts more flows in a window than its budget
+//! (`peerd_common::FLOW_BUDGET`) gets the rest as aggregated records: one per family and
+//! verdict, with no addresses, ports or protocol, and `"aggregated": true`.
 use std::{
     fs::{self, File, OpenOptions},
     io::{self, Write as _},
@@ -21,16 +23,21 @@ pub struct Record {
     pub src_vpc: String,
     pub dst_vpc: Option<String>,
     pub peering: Option<String>,
-    pub src: IpAddr,
-    pub dst: IpAddr,
-    pub src_port: u16,
-    pub dst_port: u16,
-    pub protocol: u8,
+    /// Addresses, ports and protocol of the flow; null in an aggregated record.
+    pub src: Option<IpAddr>,
+    pub dst: Option<IpAddr>,
+    pub src_port: Option<u16>,
+    pub dst_port: Option<u16>,
+    pub protocol: Option<u8>,
     /// "ACCEPT" or "REJECT".
     pub action: &'static str,
     pub reason: Option<&'static str>,
     pub packets: u64,
     pub bytes: u64,
+    /// True for the packets of the VPC's flows past its budget in this window (all of one
+    /// family and verdict, from many flows); `dst_vpc` and `peering` are null when they went
+    /// over more than one peering.
+    pub aggregated: bool,
 }
 
 /// Converts a bpf_ktime_get_ns (CLOCK_MONOTONIC) timestamp to Unix milliseconds.
@@ -66,17 +73,18 @@ pub fn records(
         .iter()
         .map(|(k, v)| {
             let accept = v.verdict == FLOW_ACCEPT;
+            let tuple = !k.is_aggregate();
             Record {
                 start_ms: wall_ms(v.first_ns, now_mono, now_wall),
                 end_ms: wall_ms(v.last_ns, now_mono, now_wall),
                 src_vpc: vpc_name(k.src_vpc).unwrap_or_else(|| format!("slot-{}", k.src_vpc)),
                 dst_vpc: if accept { vpc_name(v.dst_vpc) } else { None },
                 peering: if accept { peering_id(v.peering) } else { None },
-                src: addr(k.family, k.src),
-                dst: addr(k.family, k.dst),
-                src_port: k.src_port,
-                dst_port: k.dst_port,
-                protocol: k.proto,
+                src: tuple.then(|| addr(k.family, k.src)),
+                dst: tuple.then(|| addr(k.family, k.dst)),
+                src_port: tuple.then_some(k.src_port),
+                dst_port: tuple.then_some(k.dst_port),
+                protocol: tuple.then_some(k.proto),
                 action: if accept { "ACCEPT" } else { "REJECT" },
                 reason: if accept {
                     None
@@ -85,6 +93,7 @@ pub fn records(
                 },
                 packets: v.packets,
                 bytes: v.bytes,
+                aggregated: !tuple,
             }
         })
         .collect()
@@ -180,16 +189,109 @@ mod tests {
             src_vpc: "a".into(),
             dst_vpc: Some("b".into()),
             peering: Some("pcx-ab".into()),
-            src: "10.0.0.1".parse().unwrap(),
-            dst: "10.1.0.1".parse().unwrap(),
-            src_port: 1,
-            dst_port: 2,
-            protocol: 17,
+            src: Some("10.0.0.1".parse().unwrap()),
+            dst: Some("10.1.0.1".parse().unwrap()),
+            src_port: Some(1),
+            dst_port: Some(2),
+            protocol: Some(17),
             action: "ACCEPT",
             reason: None,
             packets: i,
             bytes: i,
+            aggregated: false,
         }
+    }
+
+    fn names(slot: u32) -> Option<String> {
+        match slot {
+            1 => Some("a".into()),
+            2 => Some("b".into()),
+            _ => None,
+        }
+    }
+
+    fn peering(slot: u32) -> Option<String> {
+        (slot == 1).then(|| "pcx-ab".into())
+    }
+
+    fn value(packets: u64, verdict: u32, dst_vpc: u32, peering: u32) -> FlowValue {
+        FlowValue {
+            packets,
+            bytes: packets * 100,
+            first_ns: 1,
+            last_ns: 2,
+            dst_vpc,
+            peering,
+            verdict,
+            _pad: 0,
+        }
+    }
+
+    #[test]
+    fn aggregated_records_have_no_tuple_and_say_so() {
+        let spoofed = FLOW_REJECT_BASE + DropReason::SpoofedSource as u32;
+        let one = FlowKey {
+            src_vpc: 1,
+            family: 4,
+            proto: 6,
+            src_port: 40000,
+            dst_port: 443,
+            src: [10, 1, 0, 5, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            dst: [10, 2, 0, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            ..FlowKey::default()
+        };
+        let flows = [
+            (one, value(3, FLOW_ACCEPT, 2, 1)),
+            (
+                FlowKey::aggregate(1, 4, spoofed),
+                value(5000, spoofed, 0, 0),
+            ),
+            (
+                FlowKey::aggregate(1, 6, FLOW_ACCEPT),
+                value(7, FLOW_ACCEPT, 2, 1),
+            ),
+        ];
+        let r = records(&flows, &names, &peering);
+        assert_eq!(r.len(), 3);
+
+        let line = |r: &Record| serde_json::to_value(r).unwrap();
+        let v = line(&r[0]);
+        assert_eq!(v["aggregated"], false);
+        assert_eq!(v["src"], "10.1.0.5");
+        assert_eq!(v["dst"], "10.2.0.7");
+        assert_eq!(
+            (v["src_port"].clone(), v["dst_port"].clone()),
+            (40000.into(), 443.into())
+        );
+        assert_eq!(v["protocol"], 6);
+
+        let v = line(&r[1]);
+        assert_eq!(v["aggregated"], true);
+        for field in [
+            "src", "dst", "src_port", "dst_port", "protocol", "dst_vpc", "peering",
+        ] {
+            assert!(v[field].is_null(), "{field} of an aggregated record: {v}");
+        }
+        assert_eq!(v["src_vpc"], "a");
+        assert_eq!(v["action"], "REJECT");
+        assert_eq!(v["reason"], "spoofed-source");
+        assert_eq!(
+            (v["packets"].clone(), v["bytes"].clone()),
+            (5000.into(), 500_000.into())
+        );
+
+        // An aggregate of accepted packets keeps where they went when that was one peering.
+        let v = line(&r[2]);
+        assert_eq!(v["aggregated"], true);
+        assert!(v["src"].is_null() && v["protocol"].is_null(), "{v}");
+        assert_eq!(
+            (v["action"].clone(), v["reason"].clone()),
+            ("ACCEPT".into(), serde_json::Value::Null)
+        );
+        assert_eq!(
+            (v["dst_vpc"].clone(), v["peering"].clone()),
+            ("b".into(), "pcx-ab".into())
+        );
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod daemon;
 pub mod datapath;
 pub mod desired;
 pub mod endpoints;
+pub mod ethtool;
 pub mod flowlog;
 pub mod lifecycle;
 pub mod metrics;

@@ -170,13 +170,17 @@ pub fn write_sysctl(path: &str, value: &str) -> std::io::Result<bool> {
     Ok(true)
 }
 
-/// One boolean offload feature of a link.
+/// One offload of a link, as the features `ethtool -k` names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Offload {
     /// Generic receive offload: on, veth runs NAPI and can receive XDP redirects.
     Gro,
     /// TX checksum offload: an XDP redirect loses the skb's partial-checksum state.
     TxChecksum,
+    /// VLAN tag insertion: off, a tagged frame carries its tag in the data, where the XDP
+    /// program sees it and drops it; offloaded, the tag would ride in skb metadata that XDP
+    /// cannot see, and the redirect would deliver the frame untagged. (TC sees it either way.)
+    VlanInsert,
 }
 
 impl Offload {
@@ -184,72 +188,27 @@ impl Offload {
         match self {
             Offload::Gro => "gro",
             Offload::TxChecksum => "tx-checksumming",
+            Offload::VlanInsert => "tx-vlan-offload",
+        }
+    }
+
+    fn features(self) -> &'static [&'static str] {
+        match self {
+            Offload::Gro => &["rx-gro"],
+            Offload::TxChecksum => &["tx-checksum-ip-generic"],
+            Offload::VlanInsert => &["tx-vlan-hw-insert", "tx-vlan-stag-hw-insert"],
         }
     }
 }
 
-/// Reads (`set = None`) or sets a boolean offload of `ifname` in the calling thread's
-/// namespace; returns the value before the call.
-///
-/// This is the legacy ethtool ioctl on purpose: the maintained netlink crate (`ethtool` 0.3)
-/// can only read features (its feature-set encoder is `todo!()`), and one ioctl per feature is
-/// what `ethtool -K` does on every kernel.
+/// Reads (`set = None`) or sets an offload of `ifname` in the calling thread's namespace;
+/// returns whether it was on before (all of its features).
 pub fn offload(ifname: &str, which: Offload, set: Option<bool>) -> std::io::Result<bool> {
-    const SIOCETHTOOL: libc::c_ulong = 0x8946;
-    let (get_cmd, set_cmd) = match which {
-        Offload::Gro => (0x2b_u32, 0x2c_u32),
-        Offload::TxChecksum => (0x16, 0x17),
-    };
-    #[repr(C)]
-    struct EthtoolValue {
-        cmd: u32,
-        data: u32,
-    }
-    #[repr(C)]
-    struct IfreqData {
-        name: [u8; libc::IFNAMSIZ],
-        data: *mut libc::c_void,
-        _pad: [u8; 16],
-    }
-    // SAFETY: a plain socket, closed when `sock` drops.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: fd is a fresh descriptor we own.
-    let sock = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-    let call = |cmd: u32, data: u32| -> std::io::Result<u32> {
-        let mut v = EthtoolValue { cmd, data };
-        let mut req = IfreqData {
-            name: [0; libc::IFNAMSIZ],
-            data: &mut v as *mut _ as *mut libc::c_void,
-            _pad: [0; 16],
-        };
-        for (d, s) in req
-            .name
-            .iter_mut()
-            .zip(ifname.bytes().take(libc::IFNAMSIZ - 1))
-        {
-            *d = s;
-        }
-        // SAFETY: req points at a valid ifreq whose data points at a valid ethtool_value.
-        let rc = unsafe {
-            libc::ioctl(
-                std::os::fd::AsRawFd::as_raw_fd(&sock),
-                SIOCETHTOOL as _,
-                &mut req,
-            )
-        };
-        if rc < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(v.data)
-    };
-    let before = call(get_cmd, 0)? != 0;
-    if let Some(want) = set {
-        if want != before {
-            call(set_cmd, want as u32)?;
-        }
+    let before = crate::ethtool::get_features(ifname, which.features())?
+        .into_iter()
+        .all(|on| on);
+    if let Some(on) = set {
+        crate::ethtool::set_features(ifname, which.features(), on)?;
     }
     Ok(before)
 }

@@ -157,8 +157,12 @@ pub fn trace(t: &Tables, src_vpc: u32, src: IpAddr, dst: IpAddr, ttl: u8) -> Tra
         return drop(tr, DropReason::NoRoute);
     };
     tr.route = Some((route, *target));
+    // An active peering that joins the source VPC to the route's destination VPC.
+    let (s, d) = (src_vpc, target.dst_vpc);
     match t.peerings.get(&target.peering) {
-        Some(p) if p.state == PEERING_ACTIVE => {}
+        Some(p)
+            if p.state == PEERING_ACTIVE
+                && ((p.vpc_a, p.vpc_b) == (s, d) || (p.vpc_b, p.vpc_a) == (s, d)) => {}
         _ => return drop(tr, DropReason::Blackhole),
     }
     if lpm(&t.src, target.dst_vpc, dst).is_none() {
@@ -177,7 +181,7 @@ pub fn trace(t: &Tables, src_vpc: u32, src: IpAddr, dst: IpAddr, ttl: u8) -> Tra
             };
             tr
         }
-        _ => drop(tr, DropReason::RedirectFailed),
+        _ => drop(tr, DropReason::DestinationUnavailable),
     }
 }
 

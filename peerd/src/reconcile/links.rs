@@ -46,8 +46,8 @@ pub struct Have {
     pub intact: bool,
     pub host_ipv6_off: bool,
     pub lo_up: bool,
-    /// (GRO, TX checksum) of the VPC end, when asked for.
-    pub offloads: Option<(bool, bool)>,
+    /// (GRO, TX checksum, VLAN insertion) of the VPC end, when asked for.
+    pub offloads: Option<(bool, bool, bool)>,
 }
 
 impl Have {
@@ -248,6 +248,7 @@ pub async fn observe(
                 Some((
                     netns::offload(NS_IFNAME, Offload::Gro, None).ok()?,
                     netns::offload(NS_IFNAME, Offload::TxChecksum, None).ok()?,
+                    netns::offload(NS_IFNAME, Offload::VlanInsert, None).ok()?,
                 ))
             })?;
             have.offloads = r;
@@ -342,13 +343,14 @@ pub fn diff(have: &Have, want: &VpcWant, pass: Pass) -> Vec<Change> {
         }
     }
     if let Some(xdp) = want.xdp {
-        // A new pair starts with the kernel's defaults: GRO off, TX checksum on (TC's).
+        // A new pair starts with the kernel's defaults: GRO off, TX checksum and VLAN insertion
+        // on (TC's).
         let cur = match (complete, have.offloads) {
             (true, Some(o)) => Some(o),
             (true, None) => None,
-            (false, _) => Some((false, true)),
+            (false, _) => Some((false, true, true)),
         };
-        let wanted = (xdp, !xdp);
+        let wanted = (xdp, !xdp, !xdp);
         if cur.is_some_and(|c| c != wanted) {
             out.push(Change::SetOffloads {
                 vpc: vpc(),
@@ -534,6 +536,7 @@ async fn apply_one(nl: &Netlink, c: &Change) -> Result<bool, Error> {
             netns::run_in(netns, move || -> std::io::Result<()> {
                 netns::offload(NS_IFNAME, Offload::Gro, Some(xdp))?;
                 netns::offload(NS_IFNAME, Offload::TxChecksum, Some(!xdp))?;
+                netns::offload(NS_IFNAME, Offload::VlanInsert, Some(!xdp))?;
                 Ok(())
             })??;
         }
@@ -611,7 +614,7 @@ mod tests {
             intact: true,
             host_ipv6_off: true,
             lo_up: true,
-            offloads: Some((false, true)),
+            offloads: Some((false, true, true)),
             ..Have::default()
         }
     }

@@ -479,7 +479,7 @@ fn assumed(applied: &VpcWant, f: &desired::LinkFacts) -> links::Have {
         intact: true,
         host_ipv6_off: true,
         lo_up: true,
-        offloads: applied.xdp.map(|x| (x, !x)),
+        offloads: applied.xdp.map(|x| (x, !x, !x)),
         ..links::Have::default()
     }
 }
