@@ -100,64 +100,7 @@ pub async fn apply(
     quotas: &DaemonConfig,
     now: u64,
 ) -> Result<ApplyReport, ApplyError> {
-    let sources = read_files(files)?;
-    let store = Store::connect(c).await?;
-    let conn = &store.conn;
-    let view = store.snapshot().await?;
-    let change = compute(&conn.keys, &view, &sources, delete, quotas, now)?;
-    if change.puts.is_empty() && change.deletes.is_empty() {
-        return Ok(ApplyReport {
-            revision: view.revision,
-            lines: change.lines,
-            written: false,
-        });
-    }
-    let serial = conn.keys.serial();
-    let mut ops: Vec<TxnOp> = Vec::new();
-    ops.push(TxnOp::put(
-        serial.clone(),
-        (view.serial + 1).to_string(),
-        None,
-    ));
-    ops.extend(
-        change
-            .puts
-            .iter()
-            .map(|(k, v)| TxnOp::put(k.clone(), v.clone(), None)),
-    );
-    ops.extend(
-        change
-            .deletes
-            .iter()
-            .map(|k| TxnOp::delete(k.clone(), None)),
-    );
-    let n = ops.len();
-    // Every apply bumps the serial key: a concurrent apply that read the same serial fails
-    // here and writes nothing.
-    let txn = Txn::new()
-        .when([Compare::mod_revision(
-            serial.clone(),
-            CompareOp::Equal,
-            view.serial_revision,
-        )])
-        .and_then(ops);
-    let mut kv = conn.client.kv_client();
-    let resp = conn
-        .call(
-            || format!("apply transaction ({n} operations, guarded by {serial})"),
-            kv.txn(txn),
-        )
-        .await?;
-    if !resp.succeeded() {
-        return Err(ApplyError::Conflict {
-            revision: view.revision,
-        });
-    }
-    Ok(ApplyReport {
-        revision: resp.header().map(|h| h.revision()).unwrap_or_default(),
-        lines: change.lines,
-        written: true,
-    })
+    prepare(c, files, delete, quotas, now).await?.commit().await
 }
 
 /// What [`apply`] would change fleet-wide, writing nothing.
@@ -168,10 +111,110 @@ pub async fn plan(
     quotas: &DaemonConfig,
     now: u64,
 ) -> Result<Vec<String>, ApplyError> {
+    Ok(prepare(c, files, delete, quotas, now).await?.lines().to_vec())
+}
+
+/// An apply decided from one read of etcd, not written yet: [`Prepared::commit`] writes it
+/// if etcd's serial key is still the one read. `apply` is `prepare` then `commit`; `plan`
+/// prints [`Prepared::lines`].
+pub struct Prepared {
+    store: Store,
+    view: FleetView,
+    change: Change,
+}
+
+/// Reads etcd once and decides the apply (see [`apply`]).
+pub async fn prepare(
+    c: &EtcdConfig,
+    files: &[PathBuf],
+    delete: &[String],
+    quotas: &DaemonConfig,
+    now: u64,
+) -> Result<Prepared, ApplyError> {
     let sources = read_files(files)?;
     let store = Store::connect(c).await?;
     let view = store.snapshot().await?;
-    Ok(compute(&store.conn.keys, &view, &sources, delete, quotas, now)?.lines)
+    let change = compute(&store.conn.keys, &view, &sources, delete, quotas, now)?;
+    Ok(Prepared {
+        store,
+        view,
+        change,
+    })
+}
+
+impl Prepared {
+    /// One line per change.
+    pub fn lines(&self) -> &[String] {
+        &self.change.lines
+    }
+
+    /// The revision read.
+    pub fn revision(&self) -> i64 {
+        self.view.revision
+    }
+
+    /// Writes the change in one transaction that also bumps the serial key, on condition that
+    /// the serial key is as read: an apply that committed in between makes this one fail with
+    /// [`ApplyError::Conflict`], having written nothing.
+    pub async fn commit(self) -> Result<ApplyReport, ApplyError> {
+        let Prepared {
+            store,
+            view,
+            change,
+        } = self;
+        if change.puts.is_empty() && change.deletes.is_empty() {
+            return Ok(ApplyReport {
+                revision: view.revision,
+                lines: change.lines,
+                written: false,
+            });
+        }
+        let conn = &store.conn;
+        let serial = conn.keys.serial();
+        let mut ops: Vec<TxnOp> = Vec::new();
+        ops.push(TxnOp::put(
+            serial.clone(),
+            (view.serial + 1).to_string(),
+            None,
+        ));
+        ops.extend(
+            change
+                .puts
+                .iter()
+                .map(|(k, v)| TxnOp::put(k.clone(), v.clone(), None)),
+        );
+        ops.extend(
+            change
+                .deletes
+                .iter()
+                .map(|k| TxnOp::delete(k.clone(), None)),
+        );
+        let n = ops.len();
+        let txn = Txn::new()
+            .when([Compare::mod_revision(
+                serial.clone(),
+                CompareOp::Equal,
+                view.serial_revision,
+            )])
+            .and_then(ops);
+        let mut kv = conn.client.kv_client();
+        let resp = conn
+            .call(
+                || format!("apply transaction ({n} operations, guarded by {serial})"),
+                kv.txn(txn),
+            )
+            .await?;
+        if !resp.succeeded() {
+            return Err(ApplyError::Conflict {
+                revision: view.revision,
+            });
+        }
+        Ok(ApplyReport {
+            revision: resp.header().map(|h| h.revision()).unwrap_or_default(),
+            lines: change.lines,
+            written: true,
+        })
+    }
 }
 
 /// The names of the `[[vpc]]` tables of a file that parses (for knowing which stored VPCs a

@@ -22,7 +22,7 @@ mod view;
 
 use std::{future::Future, path::PathBuf, time::Duration};
 
-pub use apply::{apply, plan, ApplyError, ApplyReport};
+pub use apply::{apply, plan, prepare, ApplyError, ApplyReport, Prepared};
 pub use keys::Keys;
 pub use member::Membership;
 pub use store::{watch, watch_behind, FleetEvent, Store};

@@ -206,7 +206,12 @@ async fn follow(
         for m in batch {
             let resp = match m {
                 Ok(Some(r)) => r,
-                Ok(None) => return Follow::Lost("the watch stream ended".into()),
+                Ok(None) => {
+                    return Follow::Lost(format!(
+                        "etcd {}: watch {root}*: the stream ended",
+                        conn.endpoints()
+                    ))
+                }
                 Err(e) => {
                     return Follow::Lost(
                         Error::Etcd {
