@@ -43,13 +43,17 @@ pub fn evaluate_ordered(
             && now.saturating_sub(rec.first_seen) >= cfg.daemon.pending_expiry.as_secs()
         {
             prev = Some(PeeringState::Expired);
-            rec.ended_at.get_or_insert(rec.first_seen + cfg.daemon.pending_expiry.as_secs());
+            rec.ended_at
+                .get_or_insert(rec.first_seen + cfg.daemon.pending_expiry.as_secs());
         }
         // Deleting a VPC removes its end of every peering: an active one is disconnected
         // for the peer that still declares it, not failed for naming an unknown VPC.
         if p.state == PeeringState::Failed
             && cfg.vpc(&p.vpcs[1]).is_none()
-            && matches!(prev, Some(PeeringState::Active | PeeringState::Disconnected))
+            && matches!(
+                prev,
+                Some(PeeringState::Active | PeeringState::Disconnected)
+            )
         {
             p.state = PeeringState::Disconnected;
             p.reason = Some(format!("peer VPC \"{}\" was deleted", p.vpcs[1]));
@@ -172,7 +176,11 @@ mod tests {
         .unwrap();
         let (p, r) = evaluate(&only_a, &r, 20);
         assert_eq!(p[0].state, PeeringState::Disconnected, "{p:?}");
-        assert!(p[0].reason.as_deref().unwrap().contains("\"b\" was deleted"));
+        assert!(p[0]
+            .reason
+            .as_deref()
+            .unwrap()
+            .contains("\"b\" was deleted"));
         assert_eq!(r["pcx-ab"].ended_at, Some(20));
         let (p, r2) = evaluate(&only_a, &r, 30);
         assert_eq!(p[0].state, PeeringState::Disconnected);

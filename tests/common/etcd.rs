@@ -152,14 +152,22 @@ impl Etcd {
     pub fn answers(&self) -> bool {
         // A closed port fails fast; only then is etcdctl (slower) asked.
         if self.netns.is_none()
-            && TcpStream::connect_timeout(&(self.listen, self.client_port).into(), Duration::from_millis(200))
-                .is_err()
+            && TcpStream::connect_timeout(
+                &(self.listen, self.client_port).into(),
+                Duration::from_millis(200),
+            )
+            .is_err()
         {
             return false;
         }
         self.command("etcdctl")
             .env("ETCDCTL_API", "3")
-            .args(["--endpoints", &self.url, "--dial-timeout=1s", "--command-timeout=2s"])
+            .args([
+                "--endpoints",
+                &self.url,
+                "--dial-timeout=1s",
+                "--command-timeout=2s",
+            ])
             .args(["get", "--keys-only", "--limit=1", "/"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -172,7 +180,12 @@ impl Etcd {
         let out = self
             .command("etcdctl")
             .env("ETCDCTL_API", "3")
-            .args(["--endpoints", &self.url, "--dial-timeout=2s", "--command-timeout=5s"])
+            .args([
+                "--endpoints",
+                &self.url,
+                "--dial-timeout=2s",
+                "--command-timeout=5s",
+            ])
             .args(args)
             .output()
             .expect("running etcdctl");
@@ -253,5 +266,28 @@ impl Drop for Etcd {
     fn drop(&mut self) {
         self.kill();
         let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A network namespace for a test (`pdt...` name), with `lo` up; deleted on drop.
+pub struct Netns(pub String);
+
+impl Netns {
+    pub fn new(tag: &str) -> Netns {
+        let name = unique(tag);
+        super::env::sh(&["ip", "netns", "add", &name]);
+        let ns = Netns(name);
+        super::env::sh(&["ip", "-n", &ns.0, "link", "set", "lo", "up"]);
+        ns
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.0])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
     }
 }

@@ -111,7 +111,10 @@ pub async fn plan(
     quotas: &DaemonConfig,
     now: u64,
 ) -> Result<Vec<String>, ApplyError> {
-    Ok(prepare(c, files, delete, quotas, now).await?.lines().to_vec())
+    Ok(prepare(c, files, delete, quotas, now)
+        .await?
+        .lines()
+        .to_vec())
 }
 
 /// An apply decided from one read of etcd, not written yet: [`Prepared::commit`] writes it
