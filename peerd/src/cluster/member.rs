@@ -57,6 +57,8 @@ struct Inner {
     lease: Mutex<i64>,
     /// Serializes writes of this host's keys (a set_endpoints and a re-registration).
     writing: tokio::sync::Mutex<()>,
+    /// What a failed write left behind: retried by the keep-alive task.
+    dirty: Mutex<Dirty>,
     status: watch::Sender<Status>,
 }
 
@@ -119,6 +121,7 @@ impl Membership {
             endpoints: Mutex::new(BTreeMap::new()),
             lease: Mutex::new(lease.unwrap_or(0)),
             writing: tokio::sync::Mutex::new(()),
+            dirty: Mutex::new(Dirty::default()),
             status,
         });
         let task = tokio::spawn(run(inner.clone()));
@@ -142,19 +145,29 @@ impl Membership {
 
     /// Makes this host's endpoint keys of `vpc` exactly `addrs` (puts the missing ones,
     /// deletes the others) in one transaction (several past etcd's 128 operations). The set is
-    /// remembered: if etcd cannot be reached it is written when it is back, and the error says
-    /// so.
+    /// remembered: when it cannot be written now (etcd unreachable, not registered yet), the
+    /// error says so and the background task writes it as soon as it can.
     pub async fn set_endpoints(&self, vpc: &str, addrs: &BTreeSet<IpAddr>) -> Result<(), Error> {
         lock(&self.inner.endpoints).insert(vpc.to_owned(), addrs.clone());
         let _w = self.inner.writing.lock().await;
         let lease = *lock(&self.inner.lease);
+        // Not registered: the next registration writes every set.
         if lease == 0 || !self.connected() {
             return Err(self.not_registered());
         }
-        sync_endpoints(&self.inner, vpc, lease).await
+        let r = sync_endpoints(&self.inner, vpc, lease).await;
+        let mut d = lock(&self.inner.dirty);
+        if r.is_ok() {
+            d.vpcs.remove(vpc);
+        } else {
+            d.vpcs.insert(vpc.to_owned());
+        }
+        r
     }
 
-    /// Updates the host's own key (its VPCs changed, an upgrade).
+    /// Updates the host's own key (its VPCs changed, an upgrade); written later like
+    /// [`Membership::set_endpoints`] when it cannot be now. The caller empties the endpoint
+    /// sets of VPCs it no longer places.
     pub async fn update_host(&self, host: FleetHost) -> Result<(), Error> {
         *lock(&self.inner.host) = host;
         let _w = self.inner.writing.lock().await;
@@ -162,7 +175,9 @@ impl Membership {
         if lease == 0 || !self.connected() {
             return Err(self.not_registered());
         }
-        put_host(&self.inner, lease).await
+        let r = put_host(&self.inner, lease).await;
+        lock(&self.inner.dirty).host = r.is_err();
+        r
     }
 
     /// Leaves the fleet now: revokes the lease (its keys go at once) and forgets it.
@@ -196,6 +211,13 @@ impl Membership {
             ),
         }
     }
+}
+
+/// Writes that failed while registered, to retry.
+#[derive(Default)]
+struct Dirty {
+    host: bool,
+    vpcs: BTreeSet<String>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -238,13 +260,21 @@ fn save_lease(state_dir: &Path, id: i64) -> Result<(), Error> {
 async fn run(inner: Arc<Inner>) {
     let mut backoff = BACKOFF_MIN;
     loop {
-        let result = register(&inner).await;
-        let registered = result.is_ok();
-        inner.status.send_modify(|s| {
-            s.attempts += 1;
-            s.connected = registered;
-            s.error = result.as_ref().err().map(ToString::to_string);
-        });
+        let result = {
+            // The status changes before writers may go: a set_endpoints waiting for this
+            // registration then writes its set itself.
+            let _w = inner.writing.lock().await;
+            let result = register(&inner).await;
+            if result.is_ok() {
+                *lock(&inner.dirty) = Dirty::default();
+            }
+            inner.status.send_modify(|s| {
+                s.attempts += 1;
+                s.connected = result.is_ok();
+                s.error = result.as_ref().err().map(ToString::to_string);
+            });
+            result
+        };
         match result {
             Ok(lease) => {
                 info!(lease = format!("{lease:x}"), "registered in the fleet");
@@ -265,10 +295,10 @@ async fn run(inner: Arc<Inner>) {
 
 /// Makes sure a live lease exists (the known one if etcd says it is alive with the wanted TTL,
 /// else a new one, saved to `state_dir`), then puts the host key and brings every endpoint
-/// set up to date. Endpoint keys of this host in VPCs it no longer places are deleted.
+/// set up to date. Endpoint keys of this host in VPCs it no longer places are deleted. The
+/// caller holds `writing`.
 async fn register(inner: &Inner) -> Result<i64, Error> {
     let c = &inner.conn;
-    let _w = inner.writing.lock().await;
     let known = *lock(&inner.lease);
     let ttl = inner.ttl.as_secs().max(1) as i64;
     let mut lease = 0;
@@ -436,7 +466,7 @@ async fn keep_alive(inner: &Inner, lease: i64) -> Error {
             return e;
         }
         match c.call(op, stream.message()).await {
-            Ok(Some(r)) if r.ttl() > 0 => {}
+            Ok(Some(r)) if r.ttl() > 0 => retry_dirty(inner, lease).await,
             Ok(Some(_)) => return lost(),
             Ok(None) => {
                 return Error::Registration {
@@ -445,6 +475,32 @@ async fn keep_alive(inner: &Inner, lease: i64) -> Error {
                 }
             }
             Err(e) => return e,
+        }
+    }
+}
+
+/// Writes again what failed while registered (a timeout on a live connection).
+async fn retry_dirty(inner: &Inner, lease: i64) {
+    let (host, vpcs) = {
+        let d = lock(&inner.dirty);
+        if !d.host && d.vpcs.is_empty() {
+            return;
+        }
+        (d.host, d.vpcs.clone())
+    };
+    let _w = inner.writing.lock().await;
+    if host {
+        match put_host(inner, lease).await {
+            Ok(()) => lock(&inner.dirty).host = false,
+            Err(e) => warn!(error = %e, "updating this host's key failed; will retry"),
+        }
+    }
+    for vpc in vpcs {
+        match sync_endpoints(inner, &vpc, lease).await {
+            Ok(()) => {
+                lock(&inner.dirty).vpcs.remove(&vpc);
+            }
+            Err(e) => warn!(error = %e, vpc, "publishing endpoints failed; will retry"),
         }
     }
 }
