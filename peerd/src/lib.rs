@@ -4,6 +4,7 @@
 //! history) → [`state`] (slots) → [`desired`] (pure desired state) → [`reconcile`] (one
 //! reconciler per resource) — driven by [`daemon`], the one task that owns mutable state.
 pub mod api;
+pub mod cluster;
 pub mod config;
 pub mod control;
 pub mod daemon;

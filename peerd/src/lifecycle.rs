@@ -2,7 +2,7 @@
 //! (`config::evaluate_peerings`), plus what needs history: a peering that was active and lost
 //! an end is `disconnected`; one pending longer than `pending_expiry` is `expired` and stays so.
 //! Pure: the clock is an argument, and the records are returned, not changed in place.
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, time::SystemTime};
 
 use crate::{
     config::{self, Config, Peering, PeeringState},
@@ -17,14 +17,50 @@ pub fn evaluate(
     now: u64,
 ) -> (Vec<Peering>, BTreeMap<String, PeeringRecord>) {
     let first_seen = |id: &str| records.get(id).map(|r| state::from_unix(r.first_seen));
-    let mut peerings = config::evaluate_peerings(cfg, &first_seen);
+    evaluate_ordered(cfg, records, &first_seen, now)
+}
+
+/// [`evaluate`], with "seen later" (which of two peerings of one pair fails, which exceeds a
+/// quota) decided by `seen` instead of the records' `first_seen`: cluster mode orders by etcd's
+/// creation revision of the record keys, so every host decides the same.
+pub fn evaluate_ordered(
+    cfg: &Config,
+    records: &BTreeMap<String, PeeringRecord>,
+    seen: &dyn Fn(&str) -> Option<SystemTime>,
+    now: u64,
+) -> (Vec<Peering>, BTreeMap<String, PeeringRecord>) {
+    let mut peerings = config::evaluate_peerings(cfg, seen);
     let mut out = records.clone();
     for p in peerings.iter_mut() {
         let rec = out.entry(p.id.clone()).or_insert_with(|| PeeringRecord {
             first_seen: now,
             ..Default::default()
         });
-        let prev = rec.state;
+        let mut prev = rec.state;
+        // A request whose time ran out while nobody evaluated it (a daemon down, or in
+        // cluster mode records that only `peerd apply` writes) is expired, not accepted late.
+        if prev == Some(PeeringState::PendingAcceptance)
+            && now.saturating_sub(rec.first_seen) >= cfg.daemon.pending_expiry.as_secs()
+        {
+            prev = Some(PeeringState::Expired);
+            rec.ended_at
+                .get_or_insert(rec.first_seen + cfg.daemon.pending_expiry.as_secs());
+        }
+        // Deleting a VPC removes its end of every peering: an active one is disconnected
+        // for the peer that still declares it, not failed for naming an unknown VPC.
+        if p.state == PeeringState::Failed
+            && cfg.vpc(&p.vpcs[1]).is_none()
+            && matches!(
+                prev,
+                Some(PeeringState::Active | PeeringState::Disconnected)
+            )
+        {
+            p.state = PeeringState::Disconnected;
+            p.reason = Some(format!("peer VPC \"{}\" was deleted", p.vpcs[1]));
+            if prev == Some(PeeringState::Active) {
+                rec.ended_at = Some(now);
+            }
+        }
         match p.state {
             // An expired request stays expired, even if the other end accepts it now: the
             // requester asks again with a new id (as in AWS).
@@ -117,5 +153,40 @@ mod tests {
         assert_eq!(p[0].state, PeeringState::Expired);
         let (p, _) = evaluate(&cfg(A, B), &r, 200);
         assert_eq!(p[0].state, PeeringState::Expired, "expired stays expired");
+    }
+
+    #[test]
+    fn a_request_accepted_after_its_time_ran_out_is_expired() {
+        let (_, r) = evaluate(&cfg(A, ""), &BTreeMap::new(), 0);
+        assert_eq!(r["pcx-ab"].state, Some(PeeringState::PendingAcceptance));
+        // Nobody evaluated at t = 100; the accept comes at t = 150.
+        let (p, r) = evaluate(&cfg(A, B), &r, 150);
+        assert_eq!(p[0].state, PeeringState::Expired);
+        assert_eq!(r["pcx-ab"].ended_at, Some(100));
+        assert_eq!(r["pcx-ab"].activated_at, None);
+    }
+
+    #[test]
+    fn deleting_a_peered_vpc_disconnects_the_peering() {
+        let (_, r) = evaluate(&cfg(A, B), &BTreeMap::new(), 10);
+        let only_a = Config::from_str(
+            &format!("[[vpc]]\nname = \"a\"\ncidrs = [\"10.0.0.0/16\"]\n{A}"),
+            Path::new("t.toml"),
+        )
+        .unwrap();
+        let (p, r) = evaluate(&only_a, &r, 20);
+        assert_eq!(p[0].state, PeeringState::Disconnected, "{p:?}");
+        assert!(p[0]
+            .reason
+            .as_deref()
+            .unwrap()
+            .contains("\"b\" was deleted"));
+        assert_eq!(r["pcx-ab"].ended_at, Some(20));
+        let (p, r2) = evaluate(&only_a, &r, 30);
+        assert_eq!(p[0].state, PeeringState::Disconnected);
+        assert_eq!(r2, r, "stays disconnected, same record");
+        // A peering that was never active fails as before.
+        let (p, _) = evaluate(&only_a, &BTreeMap::new(), 40);
+        assert_eq!(p[0].state, PeeringState::Failed);
     }
 }

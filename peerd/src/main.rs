@@ -55,9 +55,18 @@ enum Cmd {
     },
     /// What applying --config would change (namespaces, links, routes, peering states) compared
     /// with what the daemon has in force, changing nothing. --config may be a staged file.
+    /// With FILEs, --delete or --etcd (cluster mode): what `peerd apply` would change fleet-wide.
     Plan {
         #[arg(long)]
         socket: Option<PathBuf>,
+        #[command(flatten)]
+        fleet: FleetArgs,
+    },
+    /// Cluster mode: validate [[vpc]] files against the VPCs in etcd and write them in one
+    /// transaction (etcd from --config's [cluster], or --etcd).
+    Apply {
+        #[command(flatten)]
+        fleet: FleetArgs,
     },
     /// Make the running daemon re-read its configuration (same as SIGHUP).
     Reload {
@@ -82,6 +91,37 @@ enum Cmd {
         #[arg(long)]
         socket: Option<PathBuf>,
     },
+}
+
+/// What `apply` and cluster-mode `plan` take.
+#[derive(clap::Args)]
+struct FleetArgs {
+    /// Files of [[vpc]] tables.
+    files: Vec<PathBuf>,
+    /// Remove this VPC from the fleet (its peers' peerings become disconnected).
+    #[arg(long, value_name = "VPC")]
+    delete: Vec<String>,
+    /// etcd endpoint(s), instead of the [cluster] of --config.
+    #[arg(long, value_name = "URL", value_delimiter = ',')]
+    etcd: Vec<String>,
+    /// Key prefix in etcd (default: [cluster] key_prefix, or "/peerd/" with --etcd).
+    #[arg(long)]
+    key_prefix: Option<String>,
+}
+
+impl FleetArgs {
+    fn is_empty(&self) -> bool {
+        self.files.is_empty() && self.delete.is_empty() && self.etcd.is_empty()
+    }
+
+    fn run(&self, config: &Path, plan: bool) -> Result<(), String> {
+        let t = peerd::cluster::cli::target(config, &self.etcd, self.key_prefix.as_deref())?;
+        if plan {
+            peerd::cluster::cli::plan_command(&t, &self.files, &self.delete)
+        } else {
+            peerd::cluster::cli::apply_command(&t, &self.files, &self.delete)
+        }
+    }
 }
 
 fn init_logging() {
@@ -124,7 +164,9 @@ fn main() -> ExitCode {
         Cmd::Run => run(&cli.config),
         Cmd::Check => check(&cli.config),
         Cmd::Status { json, dot, socket } => status(&socket_for(&cli.config, socket), json, dot),
-        Cmd::Plan { socket } => plan(&socket_for(&cli.config, socket), &cli.config),
+        Cmd::Plan { socket, fleet } if fleet.is_empty() => plan(&socket_for(&cli.config, socket), &cli.config),
+        Cmd::Plan { fleet, .. } => fleet.run(&cli.config, true),
+        Cmd::Apply { fleet } => fleet.run(&cli.config, false),
         Cmd::Reload { socket } => control::request(&socket_for(&cli.config, socket), &Request::Reload)
             .map(|_| println!("reloaded"))
             .map_err(|e| e.to_string()),

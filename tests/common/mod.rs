@@ -47,3 +47,4 @@ impl Drop for PinDir {
 }
 
 pub mod env;
+pub mod etcd;

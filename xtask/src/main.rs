@@ -19,6 +19,12 @@ const APT_PACKAGES: &[&str] = &[
     "iperf3",
     // The upgrade test pins a map with an old layout.
     "bpftool",
+    // Cluster mode: etcd for the tests; protoc and the well-known .proto files (in
+    // libprotobuf-dev) for the etcd-client crate's build script.
+    "etcd-server",
+    "etcd-client",
+    "protobuf-compiler",
+    "libprotobuf-dev",
 ];
 /// Marker in every name the tests create (namespaces, links, pin dirs).
 const TEST_MARKER: &str = "pdt";

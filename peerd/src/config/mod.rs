@@ -20,6 +20,8 @@ pub use load::{
     check_vpc_sources, load_resilient, load_resilient_at_start, BrokenFile, Fallback, LastGood, Loaded,
 };
 pub use model::*;
+/// For `peerd apply`, which reads its files as `check` reads configuration files.
+pub(crate) use read::read_config_file;
 pub use peering::{evaluate_peerings, Peering, PeeringState};
 
 #[cfg(test)]
