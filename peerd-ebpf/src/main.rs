@@ -3,7 +3,6 @@
 #![no_main]
 
 mod arp;
-mod bench;
 mod decide;
 mod flow;
 mod maps;

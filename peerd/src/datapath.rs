@@ -351,11 +351,6 @@ impl Datapath {
         })
     }
 
-    /// The loaded object (benchmarks load its reference programs from here).
-    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
-        &mut self.ebpf
-    }
-
     pub fn program(&mut self) -> &mut SchedClassifier {
         self.ebpf
             .program_mut(TC_PROGRAM)
