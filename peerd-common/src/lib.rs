@@ -325,17 +325,6 @@ pub struct Counter {
     pub bytes: u64,
 }
 
-/// Configuration of the benchmark's packet generator (`PEERD_BENCH_GEN[0]`): the frame's first
-/// 34 bytes (Ethernet + IPv4 header) are rewritten from `template` on every repetition, then
-/// the frame is passed to the stack (`action` 0) or redirected out of `ifindex` (`action` 1).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct BenchGen {
-    pub action: u32,
-    pub ifindex: u32,
-    pub template: [u8; 40],
-}
-
 /// Index into `PEERD_DROPS`.
 #[inline(always)]
 pub const fn drop_index(vpc: u32, reason: DropReason) -> u32 {
@@ -365,7 +354,6 @@ assert_layout!(KeyV4, 8, 1);
 assert_layout!(KeyV6, 20, 1);
 assert_layout!(Counter, 16, 8);
 assert_layout!(FlowKey, 44, 4);
-assert_layout!(BenchGen, 48, 4);
 assert_layout!(FlowValue, 48, 8);
 assert_layout!(FlowBudget, 16, 8);
 
@@ -384,5 +372,4 @@ mod user {
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for FlowValue {}
     unsafe impl aya::Pod for FlowBudget {}
-    unsafe impl aya::Pod for BenchGen {}
 }

@@ -6,7 +6,6 @@
 #![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 
 mod arp;
-mod bench;
 mod decide;
 mod flow;
 mod maps;

@@ -248,11 +248,6 @@ impl Datapath {
         })
     }
 
-    /// The loaded object (benchmarks load its reference programs from here).
-    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
-        &mut self.ebpf
-    }
-
     /// Where the pinned program links live.
     pub fn link_dir(&self) -> &Path {
         &self.link_dir

@@ -279,8 +279,7 @@ fn bench(quick: bool, rounds: Option<u32>, out: &Path) -> Result<()> {
         "build",
         "--release",
         "-p",
-        "peerd",
-        "--bins",
+        "peerd-bench",
     ]))?;
     let mut cmd = Command::new(root.join("target/release/peerd-bench"));
     cmd.current_dir(&root).arg("--out").arg(out);
