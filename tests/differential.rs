@@ -646,12 +646,14 @@ fn check(
         })
         .collect();
     let known = all_prefixes(&t);
-    let mut seen = Coverage::default();
-    seen.tries = usize::from(
-        t.iface_infos()
-            .values()
-            .any(|i| i.n_src4 == IFACE_SRC_TRIE || i.n_src6 == IFACE_SRC_TRIE),
-    );
+    let mut seen = Coverage {
+        tries: usize::from(
+            t.iface_infos()
+                .values()
+                .any(|i| i.n_src4 == IFACE_SRC_TRIE || i.n_src6 == IFACE_SRC_TRIE),
+        ),
+        ..Coverage::default()
+    };
     let mut disagreements = Vec::new();
     for spec in packets(seed) {
         let (from, p) = spec.resolve(&senders, &known);

@@ -118,10 +118,19 @@ fn a_vpc_cannot_switch_off_its_own_filter() {
         "net.ipv6.conf.peerd0.disable_ipv6=1",
     ]);
     // The next full reconcile (periodic resync) reports it, and keeps the filter.
-    let st = env.wait_status("VPC a not ready", BOUND, |st| vpc(st, "a")["ready"] == false);
+    let st = env.wait_status("VPC a not ready", BOUND, |st| {
+        vpc(st, "a")["ready"] == false
+    });
     let err = vpc(&st, "a")["error"].as_str().unwrap_or("").to_owned();
-    assert!(err.contains("fe80::1"), "the reason names what failed: {err}");
-    assert_eq!(vpc(&st, "b")["ready"], true, "the neighbours are not taken down");
+    assert!(
+        err.contains("fe80::1"),
+        "the reason names what failed: {err}"
+    );
+    assert_eq!(
+        vpc(&st, "b")["ready"],
+        true,
+        "the neighbours are not taken down"
+    );
     // The program is still on a's link: spoofed traffic is still dropped and counted, an
     // unpeered VPC still gets nothing, and the peering still works over IPv4.
     let host_if = vpc(&st, "a")["host_if"].as_str().unwrap().to_owned();
@@ -131,11 +140,25 @@ fn a_vpc_cannot_switch_off_its_own_filter() {
     env.add_gw_route("a", "10.73.0.0/16");
     let spoofed = env.drops("a", "spoofed-source");
     assert_eq!(
-        env.udp("a", "10.99.0.1", "b", "10.72.0.1", 3, Duration::from_millis(300)),
+        env.udp(
+            "a",
+            "10.99.0.1",
+            "b",
+            "10.72.0.1",
+            3,
+            Duration::from_millis(300)
+        ),
         0
     );
     assert_eq!(
-        env.udp("a", "10.71.0.1", "c", "10.73.0.1", 3, Duration::from_millis(300)),
+        env.udp(
+            "a",
+            "10.71.0.1",
+            "c",
+            "10.73.0.1",
+            3,
+            Duration::from_millis(300)
+        ),
         0
     );
     wait_for(Duration::from_secs(3), "spoofed packets counted", || {
@@ -152,7 +175,9 @@ fn a_vpc_cannot_switch_off_its_own_filter() {
         "-qw",
         "net.ipv6.conf.peerd0.disable_ipv6=0",
     ]);
-    env.wait_status("VPC a ready again", BOUND, |st| vpc(st, "a")["ready"] == true);
+    env.wait_status("VPC a ready again", BOUND, |st| {
+        vpc(st, "a")["ready"] == true
+    });
     assert!(env.log().contains("VPC not ready"), "the failure is logged");
 }
 
@@ -166,28 +191,46 @@ fn the_backstop_counts_nothing_normally_and_drops_what_a_missing_program_lets_th
     // Normal operation, with traffic that is delivered and traffic that is dropped.
     assert!(env.ping("a", "10.71.0.1", "10.72.0.1", 3));
     env.add_gw_route("a", "10.73.0.0/16");
-    let _ = env.udp("a", "10.71.0.1", "c", "10.73.0.1", 3, Duration::from_millis(200));
+    let _ = env.udp(
+        "a",
+        "10.71.0.1",
+        "c",
+        "10.73.0.1",
+        3,
+        Duration::from_millis(200),
+    );
     let before = env.drops("a", "not-unicast");
     multicast_from(&env, "a", "10.71.0.1", 5);
     wait_for(Duration::from_secs(3), "multicast counted", || {
         (env.drops("a", "not-unicast") >= before + 5).then_some(())
     });
-    assert_eq!(backstop_packets(&env), 0, "the backstop counted normal traffic");
+    assert_eq!(
+        backstop_packets(&env),
+        0,
+        "the backstop counted normal traffic"
+    );
 
     // The daemon stops (the datapath stays), and a's program goes missing: what the VPC sends
     // now reaches the host, where the backstop drops it.
     env.stop();
     let host_if = peerd::state::link_name(&env.netns("a"));
-    for e in std::fs::read_dir(env.pin_dir.join("links")).unwrap().flatten() {
+    for e in std::fs::read_dir(env.pin_dir.join("links"))
+        .unwrap()
+        .flatten()
+    {
         if e.file_name().to_string_lossy().contains(&host_if) {
             std::fs::remove_file(e.path()).unwrap();
         }
     }
     // The kernel frees the link (and detaches the program) once its last reference goes.
-    wait_for(Duration::from_secs(10), "the program to be detached", || {
-        let net = sh(&["bpftool", "net", "show", "dev", &host_if]);
-        (!net.contains("peerd_tc") && !net.contains("peerd_xdp")).then_some(())
-    });
+    wait_for(
+        Duration::from_secs(10),
+        "the program to be detached",
+        || {
+            let net = sh(&["bpftool", "net", "show", "dev", &host_if]);
+            (!net.contains("peerd_tc") && !net.contains("peerd_xdp")).then_some(())
+        },
+    );
     multicast_from(&env, "a", "10.71.0.1", 4);
     wait_for(Duration::from_secs(5), "the backstop to count", || {
         (backstop_packets(&env) >= 4).then_some(())
@@ -201,10 +244,16 @@ fn the_backstop_counts_nothing_normally_and_drops_what_a_missing_program_lets_th
     let before = backstop_packets(&env);
     let dropped = env.drops("a", "not-unicast");
     multicast_from(&env, "a", "10.71.0.1", 3);
-    wait_for(Duration::from_secs(3), "multicast dropped by the program", || {
-        (env.drops("a", "not-unicast") >= dropped + 3).then_some(())
-    });
-    assert_eq!(backstop_packets(&env), before, "the program is back in front");
+    wait_for(
+        Duration::from_secs(3),
+        "multicast dropped by the program",
+        || (env.drops("a", "not-unicast") >= dropped + 3).then_some(()),
+    );
+    assert_eq!(
+        backstop_packets(&env),
+        before,
+        "the program is back in front"
+    );
 }
 
 /// A veth pair in the host namespace that is not peerd's, removed on drop.
@@ -225,7 +274,9 @@ fn a_link_name_taken_by_someone_else_is_left_alone() {
     let mut env = Env::new();
     let taken = peerd::state::link_name(&env.netns("a"));
     let peer = common::unique("fk");
-    sh(&["ip", "link", "add", &taken, "type", "veth", "peer", "name", &peer]);
+    sh(&[
+        "ip", "link", "add", &taken, "type", "veth", "peer", "name", &peer,
+    ]);
     let _foreign = Foreign(taken.clone());
     env.write_config(THREE);
     env.start();
@@ -289,23 +340,45 @@ fn teardown_removes_only_what_peerd_created() {
     std::fs::create_dir_all(&env.pin_dir).unwrap();
     let other = env.pin_dir.join("other");
     sh(&[
-        "bpftool", "map", "create", other.to_str().unwrap(), "type", "array", "key", "4",
-        "value", "4", "entries", "1", "name", "other",
+        "bpftool",
+        "map",
+        "create",
+        other.to_str().unwrap(),
+        "type",
+        "array",
+        "key",
+        "4",
+        "value",
+        "4",
+        "entries",
+        "1",
+        "name",
+        "other",
     ]);
     env.write_config(THREE);
     env.start();
     env.add_addr("a", "10.71.0.1");
     env.add_addr("b", "10.72.0.1");
     assert!(env.ping("a", "10.71.0.1", "10.72.0.1", 1));
-    let a_link = vpc(&env.status(), "a")["host_if"].as_str().unwrap().to_owned();
+    let a_link = vpc(&env.status(), "a")["host_if"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     env.stop();
     let out = env.peerd(&["teardown"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(
         common::env::netns_ok(&env.netns("a")),
         "the namespace peerd did not create stays"
     );
-    assert!(!common::env::netns_ok(&env.netns("b")), "the one it created goes");
+    assert!(
+        !common::env::netns_ok(&env.netns("b")),
+        "the one it created goes"
+    );
     let links = sh(&["ip", "-o", "link", "show"]);
     assert!(!links.contains(&a_link), "peerd's link in it goes: {links}");
     assert!(other.exists(), "the other pin stays");
@@ -351,14 +424,21 @@ fn one_tenants_broken_file_freezes_nobody_and_a_restart_starts_on_the_last_good_
     let b = "[[vpc]]\nname = \"b\"\ncidrs = [\"10.72.0.0/16\"]\n  [[vpc.peering]]\n  id = \"pcx-ab\"\n  peer = \"a\"\n";
     file("a.toml", a);
     file("b.toml", b);
-    file("c.toml", "[[vpc]]\nname = \"c\"\ncidrs = [\"10.73.0.0/16\"]\n");
+    file(
+        "c.toml",
+        "[[vpc]]\nname = \"c\"\ncidrs = [\"10.73.0.0/16\"]\n",
+    );
     // `include` is a top-level key: it goes before the test's [daemon] section.
     let main = std::fs::read_to_string({
         env.write_config("");
         &env.config
     })
     .unwrap();
-    std::fs::write(&env.config, format!("include = [\"tenants/*.toml\"]\n{main}")).unwrap();
+    std::fs::write(
+        &env.config,
+        format!("include = [\"tenants/*.toml\"]\n{main}"),
+    )
+    .unwrap();
     env.start();
     env.add_addr("a", "10.71.0.1");
     env.add_addr("b", "10.72.0.1");
@@ -371,7 +451,9 @@ fn one_tenants_broken_file_freezes_nobody_and_a_restart_starts_on_the_last_good_
         "[[vpc]]\nname = \"c\"\ncidrs = [\"10.73.0.0/16\"]\n  [[vpc.peering]]\n  id = \"pcx-cb\"\n  peer = \"b\"\n",
     );
     let st = env.wait_status("c's change applied, a's file reported", BOUND, |st| {
-        st["config_error"].as_str().is_some_and(|e| e.contains("a.toml:"))
+        st["config_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("a.toml:"))
             && st["peerings"]
                 .as_array()
                 .unwrap()
@@ -379,19 +461,72 @@ fn one_tenants_broken_file_freezes_nobody_and_a_restart_starts_on_the_last_good_
                 .any(|p| p["id"] == "pcx-cb")
     });
     let err = st["config_error"].as_str().unwrap();
-    assert!(err.contains("a.toml:7:"), "file:line:col of the broken file: {err}");
+    assert!(
+        err.contains("a.toml:7:"),
+        "file:line:col of the broken file: {err}"
+    );
     assert!(!err.contains("c.toml"), "{err}");
-    assert_eq!(vpc(&st, "a")["ready"], true, "a's last good version stays in force");
+    assert_eq!(
+        vpc(&st, "a")["ready"],
+        true,
+        "a's last good version stays in force"
+    );
     assert!(env.ping("a", "10.71.0.1", "10.72.0.1", 1));
 
     // A restart with the broken file starts on the last good set.
     env.stop();
     env.start();
     let st = env.status();
-    assert!(st["config_error"].as_str().is_some_and(|e| e.contains("a.toml:")));
+    assert!(st["config_error"]
+        .as_str()
+        .is_some_and(|e| e.contains("a.toml:")));
     assert_eq!(vpc(&st, "a")["ready"], true);
     assert!(env.ping("a", "10.71.0.1", "10.72.0.1", 1));
     // Fixed: the report goes away.
     file("a.toml", a);
-    env.wait_status("config_error cleared", BOUND, |st| st["config_error"].is_null());
+    env.wait_status("config_error cleared", BOUND, |st| {
+        st["config_error"].is_null()
+    });
+}
+
+#[test]
+#[ignore = "needs root"]
+fn a_thousand_idle_control_connections_change_nothing_for_forwarding_or_reloads() {
+    let env = started(THREE);
+    env.add_addr("a", "10.71.0.1");
+    env.add_addr("b", "10.72.0.1");
+    let _idle: Vec<std::os::unix::net::UnixStream> = (0..1000)
+        .filter_map(|_| std::os::unix::net::UnixStream::connect(&env.socket).ok())
+        .collect();
+    assert!(
+        _idle.len() >= 900,
+        "only {} connections opened",
+        _idle.len()
+    );
+    // Traffic flows, status answers, and a reload (adding VPC c's peering) goes through.
+    assert!(env.ping("a", "10.71.0.1", "10.72.0.1", 3));
+    let start = std::time::Instant::now();
+    let st = env.status();
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "status took {:?}",
+        start.elapsed()
+    );
+    assert_eq!(vpc(&st, "a")["ready"], true);
+    env.write_config(&THREE.replace(
+        "name = \"c\"\ncidrs = [\"10.73.0.0/16\"]\n",
+        "name = \"c\"\ncidrs = [\"10.73.0.0/16\"]\n  [[vpc.peering]]\n  id = \"pcx-ca\"\n  peer = \"a\"\n",
+    ));
+    env.reload();
+    let st = env.status();
+    assert_eq!(
+        st["peerings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["id"] == "pcx-ca")
+            .unwrap()["state"],
+        "pending-acceptance"
+    );
+    assert!(env.ping("a", "10.71.0.1", "10.72.0.1", 3));
 }

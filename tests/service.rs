@@ -130,7 +130,8 @@ fn the_daemon_notifies_ready_pings_the_watchdog_and_says_it_is_stopping() {
     let mut env = Env::new();
     let sock_path = env.dir.join("notify.sock");
     let sock = UnixDatagram::bind(&sock_path).unwrap();
-    sock.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
     env.write_config(AB);
     // A 600 ms watchdog: pings every 300 ms.
     env.start_with(
@@ -161,6 +162,9 @@ fn the_daemon_notifies_ready_pings_the_watchdog_and_says_it_is_stopping() {
         rest.push(String::from_utf8_lossy(&buf[..n]).into_owned());
     }
     assert!(rest.iter().any(|m| m.contains("STOPPING=1")), "{rest:?}");
-    assert!(!Path::new(&env.socket).exists(), "the control socket is removed");
+    assert!(
+        !Path::new(&env.socket).exists(),
+        "the control socket is removed"
+    );
     let _ = sh(&["true"]);
 }

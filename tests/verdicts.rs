@@ -138,7 +138,8 @@ impl Harness {
 
     fn drops(&self, vpc: u32, reason: DropReason) -> u64 {
         self.dp
-            .counters().drops(vpc)
+            .counters()
+            .drops(vpc)
             .get(&reason)
             .map(|c| c.packets)
             .unwrap_or(0)
@@ -537,9 +538,18 @@ fn a_route_over_a_peering_that_does_not_join_the_two_vpcs_is_a_blackhole() {
             Decision::Drop(DropReason::Blackhole),
             "model: {src} -> {dst}"
         );
-        let before = (h.dp.counters().forwarded(1, 0), h.dp.counters().forwarded(1, 1));
+        let before = (
+            h.dp.counters().forwarded(1, 0),
+            h.dp.counters().forwarded(1, 1),
+        );
         h.expect_drop(vpc, &frame(ip(src), ip(dst), 64), DropReason::Blackhole);
-        assert_eq!((h.dp.counters().forwarded(1, 0), h.dp.counters().forwarded(1, 1)), before);
+        assert_eq!(
+            (
+                h.dp.counters().forwarded(1, 0),
+                h.dp.counters().forwarded(1, 1)
+            ),
+            before
+        );
     }
     // The peering's own ends still talk.
     assert_eq!(
@@ -565,7 +575,11 @@ fn a_destination_vpc_without_its_link_is_a_counted_drop_not_a_forward() {
         DropReason::DestinationUnavailable.name(),
         "destination-unavailable"
     );
-    assert_eq!(h.dp.counters().forwarded(1, 0).packets, 0, "not counted as forwarded");
+    assert_eq!(
+        h.dp.counters().forwarded(1, 0).packets,
+        0,
+        "not counted as forwarded"
+    );
     // The link of a VPC slot not in use gets no ARP answer (there is no gateway MAC to give).
     let req = arp_request(Ipv4Addr::new(10, 2, 0, 5), Ipv4Addr::new(169, 254, 1, 1));
     h.expect_drop(2, &req, DropReason::UnknownInterface);

@@ -202,7 +202,6 @@ impl Tables {
                     flags: VPC_PRESENT,
                     ns_mac: [2, 1, 0, 0, 0, v as u8],
                     gw_mac: [2, 2, 0, 0, 0, v as u8],
-                    ..VpcInfo::default()
                 },
             );
             t.src.insert((v, cidr4(v)), v);
@@ -268,7 +267,6 @@ impl Tables {
                     flags: VPC_PRESENT,
                     ns_mac: h.ns_mac,
                     gw_mac: h.host_mac,
-                    ..VpcInfo::default()
                 },
             );
         }

@@ -109,8 +109,19 @@ pub mod maps {
 
     /// Every map peerd pins (teardown removes these and nothing else).
     pub const ALL: &[&str] = &[
-        IFACES, VPCS, PEERINGS, SRC_V4, SRC_V6, ROUTES_V4, ROUTES_V6, DROPS, FWD, CONFIG, FLOWS,
-        FLOW_LOST, FLOW_BUDGET,
+        IFACES,
+        VPCS,
+        PEERINGS,
+        SRC_V4,
+        SRC_V6,
+        ROUTES_V4,
+        ROUTES_V6,
+        DROPS,
+        FWD,
+        CONFIG,
+        FLOWS,
+        FLOW_LOST,
+        FLOW_BUDGET,
     ];
 }
 

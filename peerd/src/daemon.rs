@@ -50,7 +50,10 @@ pub enum Msg {
     /// Re-read the configuration (SIGHUP, `peerd reload`, a changed file).
     Reload(Option<oneshot::Sender<Result<(), String>>>),
     /// What applying the configuration at this path (default: the daemon's) would change.
-    Plan(Option<PathBuf>, oneshot::Sender<Result<Vec<String>, String>>),
+    Plan(
+        Option<PathBuf>,
+        oneshot::Sender<Result<Vec<String>, String>>,
+    ),
     /// Something peerd made may have been changed by someone else: look at everything.
     Drift,
     /// Stop (the datapath keeps forwarding).
@@ -286,7 +289,10 @@ impl Daemon {
         self.reconcile_seconds.observe(elapsed.as_secs_f64());
         let duration_ms = elapsed.as_millis() as u64;
         if out.actions.is_empty() {
-            info!(generation = self.generation, duration_ms, "reconciled: nothing to change");
+            info!(
+                generation = self.generation,
+                duration_ms, "reconciled: nothing to change"
+            );
         } else {
             for a in &out.actions {
                 info!(generation = self.generation, "{a}");
@@ -363,12 +369,12 @@ impl Daemon {
             .filter_map(|v| {
                 let (netns, host_if, slot) = created(&v.name)?;
                 let error = self.vpc_errors.get(&v.name).cloned();
-                let attached = self
-                    .rec
-                    .facts
-                    .links
-                    .get(&v.name)
-                    .is_some_and(|f| self.rec.facts.attached.contains(&(host_if.clone(), f.host_ifindex)));
+                let attached = self.rec.facts.links.get(&v.name).is_some_and(|f| {
+                    self.rec
+                        .facts
+                        .attached
+                        .contains(&(host_if.clone(), f.host_ifindex))
+                });
                 Some(VpcView {
                     name: v.name.clone(),
                     netns,
@@ -468,7 +474,10 @@ impl Daemon {
             .iter()
             .filter(|q| !peerings.iter().any(|p| p.id == q.id))
         {
-            lines.push(format!("- peering {} ({} <-> {})", q.id, q.vpcs[0], q.vpcs[1]));
+            lines.push(format!(
+                "- peering {} ({} <-> {})",
+                q.id, q.vpcs[0], q.vpcs[1]
+            ));
         }
         Ok(lines)
     }

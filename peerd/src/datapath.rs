@@ -8,8 +8,8 @@ use std::{
 
 use aya::{
     maps::{
-        lpm_trie::LpmTrie,
-        Array, HashMap, IterableMap, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues,
+        lpm_trie::LpmTrie, Array, HashMap, IterableMap, MapData, MapError, PerCpuArray,
+        PerCpuHashMap, PerCpuValues,
     },
     programs::{ProgramError, SchedClassifier, Xdp},
     util::nr_cpus,

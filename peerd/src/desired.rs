@@ -249,10 +249,7 @@ pub fn desired(inp: &Inputs<'_>) -> Desired {
 
 /// What `State::assign` must place for `cfg`: every VPC (with its namespace name), every route
 /// table and every declared peering id.
-pub fn wanted<'a>(
-    cfg: &'a Config,
-    taken_links: &'a BTreeSet<String>,
-) -> crate::state::Wanted<'a> {
+pub fn wanted<'a>(cfg: &'a Config, taken_links: &'a BTreeSet<String>) -> crate::state::Wanted<'a> {
     let mut w = crate::state::Wanted {
         vpcs: BTreeMap::new(),
         tables: BTreeSet::new(),
@@ -266,8 +263,11 @@ pub fn wanted<'a>(
             format!("{}{}", cfg.daemon.netns_prefix, v.name),
         );
         if is_explicit(v) {
-            w.tables
-                .extend(v.route_tables.iter().map(|t| (v.name.as_str(), t.name.as_str())));
+            w.tables.extend(
+                v.route_tables
+                    .iter()
+                    .map(|t| (v.name.as_str(), t.name.as_str())),
+            );
         } else {
             w.tables.insert((v.name.as_str(), MAIN));
         }

@@ -164,12 +164,16 @@ fn main() -> ExitCode {
         Cmd::Run => run(&cli.config),
         Cmd::Check => check(&cli.config),
         Cmd::Status { json, dot, socket } => status(&socket_for(&cli.config, socket), json, dot),
-        Cmd::Plan { socket, fleet } if fleet.is_empty() => plan(&socket_for(&cli.config, socket), &cli.config),
+        Cmd::Plan { socket, fleet } if fleet.is_empty() => {
+            plan(&socket_for(&cli.config, socket), &cli.config)
+        }
         Cmd::Plan { fleet, .. } => fleet.run(&cli.config, true),
         Cmd::Apply { fleet } => fleet.run(&cli.config, false),
-        Cmd::Reload { socket } => control::request(&socket_for(&cli.config, socket), &Request::Reload)
-            .map(|_| println!("reloaded"))
-            .map_err(|e| e.to_string()),
+        Cmd::Reload { socket } => {
+            control::request(&socket_for(&cli.config, socket), &Request::Reload)
+                .map(|_| println!("reloaded"))
+                .map_err(|e| e.to_string())
+        }
         Cmd::Explain {
             from,
             src,
@@ -447,7 +451,10 @@ async fn run_async(path: &Path) -> Result<(), String> {
         .config;
     let socket = pre.daemon.socket.clone();
     if control::daemon_alive(&socket) {
-        return Err(format!("another peerd is already running on {}", socket.display()));
+        return Err(format!(
+            "another peerd is already running on {}",
+            socket.display()
+        ));
     }
     let mut hup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
     let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
@@ -459,7 +466,8 @@ async fn run_async(path: &Path) -> Result<(), String> {
     let (msg_tx, msg_rx) = mpsc::channel::<Msg>(64);
     let (ev_tx, ev_rx) = mpsc::unbounded_channel();
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<Result<(), String>>();
-    let watcher = watch::ConfigWatcher::start(ev_tx.clone()).map_err(|e| format!("inotify: {e}"))?;
+    let watcher =
+        watch::ConfigWatcher::start(ev_tx.clone()).map_err(|e| format!("inotify: {e}"))?;
     watch::watch_netns(ev_tx.clone());
     watch::watch_links(ev_tx);
     let p = path.to_owned();

@@ -37,7 +37,10 @@ pub enum Error {
     NoNamespace(String),
 }
 
-pub fn failed(op: &'static str, target: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> Error {
+pub fn failed(
+    op: &'static str,
+    target: impl Into<String>,
+) -> impl FnOnce(rtnetlink::Error) -> Error {
     let target = target.into();
     move |source| Error::Netlink { op, target, source }
 }
@@ -245,8 +248,13 @@ pub async fn routes_of_proto(
         let mut q = RouteMessageBuilder::<IpAddr>::new().build();
         q.header.address_family = family;
         let mut s = h.route().get(q).execute();
-        while let Some(r) = s.try_next().await.map_err(failed("listing routes in", ns))? {
-            if u8::from(r.header.protocol) != proto && r.header.protocol != RouteProtocol::Other(proto)
+        while let Some(r) = s
+            .try_next()
+            .await
+            .map_err(failed("listing routes in", ns))?
+        {
+            if u8::from(r.header.protocol) != proto
+                && r.header.protocol != RouteProtocol::Other(proto)
             {
                 continue;
             }
@@ -321,7 +329,11 @@ pub async fn addresses(h: &Handle, ns: &str) -> Result<Vec<IpAddr>, Error> {
     use netlink_packet_route::address::AddressAttribute;
     let mut out = Vec::new();
     let mut s = h.address().get().execute();
-    while let Some(a) = s.try_next().await.map_err(failed("listing addresses in", ns))? {
+    while let Some(a) = s
+        .try_next()
+        .await
+        .map_err(failed("listing addresses in", ns))?
+    {
         // IPv4 reports the local address as Local (Address is the peer on point-to-point).
         let local = a
             .attributes
@@ -354,9 +366,17 @@ pub async fn host_routes(
         let mut q = RouteMessageBuilder::<IpAddr>::new().build();
         q.header.address_family = family;
         let mut s = h.route().get(q).execute();
-        while let Some(r) = s.try_next().await.map_err(failed("listing routes in", ns))? {
+        while let Some(r) = s
+            .try_next()
+            .await
+            .map_err(failed("listing routes in", ns))?
+        {
             let host = r.header.destination_prefix_length
-                == if family == AddressFamily::Inet { 32 } else { 128 };
+                == if family == AddressFamily::Inet {
+                    32
+                } else {
+                    128
+                };
             if !host || u8::from(r.header.protocol) == except_proto {
                 continue;
             }

@@ -227,7 +227,9 @@ impl State {
         )?;
         let mut names = BTreeSet::new();
         for (vpc, l) in &self.links {
-            let valid = l.len() <= 15 && l.starts_with("pd") && l.bytes().all(|b| b.is_ascii_alphanumeric());
+            let valid = l.len() <= 15
+                && l.starts_with("pd")
+                && l.bytes().all(|b| b.is_ascii_alphanumeric());
             if !valid {
                 return Err(format!("VPC {vpc} has an invalid link name {l:?}"));
             }
@@ -258,7 +260,8 @@ impl State {
             ..State::default()
         };
         // A VPC that comes back before its removal finished is kept, not removed.
-        next.removing.retain(|v, _| !want.vpcs.contains_key(v.as_str()));
+        next.removing
+            .retain(|v, _| !want.vpcs.contains_key(v.as_str()));
         // Keep what stays.
         for (name, slot) in &self.vpcs {
             if want.vpcs.contains_key(name.as_str()) {
@@ -291,7 +294,11 @@ impl State {
                 next.retired.links.insert(l.clone());
             }
         }
-        for vpc in self.vpcs.keys().filter(|v| !want.vpcs.contains_key(v.as_str())) {
+        for vpc in self
+            .vpcs
+            .keys()
+            .filter(|v| !want.vpcs.contains_key(v.as_str()))
+        {
             let netns = format!("{}{vpc}", want.netns_prefix);
             // A state from an older peerd has no record: it created every VPC it knew.
             let created = self
@@ -327,10 +334,10 @@ impl State {
         used.extend(&next.retired.tables);
         for (vpc, table) in &want.tables {
             let key = format!("{vpc}/{table}");
-            if !next.tables.contains_key(&key) {
+            if let std::collections::btree_map::Entry::Vacant(e) = next.tables.entry(key) {
                 let s = lowest_free(&used, 1, MAX_TABLES).ok_or(Error::Full("route table"))?;
                 used.insert(s);
-                next.tables.insert(key, s);
+                e.insert(s);
             }
         }
         let mut used: BTreeSet<u32> = next.peerings.values().map(|r| r.slot).collect();

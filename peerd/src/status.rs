@@ -177,7 +177,9 @@ pub fn status(s: &Snapshot, counters: Option<&Counters>) -> Status {
         vpcs,
         peerings,
         errors: s.errors.clone(),
-        backstop: s.backstop.map(|(packets, bytes)| CounterJson { packets, bytes }),
+        backstop: s
+            .backstop
+            .map(|(packets, bytes)| CounterJson { packets, bytes }),
         last_reconcile: s.last_reconcile.clone(),
         flow_log: s.flow_log.clone(),
     }

@@ -45,8 +45,7 @@ pub fn is_mount_point(dir: &Path) -> bool {
 /// Removes everything peerd created; returns what it did, one line each.
 pub async fn teardown(cfg: &Config, st: &State) -> Result<Vec<String>, Error> {
     let pin_dir = &cfg.daemon.pin_dir;
-    if pin_dir == Path::new("/") || pin_dir == Path::new("/sys/fs/bpf") || is_mount_point(pin_dir)
-    {
+    if pin_dir == Path::new("/") || pin_dir == Path::new("/sys/fs/bpf") || is_mount_point(pin_dir) {
         return Err(Error::PinDirIsRoot(pin_dir.clone()));
     }
     let mut done = Vec::new();

@@ -162,7 +162,9 @@ pub fn watch_links(events: UnboundedSender<Event>) {
                     Ok(n) => n,
                     Err(_) => return,
                 };
-                if has_dellink(&buf[..n.min(buf.len())], RTM_DELLINK) && events.send(Event::Drift).is_err() {
+                if has_dellink(&buf[..n.min(buf.len())], RTM_DELLINK)
+                    && events.send(Event::Drift).is_err()
+                {
                     return;
                 }
             }

@@ -17,12 +17,13 @@ mod peering;
 mod read;
 
 pub use load::{
-    check_vpc_sources, load_resilient, load_resilient_at_start, BrokenFile, Fallback, LastGood, Loaded,
+    check_vpc_sources, load_resilient, load_resilient_at_start, BrokenFile, Fallback, LastGood,
+    Loaded,
 };
 pub use model::*;
+pub use peering::{evaluate_peerings, Peering, PeeringState};
 /// For `peerd apply`, which reads its files as `check` reads configuration files.
 pub(crate) use read::read_config_file;
-pub use peering::{evaluate_peerings, Peering, PeeringState};
 
 #[cfg(test)]
 mod tests;

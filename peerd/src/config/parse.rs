@@ -371,15 +371,18 @@ fn valid_group_name(n: &str) -> bool {
 /// A host name: a-z 0-9 - and ., 1 to 63 characters.
 fn valid_host_name(n: &str) -> bool {
     (1..=63).contains(&n.len())
-        && n
-            .chars()
+        && n.chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
 }
 
 fn cluster(c: RawCluster, src: &Source, errors: &mut Vec<Diagnostic>) -> Option<ClusterConfig> {
     let before = errors.len();
     if c.etcd.get_ref().is_empty() {
-        err(errors, src.of(&c.etcd), "[cluster] etcd needs at least one endpoint".into());
+        err(
+            errors,
+            src.of(&c.etcd),
+            "[cluster] etcd needs at least one endpoint".into(),
+        );
     }
     for e in c.etcd.get_ref() {
         let ok = e
@@ -391,7 +394,10 @@ fn cluster(c: RawCluster, src: &Source, errors: &mut Vec<Diagnostic>) -> Option<
             err(
                 errors,
                 src.of(e),
-                format!("etcd endpoint {:?} is not an http:// or https:// URL", show(e.get_ref())),
+                format!(
+                    "etcd endpoint {:?} is not an http:// or https:// URL",
+                    show(e.get_ref())
+                ),
             );
         }
     }
@@ -419,7 +425,10 @@ fn cluster(c: RawCluster, src: &Source, errors: &mut Vec<Diagnostic>) -> Option<
             err(
                 errors,
                 src.of(&c.underlay),
-                format!("underlay {:?} is not an IP address", show(c.underlay.get_ref())),
+                format!(
+                    "underlay {:?} is not an IP address",
+                    show(c.underlay.get_ref())
+                ),
             );
             None
         }
@@ -430,10 +439,17 @@ fn cluster(c: RawCluster, src: &Source, errors: &mut Vec<Diagnostic>) -> Option<
             err(
                 errors,
                 src.of(v),
-                format!("VPC name {:?} must be 1 to 32 characters of a-z, 0-9 and -", show(v.get_ref())),
+                format!(
+                    "VPC name {:?} must be 1 to 32 characters of a-z, 0-9 and -",
+                    show(v.get_ref())
+                ),
             );
         } else if vpcs.contains(v.get_ref()) {
-            err(errors, src.of(v), format!("VPC {:?} is listed twice", v.get_ref()));
+            err(
+                errors,
+                src.of(v),
+                format!("VPC {:?} is listed twice", v.get_ref()),
+            );
         } else {
             vpcs.push(v.get_ref().clone());
         }
@@ -464,7 +480,10 @@ fn cluster(c: RawCluster, src: &Source, errors: &mut Vec<Diagnostic>) -> Option<
                 err(
                     errors,
                     src.of(s),
-                    format!("lease_ttl {:?} must be a duration from 2s to 1h", show(s.get_ref())),
+                    format!(
+                        "lease_ttl {:?} must be a duration from 2s to 1h",
+                        show(s.get_ref())
+                    ),
                 );
                 ClusterConfig::DEFAULT_LEASE_TTL
             }
@@ -475,38 +494,59 @@ fn cluster(c: RawCluster, src: &Source, errors: &mut Vec<Diagnostic>) -> Option<
         Some(p) => match u16::try_from(*p.get_ref()) {
             Ok(v) if v > 0 => v,
             _ => {
-                err(errors, src.of(p), format!("vxlan_port {} is not a UDP port", p.get_ref()));
+                err(
+                    errors,
+                    src.of(p),
+                    format!("vxlan_port {} is not a UDP port", p.get_ref()),
+                );
                 ClusterConfig::DEFAULT_VXLAN_PORT
             }
         },
     };
-    let underlay_mtu = c.underlay_mtu.as_ref().and_then(|m| match u32::try_from(*m.get_ref()) {
-        Ok(v) if (1280 + 70..=65535).contains(&v) => Some(v),
-        _ => {
-            err(
-                errors,
-                src.of(m),
-                format!("underlay_mtu {} must be 1350..=65535 (IPv6 inside VXLAN needs 1280 + 70)", m.get_ref()),
-            );
-            None
-        }
-    });
+    let underlay_mtu = c
+        .underlay_mtu
+        .as_ref()
+        .and_then(|m| match u32::try_from(*m.get_ref()) {
+            Ok(v) if (1280 + 70..=65535).contains(&v) => Some(v),
+            _ => {
+                err(
+                    errors,
+                    src.of(m),
+                    format!(
+                        "underlay_mtu {} must be 1350..=65535 (IPv6 inside VXLAN needs 1280 + 70)",
+                        m.get_ref()
+                    ),
+                );
+                None
+            }
+        });
     let tls = c.tls.map(|t| {
         let loc = src.of(&t);
         let t = t.into_inner();
-        let path = |s: &Spanned<String>, errors: &mut Vec<Diagnostic>| abs_path(s, "tls path", src, errors);
+        let path = |s: &Spanned<String>, errors: &mut Vec<Diagnostic>| {
+            abs_path(s, "tls path", src, errors)
+        };
         let tls = Tls {
             ca: path(&t.ca, errors).unwrap_or_default(),
             cert: t.cert.as_ref().and_then(|p| path(p, errors)),
             key: t.key.as_ref().and_then(|p| path(p, errors)),
         };
         if tls.cert.is_some() != tls.key.is_some() {
-            err(errors, loc, "[cluster.tls] needs both cert and key, or neither".into());
+            err(
+                errors,
+                loc,
+                "[cluster.tls] needs both cert and key, or neither".into(),
+            );
         }
         tls
     });
     (errors.len() == before).then(|| ClusterConfig {
-        etcd: c.etcd.into_inner().into_iter().map(Spanned::into_inner).collect(),
+        etcd: c
+            .etcd
+            .into_inner()
+            .into_iter()
+            .map(Spanned::into_inner)
+            .collect(),
         host: c.host.into_inner(),
         underlay: underlay.unwrap_or(std::net::IpAddr::from([0, 0, 0, 0])),
         vpcs,

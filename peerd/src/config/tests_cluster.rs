@@ -25,19 +25,36 @@ fn a_cluster_section_parses_with_defaults() {
 
 #[test]
 fn cluster_mistakes_are_named_where_they_are() {
-    let e = load(&format!("{HOST}[[vpc]]\nname = \"x\"\ncidrs = [\"10.1.0.0/16\"]\n"))
+    let e = load(&format!(
+        "{HOST}[[vpc]]\nname = \"x\"\ncidrs = [\"10.1.0.0/16\"]\n"
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("hv1.toml:6:1") && e.contains("peerd apply"),
+        "{e}"
+    );
+    let e = load(&HOST.replace("10.0.0.11", "10.0.0.300"))
         .unwrap_err()
         .to_string();
-    assert!(e.contains("hv1.toml:6:1") && e.contains("peerd apply"), "{e}");
-    let e = load(&HOST.replace("10.0.0.11", "10.0.0.300")).unwrap_err().to_string();
-    assert!(e.contains("hv1.toml:4:") && e.contains("not an IP address"), "{e}");
-    let e = load(&HOST.replace("http://10.0.0.1:2379", "10.0.0.1:2379")).unwrap_err().to_string();
+    assert!(
+        e.contains("hv1.toml:4:") && e.contains("not an IP address"),
+        "{e}"
+    );
+    let e = load(&HOST.replace("http://10.0.0.1:2379", "10.0.0.1:2379"))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("not an http:// or https:// URL"), "{e}");
-    let e = load(&format!("[daemon]\ndatapath = \"xdp\"\n{HOST}")).unwrap_err().to_string();
-    assert!(e.contains("bpf_skb_set_tunnel_key"), "{e}");
-    let e = load(&HOST.replace("vpcs = [\"web\", \"db\"]", "vpcs = [\"web\", \"web\"]\nlease_ttl = \"1s\""))
+    let e = load(&format!("[daemon]\ndatapath = \"xdp\"\n{HOST}"))
         .unwrap_err()
         .to_string();
+    assert!(e.contains("bpf_skb_set_tunnel_key"), "{e}");
+    let e = load(&HOST.replace(
+        "vpcs = [\"web\", \"db\"]",
+        "vpcs = [\"web\", \"web\"]\nlease_ttl = \"1s\"",
+    ))
+    .unwrap_err()
+    .to_string();
     assert!(e.contains("listed twice") && e.contains("lease_ttl"), "{e}");
 }
 
@@ -52,11 +69,21 @@ fn vpc_sources_are_checked_together_with_their_own_locations() {
         "[[vpc]]\nname = \"b\"\ncidrs = [\"10.2.0.0/16\"]\n  [[vpc.peering]]\n  id = \"pcx-ab\"\n  peer = \"c\"\n".to_owned(),
     );
     let d = DaemonConfig::default();
-    let e = check_vpc_sources(&[a.clone(), b_wrong], &d).unwrap_err().to_string();
-    assert!(e.contains("etcd:/peerd/v1/vpcs/b:4:") && e.contains("disagree"), "{e}");
+    let e = check_vpc_sources(&[a.clone(), b_wrong], &d)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("etcd:/peerd/v1/vpcs/b:4:") && e.contains("disagree"),
+        "{e}"
+    );
     let dup = (PathBuf::from("other.toml"), a.1.clone());
-    let e = check_vpc_sources(&[a.clone(), dup], &d).unwrap_err().to_string();
-    assert!(e.contains("other.toml:2:") && e.contains("already defined"), "{e}");
+    let e = check_vpc_sources(&[a.clone(), dup], &d)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("other.toml:2:") && e.contains("already defined"),
+        "{e}"
+    );
     let vpcs = check_vpc_sources(&[a], &d).unwrap();
     assert_eq!(vpcs[0].name, "a");
 }

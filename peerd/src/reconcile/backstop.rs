@@ -35,10 +35,21 @@ pub struct Have {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Change {
     /// (Re)creates the table, its set (with these links), chain and rule.
-    Create { table: String, links: BTreeSet<String> },
-    Add { table: String, links: BTreeSet<String> },
-    Remove { table: String, links: BTreeSet<String> },
-    Delete { table: String },
+    Create {
+        table: String,
+        links: BTreeSet<String>,
+    },
+    Add {
+        table: String,
+        links: BTreeSet<String>,
+    },
+    Remove {
+        table: String,
+        links: BTreeSet<String>,
+    },
+    Delete {
+        table: String,
+    },
 }
 
 impl fmt::Display for Change {
@@ -185,7 +196,10 @@ fn script(c: &Change) -> String {
             format!("add element inet {table} links {{ {} }}\n", elements(links))
         }
         Change::Remove { table, links } => {
-            format!("delete element inet {table} links {{ {} }}\n", elements(links))
+            format!(
+                "delete element inet {table} links {{ {} }}\n",
+                elements(links)
+            )
         }
         Change::Delete { table } => format!("table inet {table}\ndelete table inet {table}\n"),
     }
@@ -198,9 +212,7 @@ pub fn apply(changes: Vec<Change>) -> Report {
         match nft(&["-f", "-"], Some(&script(&c)), "apply") {
             Ok(_) => report.actions.push(c.to_string()),
             Err(e) => {
-                report
-                    .errors
-                    .insert("backstop".into(), format!("{c}: {e}"));
+                report.errors.insert("backstop".into(), format!("{c}: {e}"));
             }
         }
     }

@@ -469,9 +469,7 @@ async fn apply_one(nl: &Netlink, c: &Change) -> Result<bool, Error> {
             drop(nsfile);
             set_alias(nl, host_if, netns).await?;
         }
-        Change::SetAlias {
-            netns, host_if, ..
-        } => set_alias(nl, host_if, netns).await?,
+        Change::SetAlias { netns, host_if, .. } => set_alias(nl, host_if, netns).await?,
         Change::DisableHostIpv6 { host_if, .. } => {
             // The host end never has an address, so never an IPv6 link-local one either.
             let p = format!("/proc/sys/net/ipv6/conf/{host_if}/disable_ipv6");
@@ -545,8 +543,8 @@ async fn apply_one(nl: &Netlink, c: &Change) -> Result<bool, Error> {
             let mut did = false;
             // Deleting the host end removes the pair at once, even if something holds the ns.
             if let Some(l) = netlink::get_link(&host, &g.host_if).await? {
-                let ours = netlink::alias_of(&l) == Some(alias(&g.netns).as_str())
-                    || netlink::is_veth(&l);
+                let ours =
+                    netlink::alias_of(&l) == Some(alias(&g.netns).as_str()) || netlink::is_veth(&l);
                 if ours {
                     host.link()
                         .del(l.header.index)

@@ -165,7 +165,12 @@ pub fn diff(have: &Contents, want: &Contents) -> Vec<Change> {
     writes(&have.ifaces, &want.ifaces, Entry::Iface, &mut out);
     removes(&have.ifaces, &want.ifaces, Key::Iface, &mut out);
     removes(&have.src, &want.src, |(v, n)| Key::Src(v, n), &mut out);
-    removes(&have.routes, &want.routes, |(t, n)| Key::Route(t, n), &mut out);
+    removes(
+        &have.routes,
+        &want.routes,
+        |(t, n)| Key::Route(t, n),
+        &mut out,
+    );
     removes(&have.peerings, &want.peerings, Key::Peering, &mut out);
     removes(&have.vpcs, &want.vpcs, Key::Vpc, &mut out);
     out
@@ -303,17 +308,25 @@ mod tests {
         have.ifaces.insert(9, IfaceInfo::default());
         have.vpcs.insert(3, VpcInfo::default());
         have.src.insert((3, net("10.3.0.0/16")), 3);
-        have.routes.insert((3, net("10.4.0.0/16")), RouteTarget::default());
+        have.routes
+            .insert((3, net("10.4.0.0/16")), RouteTarget::default());
         have.peerings.insert(2, PeeringInfo::default());
         let mut want = Contents::default();
         want.ifaces.insert(7, IfaceInfo::default());
         want.vpcs.insert(1, VpcInfo::default());
         want.src.insert((1, net("10.1.0.0/16")), 1);
-        want.routes.insert((1, net("10.2.0.0/16")), RouteTarget::default());
+        want.routes
+            .insert((1, net("10.2.0.0/16")), RouteTarget::default());
         want.peerings.insert(1, PeeringInfo::default());
         let kinds: Vec<String> = diff(&have, &want)
             .iter()
-            .map(|c| c.to_string().split(' ').take(2).collect::<Vec<_>>().join(" "))
+            .map(|c| {
+                c.to_string()
+                    .split(' ')
+                    .take(2)
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
             .collect();
         assert_eq!(
             kinds,

@@ -211,7 +211,9 @@ impl Reconciler {
             report.merge(r);
         }
         let configured: BTreeSet<&str> = inp.config.vpcs.iter().map(|v| v.name.as_str()).collect();
-        self.facts.links.retain(|v, _| configured.contains(v.as_str()));
+        self.facts
+            .links
+            .retain(|v, _| configured.contains(v.as_str()));
 
         // 2. Routes and neighbours inside each namespace.
         let want = self.desired(inp);
@@ -311,7 +313,10 @@ impl Reconciler {
         for w in want.vpcs.values() {
             let have = match haves.get(&w.name) {
                 Some(h) => h.clone(),
-                None => match (self.applied_links.get(&w.name), self.facts.links.get(&w.name)) {
+                None => match (
+                    self.applied_links.get(&w.name),
+                    self.facts.links.get(&w.name),
+                ) {
                     (Some(a), Some(f)) => assumed(a, f),
                     _ => continue,
                 },
@@ -389,7 +394,9 @@ impl Reconciler {
             for c in links::diff(&have, w, links::Pass::Build) {
                 lines.push(c.to_string());
             }
-            let link = have.facts().or_else(|| self.facts.links.get(&w.name).copied());
+            let link = have
+                .facts()
+                .or_else(|| self.facts.links.get(&w.name).copied());
             let rw = routes::Want::of(w, &link.unwrap_or_default());
             let rhave = match link {
                 Some(_) => routes::observe(&self.nl, &rw).await.unwrap_or_default(),

@@ -145,7 +145,10 @@ pub fn observe(dp: &mut Datapath) -> Vec<Pin> {
             // An XDP link can only be detached through its pin (then gone) or with its device.
             (DatapathMode::Xdp, Some(_)) => alive,
         };
-        let my_tag = my_tags.iter().find(|(m, _)| *m == mode).and_then(|(_, t)| *t);
+        let my_tag = my_tags
+            .iter()
+            .find(|(m, _)| *m == mode)
+            .and_then(|(_, t)| *t);
         let current = prog_id
             .and_then(|id| tags.get(&id))
             .is_some_and(|t| Some(*t) == my_tag);
@@ -228,7 +231,10 @@ pub fn apply(dp: &mut Datapath, mode: DatapathMode, changes: Vec<Change>) -> (Re
         match r {
             Ok(()) => report.actions.push(line),
             Err(e) => {
-                if let Change::Attach { ifname, ifindex, .. } = &c {
+                if let Change::Attach {
+                    ifname, ifindex, ..
+                } = &c
+                {
                     failed_links.insert((ifname.clone(), *ifindex));
                     failed_ifnames.push(ifname.clone());
                 }
@@ -386,7 +392,10 @@ mod tests {
             ("pdd".into(), 6),
         ]
         .into();
-        let c: Vec<String> = diff(&have, &want, Tc).iter().map(|c| c.to_string()).collect();
+        let c: Vec<String> = diff(&have, &want, Tc)
+            .iter()
+            .map(|c| c.to_string())
+            .collect();
         assert_eq!(
             c,
             [

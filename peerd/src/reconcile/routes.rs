@@ -90,7 +90,9 @@ impl fmt::Display for Change {
             Change::SetNeighbour { netns, gw, .. } => {
                 write!(f, "+ gateway neighbour {gw} in {netns}")
             }
-            Change::AddRoute { netns, net, .. } => write!(f, "+ route {net} via gateway in {netns}"),
+            Change::AddRoute { netns, net, .. } => {
+                write!(f, "+ route {net} via gateway in {netns}")
+            }
             Change::DelRoute { netns, net, .. } => write!(f, "- route {net} in {netns}"),
         }
     }
@@ -244,7 +246,11 @@ mod tests {
         };
         let have = Have {
             neighbours: [IpAddr::V4(GATEWAY_V4)].into(),
-            routes: ["10.1.0.0/16".parse().unwrap(), "10.9.0.0/16".parse().unwrap()].into(),
+            routes: [
+                "10.1.0.0/16".parse().unwrap(),
+                "10.9.0.0/16".parse().unwrap(),
+            ]
+            .into(),
         };
         let c: Vec<String> = diff(&have, &want).iter().map(|c| c.to_string()).collect();
         assert_eq!(
