@@ -592,6 +592,7 @@ fn tables_for(cfg: &Config) -> Tables {
         peerings: &peerings,
         slots: &st,
         facts: &facts,
+        fleet: None,
     })
     .tables
 }

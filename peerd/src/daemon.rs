@@ -251,6 +251,7 @@ impl Daemon {
                     gone: &gone,
                     new_vpc_slots: &new_vpc_slots,
                     new_peering_slots: &new_peering_slots,
+                    fleet: None,
                 },
                 scope,
             )
@@ -448,6 +449,7 @@ impl Daemon {
                 gone: &gone,
                 new_vpc_slots: &[],
                 new_peering_slots: &[],
+                fleet: None,
             })
             .await;
         for p in &peerings {

@@ -76,6 +76,8 @@ pub struct Desired {
     /// Host link name -> ifindex: where the program must be attached (links that exist).
     pub programs: BTreeMap<String, u32>,
     pub names: Names,
+    /// Cluster mode only.
+    pub cluster: Option<ClusterWant>,
 }
 
 /// Everything `desired` depends on.
@@ -85,6 +87,57 @@ pub struct Inputs<'a> {
     /// Slots and link names, already assigned for every VPC, table and peering of `config`.
     pub slots: &'a State,
     pub facts: &'a Facts,
+    /// Cluster mode: the fleet as last known.
+    pub fleet: Option<Fleet<'a>>,
+}
+
+/// What the desired state of a host in a fleet depends on besides its configuration.
+#[derive(Clone, Copy)]
+pub struct Fleet<'a> {
+    pub view: &'a crate::cluster::FleetView,
+    pub this_host: &'a str,
+    /// Workload addresses found in each placed VPC's namespace on this host.
+    pub local_endpoints: &'a BTreeMap<String, BTreeSet<std::net::IpAddr>>,
+    /// UDP port and MTU of the VXLAN device.
+    pub vxlan_port: u16,
+    pub underlay_mtu: u32,
+    pub underlay_v6: bool,
+}
+
+/// Bytes VXLAN adds in front of the inner frame: outer IP (20 or 40), UDP (8), VXLAN (8),
+/// inner Ethernet (14).
+pub fn vxlan_overhead(underlay_v6: bool) -> u32 {
+    if underlay_v6 {
+        70
+    } else {
+        50
+    }
+}
+
+/// The cluster part of the desired state: what the datapath needs for cross-host traffic.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClusterWant {
+    /// Host slot -> underlay address (other hosts).
+    pub hosts: BTreeMap<u32, std::net::IpAddr>,
+    pub host_names: BTreeMap<u32, String>,
+    /// (VPC slot, workload address) -> host slot (0: this host).
+    pub endpoints: BTreeMap<(u32, std::net::IpAddr), u32>,
+    /// VNI -> slot, for VPCs present here (the receiving side).
+    pub vnis: BTreeMap<u32, u32>,
+    /// VPC slot -> VNI, for every VPC of the fleet.
+    pub vpc_vni: BTreeMap<u32, u32>,
+    /// Slots of VPCs present on other hosts too.
+    pub remote: BTreeSet<u32>,
+    /// (slot of a VPC present here, source prefix) -> peering slot: who may send to it from
+    /// another host besides its own VPC.
+    pub allowed: BTreeMap<(u32, IpNet), u32>,
+    /// The VXLAN device: UDP port and MTU.
+    pub vxlan_port: u16,
+    pub vxlan_mtu: u32,
+    /// VPC -> the hosts it is present on (status).
+    pub vpc_hosts: BTreeMap<String, Vec<String>>,
+    /// What the operator should know (an MTU lowered for the encapsulation).
+    pub notes: Vec<String>,
 }
 
 fn is_explicit(v: &Vpc) -> bool {
@@ -137,10 +190,18 @@ pub fn desired(inp: &Inputs<'_>) -> Desired {
     };
 
     for v in &cfg.vpcs {
-        let (Some(me), Some(host_if)) = (slot(&v.name), st.links.get(&v.name)) else {
+        let Some(me) = slot(&v.name) else {
             continue;
         };
         d.names.vpcs.insert(me, v.name.clone());
+        let Some(host_if) = st.links.get(&v.name) else {
+            // Not present here (cluster mode): its CIDRs only, so that traffic to it passes the
+            // destination check; no source of this host is in it.
+            for c in &v.cidrs {
+                d.tables.src.insert((me, *c), TABLE_NONE);
+            }
+            continue;
+        };
         let mut routes = BTreeSet::new();
         if is_explicit(v) {
             let mut table_ids = BTreeMap::new();
@@ -207,6 +268,18 @@ pub fn desired(inp: &Inputs<'_>) -> Desired {
                 }
             }
         }
+        if let Some(f) = &inp.fleet {
+            // Present on other hosts too: the namespace sends its own CIDRs to the gateway
+            // (its local addresses and the routes to its local workloads are more specific).
+            let elsewhere = f
+                .view
+                .hosts
+                .values()
+                .any(|h| h.name != f.this_host && h.vpcs.contains(&v.name));
+            if elsewhere {
+                routes.extend(v.cidrs.iter().copied());
+            }
+        }
         let link = inp.facts.links.get(&v.name);
         if let Some(l) = link {
             d.tables.ifaces.insert(l.host_ifindex, me);
@@ -233,7 +306,7 @@ pub fn desired(inp: &Inputs<'_>) -> Desired {
                 slot: me,
                 netns: format!("{}{}", cfg.daemon.netns_prefix, v.name),
                 host_if: host_if.clone(),
-                mtu: v.mtu.unwrap_or(1500),
+                mtu: vpc_mtu(v, inp.fleet.as_ref()),
                 routes: routes.into_iter().collect(),
                 xdp: match mode {
                     DatapathMode::Xdp => Some(true),
@@ -244,7 +317,123 @@ pub fn desired(inp: &Inputs<'_>) -> Desired {
             },
         );
     }
+    if let Some(f) = &inp.fleet {
+        d.cluster = Some(cluster(inp, f, &d));
+    }
     d
+}
+
+/// A VPC's link MTU: as configured, and in cluster mode at most what the underlay carries
+/// after the encapsulation.
+fn vpc_mtu(v: &Vpc, fleet: Option<&Fleet<'_>>) -> u32 {
+    let mtu = v.mtu.unwrap_or(1500);
+    match fleet {
+        Some(f) => mtu.min(f.underlay_mtu.saturating_sub(vxlan_overhead(f.underlay_v6))),
+        None => mtu,
+    }
+}
+
+fn cluster(inp: &Inputs<'_>, f: &Fleet<'_>, d: &Desired) -> ClusterWant {
+    let st = inp.slots;
+    let view = f.view;
+    let mut c = ClusterWant {
+        vxlan_port: f.vxlan_port,
+        vxlan_mtu: f.underlay_mtu.saturating_sub(vxlan_overhead(f.underlay_v6)),
+        ..ClusterWant::default()
+    };
+    for h in view.hosts.values().filter(|h| h.name != f.this_host) {
+        if let Some(s) = st.hosts.get(&h.name) {
+            c.hosts.insert(*s, h.underlay);
+            c.host_names.insert(*s, h.name.clone());
+        }
+    }
+    for h in view.hosts.values() {
+        for v in &h.vpcs {
+            c.vpc_hosts.entry(v.clone()).or_default().push(h.name.clone());
+        }
+    }
+    for v in &inp.config.vpcs {
+        let (Some(slot), Some(fv)) = (st.vpc_slot(&v.name), view.vpcs.get(&v.name)) else {
+            continue;
+        };
+        c.vpc_vni.insert(slot, fv.vni);
+        let elsewhere = c
+            .vpc_hosts
+            .get(&v.name)
+            .is_some_and(|hs| hs.iter().any(|h| h != f.this_host));
+        if elsewhere {
+            c.remote.insert(slot);
+        }
+        if d.vpcs.contains_key(&v.name) {
+            c.vnis.insert(fv.vni, slot);
+            let want = vpc_mtu(v, Some(f));
+            if v.mtu.is_some_and(|m| m > want) {
+                c.notes.push(format!(
+                    "VPC {}: mtu {} lowered to {want}: the VXLAN underlay (mtu {}, {}) takes {} bytes",
+                    v.name,
+                    v.mtu.unwrap_or(1500),
+                    f.underlay_mtu,
+                    if f.underlay_v6 { "IPv6" } else { "IPv4" },
+                    vxlan_overhead(f.underlay_v6)
+                ));
+            }
+        }
+    }
+    // Remote workloads: the most recent publisher of each address; this host's own from what
+    // it finds in its namespaces (fresher than etcd).
+    for ((vpc, addr), e) in view.endpoint_hosts() {
+        let (Some(slot), Some(host)) = (st.vpc_slot(vpc), st.hosts.get(&e.host)) else {
+            continue;
+        };
+        if e.host != f.this_host {
+            c.endpoints.insert((slot, addr), *host);
+        }
+    }
+    for (vpc, addrs) in f.local_endpoints {
+        if let Some(slot) = st.vpc_slot(vpc) {
+            for a in addrs {
+                c.endpoints.insert((slot, *a), 0);
+            }
+        }
+    }
+    // Who may reach a VPC present here from another host: its active peers' CIDRs.
+    let by_name: BTreeMap<&str, &Vpc> = inp
+        .config
+        .vpcs
+        .iter()
+        .map(|v| (v.name.as_str(), v))
+        .collect();
+    for p in inp
+        .peerings
+        .iter()
+        .filter(|p| p.state == PeeringState::Active)
+    {
+        let Some(pslot) = st.peering_slot(&p.id) else {
+            continue;
+        };
+        for (here, other) in [(&p.vpcs[0], &p.vpcs[1]), (&p.vpcs[1], &p.vpcs[0])] {
+            let (true, Some(slot), Some(o)) = (
+                d.vpcs.contains_key(here),
+                st.vpc_slot(here),
+                by_name.get(other.as_str()),
+            ) else {
+                continue;
+            };
+            for cidr in &o.cidrs {
+                c.allowed.insert((slot, *cidr), pslot);
+            }
+        }
+    }
+    c
+}
+
+/// Does VPC `name` have a namespace on this host? Every VPC on a single host; in cluster mode
+/// those `[cluster] vpcs` lists.
+pub fn placed(cfg: &Config, name: &str) -> bool {
+    match &cfg.daemon.cluster {
+        None => true,
+        Some(c) => c.vpcs.iter().any(|v| v == name),
+    }
 }
 
 /// What `State::assign` must place for `cfg`: every VPC (with its namespace name), every route
@@ -256,12 +445,20 @@ pub fn wanted<'a>(cfg: &'a Config, taken_links: &'a BTreeSet<String>) -> crate::
         peerings: BTreeSet::new(),
         taken_links,
         netns_prefix: &cfg.daemon.netns_prefix,
+        placed: BTreeSet::new(),
+        hosts: BTreeSet::new(),
     };
     for v in &cfg.vpcs {
         w.vpcs.insert(
             v.name.as_str(),
             format!("{}{}", cfg.daemon.netns_prefix, v.name),
         );
+        w.peerings.extend(v.peerings.iter().map(|p| p.id.as_str()));
+        if !placed(cfg, &v.name) {
+            // A VPC of the fleet that has no namespace here: a destination only.
+            continue;
+        }
+        w.placed.insert(v.name.as_str());
         if is_explicit(v) {
             w.tables.extend(
                 v.route_tables
@@ -271,7 +468,6 @@ pub fn wanted<'a>(cfg: &'a Config, taken_links: &'a BTreeSet<String>) -> crate::
         } else {
             w.tables.insert((v.name.as_str(), MAIN));
         }
-        w.peerings.extend(v.peerings.iter().map(|p| p.id.as_str()));
     }
     w
 }
@@ -303,6 +499,7 @@ mod tests {
             peerings: &p,
             slots: &st,
             facts: &facts,
+            fleet: None,
         });
         assert!(d.tables.ifaces.is_empty() && d.tables.vpcs.is_empty());
         assert_eq!(d.tables.routes.len(), 2, "routes need no facts");
@@ -320,6 +517,7 @@ mod tests {
             peerings: &p,
             slots: &st,
             facts: &facts,
+            fleet: None,
         });
         assert_eq!(d.tables.ifaces.get(&7), Some(&st.vpcs["a"]));
         assert_eq!(d.programs.get(&a_if), Some(&7));
@@ -330,6 +528,7 @@ mod tests {
             peerings: &p,
             slots: &st,
             facts: &facts,
+            fleet: None,
         });
         assert!(d2.vpcs["a"].up);
         // Pure: the same inputs, the same output.
@@ -340,6 +539,7 @@ mod tests {
                 peerings: &p,
                 slots: &st,
                 facts: &facts,
+                fleet: None,
             })
         );
     }

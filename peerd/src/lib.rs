@@ -3,6 +3,7 @@
 //! The control plane in one line: [`config`] (files) → [`lifecycle`] (peering states with
 //! history) → [`state`] (slots) → [`desired`] (pure desired state) → [`reconcile`] (one
 //! reconciler per resource) — driven by [`daemon`], the one task that owns mutable state.
+pub mod agent;
 pub mod api;
 pub mod cluster;
 pub mod config;

@@ -107,7 +107,13 @@ pub struct State {
     /// VPCs that left the configuration and whose namespace or link is not removed yet.
     #[serde(default)]
     pub removing: BTreeMap<String, Removal>,
+    /// Other hosts of the fleet (cluster mode) -> slot.
+    #[serde(default)]
+    pub hosts: BTreeMap<String, u32>,
 }
+
+/// Host slots (cluster mode). Slot 0 is this host.
+pub const MAX_HOSTS: u32 = 1024;
 
 /// A VPC to remove from the host.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -130,6 +136,11 @@ pub struct Wanted<'a> {
     pub taken_links: &'a BTreeSet<String>,
     /// The namespace prefix (to name the namespace of a VPC being removed).
     pub netns_prefix: &'a str,
+    /// VPCs with a namespace (and a link) on this host: every VPC on a single host; in
+    /// cluster mode those `[cluster] vpcs` lists (the others only have slots, as destinations).
+    pub placed: BTreeSet<&'a str>,
+    /// Other hosts of the fleet (cluster mode): each gets a slot.
+    pub hosts: BTreeSet<&'a str>,
 }
 
 /// "pd" + 8 hex digits of FNV-1a-32 of `seed`: stable and at most 15 characters.
@@ -288,17 +299,19 @@ impl State {
             }
         }
         for (vpc, l) in &self.links {
-            if want.vpcs.contains_key(vpc.as_str()) && !want.taken_links.contains(l) {
+            if want.placed.contains(vpc.as_str()) && !want.taken_links.contains(l) {
                 next.links.insert(vpc.clone(), l.clone());
             } else {
                 next.retired.links.insert(l.clone());
             }
         }
-        for vpc in self
-            .vpcs
+        // VPCs no longer placed here lose their namespace and link (a state from an older peerd
+        // has no link names: its VPCs are known by their slots).
+        let had_presence = self
+            .links
             .keys()
-            .filter(|v| !want.vpcs.contains_key(v.as_str()))
-        {
+            .chain(self.vpcs.keys().filter(|v| !self.links.contains_key(*v)));
+        for vpc in had_presence.filter(|v| !want.placed.contains(v.as_str())) {
             let netns = format!("{}{vpc}", want.netns_prefix);
             // A state from an older peerd has no record: it created every VPC it knew.
             let created = self
@@ -319,6 +332,19 @@ impl State {
                     created,
                 },
             );
+        }
+        for (name, slot) in &self.hosts {
+            if want.hosts.contains(name.as_str()) {
+                next.hosts.insert(name.clone(), *slot);
+            }
+        }
+        let mut used: BTreeSet<u32> = next.hosts.values().copied().collect();
+        for name in &want.hosts {
+            if !next.hosts.contains_key(*name) {
+                let s = lowest_free(&used, 1, MAX_HOSTS).ok_or(Error::Full("host"))?;
+                used.insert(s);
+                next.hosts.insert((*name).to_owned(), s);
+            }
         }
         // Place what is new, never on a slot or name in use or retired.
         let mut used: BTreeSet<u32> = next.vpcs.values().copied().collect();
@@ -360,7 +386,7 @@ impl State {
         names.extend(next.retired.links.iter().cloned());
         names.extend(want.taken_links.iter().cloned());
         for (vpc, netns) in &want.vpcs {
-            if next.links.contains_key(*vpc) {
+            if next.links.contains_key(*vpc) || !want.placed.contains(vpc) {
                 continue;
             }
             // The first candidate is the hash of the namespace name; a collision (with another
@@ -476,6 +502,8 @@ mod tests {
             peerings: peerings.iter().copied().collect(),
             taken_links: taken,
             netns_prefix: "vpc-",
+            placed: vpcs.iter().copied().collect(),
+            hosts: BTreeSet::new(),
         }
     }
 

@@ -113,6 +113,8 @@ pub struct RunInputs<'a> {
     /// VPC and peering slots given out anew since the last run: their counters start at zero.
     pub new_vpc_slots: &'a [u32],
     pub new_peering_slots: &'a [u32],
+    /// Cluster mode: the fleet as last known.
+    pub fleet: Option<desired::Fleet<'a>>,
 }
 
 impl Reconciler {
@@ -134,6 +136,7 @@ impl Reconciler {
             peerings: inp.peerings,
             slots: inp.state,
             facts: &self.facts,
+            fleet: inp.fleet,
         })
     }
 
