@@ -127,7 +127,7 @@ impl Daemon {
         let rt = runtime()?;
         let (tx, snapshot) = tokio::sync::watch::channel(Default::default());
         let d = rt
-            .block_on(peerd::daemon::Daemon::start(config, tx))
+            .block_on(peerd::daemon::Daemon::start(config, tx, None))
             .map_err(|e| e.to_string())?;
         Ok(Daemon { rt, d, snapshot })
     }

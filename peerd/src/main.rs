@@ -470,6 +470,15 @@ async fn run_async(path: &Path) -> Result<(), String> {
         watch::ConfigWatcher::start(ev_tx.clone()).map_err(|e| format!("inotify: {e}"))?;
     watch::watch_netns(ev_tx.clone());
     watch::watch_links(ev_tx);
+    // Cluster mode: the fleet agent runs here, on the client runtime (see peerd::agent).
+    let link = pre.daemon.cluster.as_ref().map(|c| {
+        let (from_tx, from_rx) = mpsc::unbounded_channel();
+        let to_agent = peerd::agent::start(c.clone(), pre.daemon.state_dir.clone(), from_tx);
+        peerd::daemon::ClusterLink {
+            to_agent,
+            from_agent: from_rx,
+        }
+    });
     let p = path.to_owned();
     let owner = std::thread::Builder::new()
         .name("peerd-owner".into())
@@ -485,7 +494,7 @@ async fn run_async(path: &Path) -> Result<(), String> {
                 }
             };
             rt.block_on(async move {
-                match Daemon::start(&p, snap_tx).await {
+                match Daemon::start(&p, snap_tx, link).await {
                     Ok(d) => {
                         let _ = ready_tx.send(Ok(()));
                         d.run(msg_rx, ev_rx, Some(watcher)).await;

@@ -397,3 +397,28 @@ pub async fn host_routes(
     }
     Ok(out)
 }
+
+/// The MTU of the link that holds `addr` in the namespace of `h`, if one does.
+pub async fn mtu_of_address(h: &Handle, addr: IpAddr) -> Result<Option<u32>, Error> {
+    use netlink_packet_route::address::AddressAttribute;
+    let mut s = h.address().get().execute();
+    let mut index = None;
+    while let Some(a) = s.try_next().await.map_err(failed("listing addresses in", "host"))? {
+        let holds = a.attributes.iter().any(|x| {
+            matches!(x, AddressAttribute::Local(ip) | AddressAttribute::Address(ip) if *ip == addr)
+        });
+        if holds {
+            index = Some(a.header.index);
+            break;
+        }
+    }
+    let Some(index) = index else {
+        return Ok(None);
+    };
+    let mut links = h.link().get().match_index(index).execute();
+    Ok(links
+        .try_next()
+        .await
+        .map_err(failed("looking up link", index.to_string()))?
+        .map(|l| mtu_of(&l)))
+}

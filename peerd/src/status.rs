@@ -22,6 +22,39 @@ pub struct VpcView {
     pub slot: u32,
     pub ready: bool,
     pub error: Option<String>,
+    /// Cluster mode: the hosts the VPC is present on.
+    pub hosts: Vec<String>,
+}
+
+/// A host of the fleet, as this host knows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct HostView {
+    pub name: String,
+    pub underlay: IpAddr,
+    pub vpcs: Vec<String>,
+    /// Slot in this host's datapath (0: this host).
+    #[serde(skip)]
+    pub slot: u32,
+}
+
+/// Cluster mode (SPEC §7).
+#[derive(Clone, Debug, Serialize)]
+pub struct ClusterStatus {
+    pub host: String,
+    /// etcd answers (the fleet view is current).
+    pub connected: bool,
+    /// This host's lease is alive (its record and endpoints are in etcd).
+    pub registered: bool,
+    /// Revision of the fleet view in force (0: none yet).
+    pub revision: i64,
+    pub error: Option<String>,
+    pub hosts: Vec<HostView>,
+    /// Workload addresses on other hosts that this host can send to.
+    pub remote_endpoints: usize,
+    /// Workload addresses found here and published.
+    pub local_endpoints: usize,
+    /// Fleet VPCs that cannot be used, MTUs lowered for the encapsulation.
+    pub notes: Vec<String>,
 }
 
 /// One peering, with its history.
@@ -74,6 +107,9 @@ pub struct Snapshot {
     /// The datapath's tables and the names of their slots, for `explain`.
     pub tables: Tables,
     pub names: Names,
+    pub cluster: Option<ClusterStatus>,
+    /// Cluster mode: (VPC slot, address) -> host slot of remote workloads, for explain.
+    pub remote: BTreeMap<(u32, IpAddr), u32>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -91,6 +127,9 @@ pub struct VpcStatus {
     pub error: Option<String>,
     /// Drops of traffic from this VPC, by reason (only reasons that happened).
     pub drops: BTreeMap<&'static str, CounterJson>,
+    /// Cluster mode: the hosts the VPC is present on.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -117,6 +156,8 @@ pub struct Status {
     pub backstop: Option<CounterJson>,
     pub last_reconcile: ReconcileReport,
     pub flow_log: Option<FlowLogStatus>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterStatus>,
 }
 
 pub fn mode_name(m: DatapathMode) -> &'static str {
@@ -148,6 +189,7 @@ pub fn status(s: &Snapshot, counters: Option<&Counters>) -> Status {
                 .filter(|(_, c)| c.packets > 0)
                 .map(|(r, c)| (r.name(), counter(c)))
                 .collect(),
+            hosts: v.hosts.clone(),
         })
         .collect();
     let peerings = s
@@ -182,6 +224,7 @@ pub fn status(s: &Snapshot, counters: Option<&Counters>) -> Status {
             .map(|(packets, bytes)| CounterJson { packets, bytes }),
         last_reconcile: s.last_reconcile.clone(),
         flow_log: s.flow_log.clone(),
+        cluster: s.cluster.clone(),
     }
 }
 

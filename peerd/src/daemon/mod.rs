@@ -23,6 +23,10 @@ use crate::{
     watch as watcher,
 };
 
+mod fleet;
+
+pub use fleet::Link as ClusterLink;
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(transparent)]
@@ -36,6 +40,8 @@ pub enum Error {
     /// Some files were rejected (their last good version stays in force).
     #[error("{0}")]
     Rejected(String),
+    #[error("cluster mode needs the fleet agent (start peerd with `peerd run`)")]
+    NoAgent,
 }
 
 /// How often the daemon re-checks the whole host even when no event woke it (a flushed route,
@@ -85,6 +91,8 @@ pub struct Daemon {
     retry: Option<Duration>,
     /// The desired state the last reconcile converged to (tables and names for readers).
     desired: desired::Desired,
+    /// Cluster mode.
+    cluster: Option<fleet::Cluster>,
     _lock: state::Lock,
 }
 
@@ -94,6 +102,7 @@ impl Daemon {
     pub async fn start(
         config_path: &Path,
         snapshot: watch::Sender<Arc<Snapshot>>,
+        link: Option<ClusterLink>,
     ) -> Result<Daemon, Error> {
         let (loaded, warnings) = config::load_resilient_at_start(config_path);
         for w in warnings {
@@ -132,9 +141,17 @@ impl Daemon {
             watcher: None,
             retry: None,
             desired: desired::Desired::default(),
+            cluster: None,
             _lock: lock,
         };
+        if let Some(c) = &d.cfg.daemon.cluster {
+            let mut cl = fleet::Cluster::new(c.clone(), link.ok_or(Error::NoAgent)?);
+            cl.find_underlay_mtu(&d.rec.nl).await;
+            d.cluster = Some(cl);
+        }
         d.accept(loaded);
+        // In cluster mode nothing is reconciled before the fleet is known (the datapath keeps
+        // what it holds meanwhile).
         d.reconcile(Scope::Full).await?;
         Ok(d)
     }
@@ -165,7 +182,8 @@ impl Daemon {
                 return Err(e.into());
             }
         };
-        let cfg = self.keep_restart_settings(loaded.config.clone());
+        let mut cfg = self.keep_restart_settings(loaded.config.clone());
+        self.with_fleet_vpcs(&mut cfg);
         let broken = loaded.error_report();
         self.accept(loaded);
         if cfg == self.cfg {
@@ -180,6 +198,18 @@ impl Daemon {
             Some(e) => Err(Error::Rejected(e)),
             None => Ok(()),
         }
+    }
+
+    /// In cluster mode the VPCs come from the fleet (the host file has none).
+    fn with_fleet_vpcs(&mut self, cfg: &mut Config) {
+        let Some(cl) = &mut self.cluster else { return };
+        let Some(view) = &cl.view else { return };
+        let (vpcs, errors) = view.config(&cfg.daemon);
+        for e in &errors {
+            warn!(error = %e, "a fleet VPC cannot be used");
+        }
+        cl.errors = errors;
+        cfg.vpcs = vpcs;
     }
 
     /// Settings that only apply at a restart keep their running values (with a warning).
@@ -198,17 +228,54 @@ impl Daemon {
         cfg.daemon.state_dir = running.state_dir.clone();
         cfg.daemon.metrics = running.metrics;
         cfg.daemon.socket = running.socket.clone();
+        // The fleet link (etcd, host name, underlay) is set up at start; only the placement
+        // (`vpcs`) changes live.
+        if let (Some(new), Some(old)) = (&mut cfg.daemon.cluster, &running.cluster) {
+            let vpcs = std::mem::take(&mut new.vpcs);
+            if *new != (crate::config::ClusterConfig { vpcs: Vec::new(), ..old.clone() }) {
+                warn!("[cluster] changes other than vpcs apply at the next restart");
+            }
+            *new = crate::config::ClusterConfig { vpcs, ..old.clone() };
+        } else if cfg.daemon.cluster.is_some() != running.cluster.is_some() {
+            warn!("adding or removing [cluster] applies at the next restart");
+            cfg.daemon.cluster = running.cluster.clone();
+        }
         cfg
     }
 
     /// Makes host and datapath match the configuration in force; changes only the difference.
     pub async fn reconcile(&mut self, scope: Scope) -> Result<(), Error> {
         let started = Instant::now();
+        if self.cluster.as_ref().is_some_and(|c| c.view.is_none()) {
+            // The fleet is not known yet: what the datapath holds stays.
+            self.publish();
+            return Ok(());
+        }
         let now = state::unix(SystemTime::now());
         let prev = self.state.clone();
-        let mut next = prev.assign(&desired::wanted(&self.cfg, &self.taken_links), now)?;
-        let (peerings, records) = lifecycle::evaluate(&self.cfg, &next.peerings, now);
-        next.peerings = records;
+        let hosts: BTreeSet<String> = match &self.cluster {
+            Some(cl) => cl
+                .view
+                .iter()
+                .flat_map(|v| v.hosts.keys())
+                .filter(|h| **h != cl.cfg.host)
+                .cloned()
+                .collect(),
+            None => BTreeSet::new(),
+        };
+        let mut wanted = desired::wanted(&self.cfg, &self.taken_links);
+        wanted.hosts = hosts.iter().map(String::as_str).collect();
+        let mut next = prev.assign(&wanted, now)?;
+        let (peerings, records) = match self.cluster.as_ref().and_then(|c| c.view.clone()) {
+            // Fleet-wide states: from the records in etcd, as every host computes them.
+            Some(view) => view.evaluate(self.cfg.vpcs.clone(), &self.cfg.daemon, now),
+            None => lifecycle::evaluate(&self.cfg, &next.peerings, now),
+        };
+        for (id, r) in records {
+            let slot = next.peerings.get(&id).map(|p| p.slot).unwrap_or(0);
+            next.peerings.insert(id, state::PeeringRecord { slot, ..r });
+        }
+        next.peerings.retain(|_, r| r.slot != 0);
         if next.created_netns.is_none() {
             // A state from an older peerd, which created every VPC namespace it recorded.
             next.created_netns = Some(
@@ -240,6 +307,21 @@ impl Daemon {
         next.save(&self.cfg.daemon.state_dir)?;
         self.state = next;
         self.set_flow_log();
+        if let Some(cl) = &mut self.cluster {
+            let placed: BTreeMap<String, (String, Vec<ipnet::IpNet>)> = self
+                .cfg
+                .vpcs
+                .iter()
+                .filter(|v| desired::placed(&self.cfg, &v.name))
+                .map(|v| {
+                    (
+                        v.name.clone(),
+                        (format!("{}{}", self.cfg.daemon.netns_prefix, v.name), v.cidrs.clone()),
+                    )
+                })
+                .collect();
+            cl.refresh_endpoints(&self.rec.nl, &placed).await;
+        }
         let gone: Vec<state::Removal> = self.state.removing.values().cloned().collect();
         let out = self
             .rec
@@ -251,7 +333,7 @@ impl Daemon {
                     gone: &gone,
                     new_vpc_slots: &new_vpc_slots,
                     new_peering_slots: &new_peering_slots,
-                    fleet: None,
+                    fleet: self.cluster.as_ref().and_then(|c| c.fleet()),
                 },
                 scope,
             )
@@ -309,6 +391,9 @@ impl Daemon {
             actions: out.actions,
             duration_ms,
         };
+        if let Some(cl) = &mut self.cluster {
+            cl.want = out.desired.cluster.clone();
+        }
         self.desired = out.desired;
         self.publish();
         Ok(())
@@ -376,6 +461,12 @@ impl Daemon {
                         .attached
                         .contains(&(host_if.clone(), f.host_ifindex))
                 });
+                let hosts = self
+                    .cluster
+                    .as_ref()
+                    .and_then(|c| c.want.as_ref())
+                    .and_then(|w| w.vpc_hosts.get(&v.name).cloned())
+                    .unwrap_or_default();
                 Some(VpcView {
                     name: v.name.clone(),
                     netns,
@@ -383,6 +474,7 @@ impl Daemon {
                     slot,
                     ready: error.is_none() && attached,
                     error,
+                    hosts,
                 })
             })
             .collect();
@@ -424,8 +516,46 @@ impl Daemon {
             last_reload_unix: self.last_reload_unix,
             tables: self.desired.tables.clone(),
             names: self.desired.names.clone(),
+            cluster: self.cluster.as_ref().map(|c| self.cluster_status(c)),
+            remote: self
+                .desired
+                .cluster
+                .as_ref()
+                .map(|w| w.endpoints.iter().filter(|(_, h)| **h != 0).map(|(k, h)| (*k, *h)).collect())
+                .unwrap_or_default(),
         };
         self.snapshot.send_replace(Arc::new(snap));
+    }
+
+    fn cluster_status(&self, c: &fleet::Cluster) -> crate::status::ClusterStatus {
+        let want = c.want.as_ref();
+        let slot_of = |name: &str| self.state.hosts.get(name).copied().unwrap_or(0);
+        let hosts = c
+            .view
+            .iter()
+            .flat_map(|v| v.hosts.values())
+            .map(|h| crate::status::HostView {
+                name: h.name.clone(),
+                underlay: h.underlay,
+                vpcs: h.vpcs.clone(),
+                slot: slot_of(&h.name),
+            })
+            .collect();
+        let mut notes = c.errors.clone();
+        notes.extend(want.iter().flat_map(|w| w.notes.iter().cloned()));
+        crate::status::ClusterStatus {
+            host: c.cfg.host.clone(),
+            connected: c.store_connected,
+            registered: c.registered,
+            revision: c.view.as_ref().map(|v| v.revision).unwrap_or(0),
+            error: c.store_error.clone().or_else(|| c.register_error.clone()),
+            hosts,
+            remote_endpoints: want
+                .map(|w| w.endpoints.values().filter(|h| **h != 0).count())
+                .unwrap_or(0),
+            local_endpoints: c.local_endpoints.values().map(|s| s.len()).sum(),
+            notes,
+        }
     }
 
     /// What applying the configuration at `path` (default: the daemon's own) would change,
@@ -518,6 +648,9 @@ impl Daemon {
     ) {
         self.watcher = watcher;
         self.update_watch();
+        // Cluster mode: the fleet agent and the VPC namespaces' address events.
+        let mut from_agent = self.cluster.as_mut().and_then(|c| c.from_agent.take());
+        let mut ns_events = self.cluster.as_mut().and_then(|c| c.events_rx.take());
         let mut resync_at = tokio::time::Instant::now() + RESYNC;
         let mut flow_tick = tokio::time::interval(self.cfg.daemon.flow_log_interval);
         flow_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -562,6 +695,17 @@ impl Daemon {
                         warn!(error = %e, "reconcile failed");
                     }
                 }
+                Some(m) = recv(&mut from_agent) => self.from_agent(m).await,
+                Some(_) = recv(&mut ns_events) => {
+                    // Coalesce a burst (an address and its route arrive together).
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    if let Some(rx) = ns_events.as_mut() {
+                        while rx.try_recv().is_ok() {}
+                    }
+                    if let Err(e) = self.reconcile(Scope::Changed).await {
+                        warn!(error = %e, "reconcile after a workload change failed");
+                    }
+                }
                 _ = flow_tick.tick() => self.drain_flow_log(),
                 _ = dog.tick(), if watchdog.is_some() => {
                     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
@@ -571,6 +715,37 @@ impl Daemon {
         }
         // The last window's flows, so a stop loses no records.
         self.drain_flow_log();
+    }
+
+    /// A message of the fleet agent.
+    async fn from_agent(&mut self, m: crate::agent::FromAgent) {
+        use crate::agent::FromAgent;
+        let Some(cl) = &mut self.cluster else { return };
+        match m {
+            FromAgent::View(v) => {
+                let first = cl.view.is_none();
+                cl.store_connected = true;
+                cl.store_error = None;
+                cl.view = Some(v);
+                let mut cfg = self.cfg.clone();
+                self.with_fleet_vpcs(&mut cfg);
+                self.cfg = cfg;
+                let scope = if first { Scope::Full } else { Scope::Changed };
+                if let Err(e) = self.reconcile(scope).await {
+                    warn!(error = %e, "reconcile after a fleet change failed");
+                }
+            }
+            FromAgent::Disconnected(why) => {
+                cl.store_connected = false;
+                cl.store_error = Some(why);
+                self.publish();
+            }
+            FromAgent::Membership { connected, error } => {
+                cl.registered = connected;
+                cl.register_error = error;
+                self.publish();
+            }
+        }
     }
 
     async fn resync(&mut self) {
@@ -583,6 +758,14 @@ impl Daemon {
         if let Some(w) = &self.watcher {
             w.set(&self.cfg.watch_dirs, &self.cfg.files);
         }
+    }
+}
+
+/// The next item of an optional channel; pending forever without one.
+async fn recv<T>(rx: &mut Option<mpsc::UnboundedReceiver<T>>) -> Option<T> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 
