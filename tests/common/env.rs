@@ -65,6 +65,8 @@ pub struct Env {
     pub config: PathBuf,
     pub pin_dir: PathBuf,
     pub socket: PathBuf,
+    /// The network namespace peerd runs in (a "host" of a fleet test), or the test's own.
+    pub host_netns: Option<String>,
     daemon: Option<Child>,
 }
 
@@ -80,6 +82,7 @@ impl Env {
             socket: dir.join("peerd.sock"),
             prefix,
             dir,
+            host_netns: None,
             daemon: None,
         }
     }
@@ -116,7 +119,31 @@ impl Env {
 
     /// Starts `peerd run` and waits (bounded) until it answers status.
     pub fn start(&mut self) {
-        self.start_with(&[], &[])
+        let w = self.wrapper();
+        let w: Vec<&str> = w.iter().map(String::as_str).collect();
+        self.start_with(&w, &[])
+    }
+
+    /// What runs peerd inside `host_netns` (only the network namespace changes: /sys, and the
+    /// bpffs mounted on it, stay the test's).
+    pub fn wrapper(&self) -> Vec<String> {
+        match &self.host_netns {
+            Some(ns) => vec!["nsenter".into(), format!("--net=/run/netns/{ns}")],
+            None => Vec::new(),
+        }
+    }
+
+    /// A command that runs `program` where peerd runs.
+    pub fn command(&self, program: &str) -> Command {
+        let w = self.wrapper();
+        match w.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(program);
+                c
+            }
+            None => Command::new(program),
+        }
     }
 
     /// `start`, with `wrapper` (a command and its arguments) in front of peerd and extra
@@ -207,7 +234,7 @@ impl Env {
     }
 
     pub fn peerd(&self, args: &[&str]) -> std::process::Output {
-        Command::new(PEERD)
+        self.command(PEERD)
             .args(args)
             .arg("--config")
             .arg(&self.config)
@@ -457,7 +484,8 @@ impl Drop for Env {
             let _ = c.wait();
         }
         // peerd's own teardown first; then make sure, whatever state the test left.
-        let _ = Command::new(PEERD)
+        let _ = self
+            .command(PEERD)
             .args(["teardown", "--config"])
             .arg(&self.config)
             .stdout(Stdio::null())

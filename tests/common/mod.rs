@@ -48,3 +48,4 @@ impl Drop for PinDir {
 
 pub mod env;
 pub mod etcd;
+pub mod fleet;
