@@ -5,6 +5,8 @@ use std::{
 };
 
 use anyhow::{bail, Context as _, Result};
+
+mod cluster_demo;
 use clap::{Parser, Subcommand};
 
 /// Debian packages peerd's build, tests and benchmarks need.
@@ -47,6 +49,9 @@ enum Cmd {
     },
     /// Setup, build, and run peerd on configs/demo.toml in the foreground.
     Demo,
+    /// Setup, build, and run a fleet of three hosts (network namespaces, each with its own
+    /// peerd) on one etcd: cluster mode (configs/cluster/).
+    ClusterDemo,
     /// Benchmarks: peerd against the kernel and the hooks' ceilings, and at scale; writes
     /// bench/results.json, bench/REPORT.md and bench/chart.svg.
     Bench {
@@ -358,6 +363,7 @@ fn main() -> Result<ExitCode> {
         Cmd::Setup => setup().map(|_| ExitCode::SUCCESS),
         Cmd::Test { args } => test(&args),
         Cmd::Demo => demo().map(|_| ExitCode::SUCCESS),
+        Cmd::ClusterDemo => cluster_demo::cluster_demo().map(|_| ExitCode::SUCCESS),
         Cmd::Bench { quick, rounds, out } => bench(quick, rounds, &out).map(|_| ExitCode::SUCCESS),
     }
 }
