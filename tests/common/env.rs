@@ -306,98 +306,17 @@ impl Env {
 
     /// `ping -c n` from VPC `from` (source `src`) to `dst`; true if all replies came back.
     pub fn ping(&self, from: &str, src: &str, dst: &str, n: u32) -> bool {
-        let ns = self.netns(from);
-        let count = n.to_string();
-        Command::new("ip")
-            .args([
-                "netns", "exec", &ns, "ping", "-q", "-n", "-c", &count, "-i", "0.05", "-W", "1",
-                "-I", src, dst,
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false)
+        ping(&self.netns(from), src, dst, n)
     }
 
-    /// Sends `n` UDP datagrams from `src` in VPC `from` to `dst:port` in VPC `to` and returns
-    /// how many arrived. The receiver waits at most `wait` after the last send.
+    /// Sends `n` UDP datagrams from `src` in VPC `from` to `dst` in VPC `to`; how many arrived.
     pub fn udp(&self, from: &str, src: &str, to: &str, dst: &str, n: u32, wait: Duration) -> u32 {
-        let port = 20000 + (std::process::id() % 20000) as u16;
-        let dst_addr = SocketAddr::new(dst.parse::<IpAddr>().unwrap(), port);
-        let src_addr = SocketAddr::new(src.parse::<IpAddr>().unwrap(), 0);
-        let rx = in_ns(&self.netns(to), move || {
-            UdpSocket::bind(dst_addr).expect("bind receiver")
-        });
-        let tx = in_ns(&self.netns(from), move || {
-            UdpSocket::bind(src_addr).expect("bind sender")
-        });
-        for i in 0..n {
-            // A VPC without a route gets an error here: that is "nothing delivered" too.
-            let _ = tx.send_to(format!("peerd-test {i}").as_bytes(), dst_addr);
-        }
-        rx.set_read_timeout(Some(wait)).unwrap();
-        let mut got = 0;
-        let mut buf = [0u8; 128];
-        while got < n {
-            match rx.recv_from(&mut buf) {
-                Ok((len, from_addr)) => {
-                    assert!(buf[..len].starts_with(b"peerd-test"));
-                    assert_eq!(from_addr.ip(), src_addr.ip(), "source address preserved");
-                    got += 1;
-                }
-                Err(_) => break,
-            }
-        }
-        got
+        udp(&self.netns(from), src, &self.netns(to), dst, n, wait)
     }
 
-    /// A TCP connection from `src` in VPC `from` to `dst` in VPC `to`: sends 1 MiB and reads
-    /// it back echoed. True when everything came back.
+    /// 1 MiB echoed over TCP from `src` in VPC `from` to `dst` in VPC `to`.
     pub fn tcp_echo(&self, from: &str, src: &str, to: &str, dst: &str) -> bool {
-        let port = 30000 + (std::process::id() % 20000) as u16;
-        let dst_addr = SocketAddr::new(dst.parse::<IpAddr>().unwrap(), port);
-        let src_addr = SocketAddr::new(src.parse::<IpAddr>().unwrap(), 0);
-        let listener = in_ns(&self.netns(to), move || {
-            TcpListener::bind(dst_addr).expect("bind")
-        });
-        let server = std::thread::spawn(move || {
-            listener.set_nonblocking(false).unwrap();
-            let (mut s, peer) = listener.accept().ok()?;
-            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-            let mut buf = vec![0u8; 64 * 1024];
-            loop {
-                let n = s.read(&mut buf).ok()?;
-                if n == 0 {
-                    return Some(peer);
-                }
-                s.write_all(&buf[..n]).ok()?;
-            }
-        });
-        let data: Vec<u8> = (0..1 << 20).map(|i| (i % 251) as u8).collect();
-        let ok = in_ns(&self.netns(from), move || {
-            let sock = socket2_connect(src_addr, dst_addr)?;
-            let mut s = sock;
-            s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-            let mut w = s.try_clone().ok()?;
-            let send = data.clone();
-            let writer = std::thread::spawn(move || {
-                w.write_all(&send).ok()?;
-                w.shutdown(std::net::Shutdown::Write).ok()
-            });
-            let mut back = Vec::new();
-            s.read_to_end(&mut back).ok()?;
-            writer.join().ok()??;
-            Some(back == data)
-        });
-        if ok != Some(true) {
-            // Unblock the server's accept so its thread ends.
-            let _ = in_ns(&self.netns(to), move || {
-                TcpStream::connect_timeout(&dst_addr, Duration::from_millis(200))
-            });
-        }
-        let peer = server.join().ok().flatten();
-        ok == Some(true) && peer.map(|p| p.ip()) == Some(src_addr.ip())
+        tcp_echo(&self.netns(from), src, &self.netns(to), dst)
     }
 }
 
@@ -507,4 +426,100 @@ impl Drop for Env {
 /// Does named namespace `ns` exist?
 pub fn netns_ok(ns: &str) -> bool {
     std::path::Path::new("/run/netns").join(ns).exists()
+}
+
+/// `ping -c n` from namespace `from_ns` (source `src`) to `dst`; true if all replies came back.
+pub fn ping(from_ns: &str, src: &str, dst: &str, n: u32) -> bool {
+    let ns = from_ns.to_owned();
+    let count = n.to_string();
+    Command::new("ip")
+        .args([
+            "netns", "exec", &ns, "ping", "-q", "-n", "-c", &count, "-i", "0.05", "-W", "1",
+            "-I", src, dst,
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+/// Sends `n` UDP datagrams from `src` in VPC `from` to `dst:port` in VPC `to` and returns
+/// how many arrived. The receiver waits at most `wait` after the last send.
+pub fn udp(from_ns: &str, src: &str, to_ns: &str, dst: &str, n: u32, wait: Duration) -> u32 {
+    let port = 20000 + (std::process::id() % 20000) as u16;
+    let dst_addr = SocketAddr::new(dst.parse::<IpAddr>().unwrap(), port);
+    let src_addr = SocketAddr::new(src.parse::<IpAddr>().unwrap(), 0);
+    let rx = in_ns(to_ns, move || {
+        UdpSocket::bind(dst_addr).expect("bind receiver")
+    });
+    let tx = in_ns(from_ns, move || {
+        UdpSocket::bind(src_addr).expect("bind sender")
+    });
+    for i in 0..n {
+        // A VPC without a route gets an error here: that is "nothing delivered" too.
+        let _ = tx.send_to(format!("peerd-test {i}").as_bytes(), dst_addr);
+    }
+    rx.set_read_timeout(Some(wait)).unwrap();
+    let mut got = 0;
+    let mut buf = [0u8; 128];
+    while got < n {
+        match rx.recv_from(&mut buf) {
+            Ok((len, from_addr)) => {
+                assert!(buf[..len].starts_with(b"peerd-test"));
+                assert_eq!(from_addr.ip(), src_addr.ip(), "source address preserved");
+                got += 1;
+            }
+            Err(_) => break,
+        }
+    }
+    got
+}
+
+/// A TCP connection from `src` in VPC `from` to `dst` in VPC `to`: sends 1 MiB and reads
+/// it back echoed. True when everything came back.
+pub fn tcp_echo(from_ns: &str, src: &str, to_ns: &str, dst: &str) -> bool {
+    let port = 30000 + (std::process::id() % 20000) as u16;
+    let dst_addr = SocketAddr::new(dst.parse::<IpAddr>().unwrap(), port);
+    let src_addr = SocketAddr::new(src.parse::<IpAddr>().unwrap(), 0);
+    let listener = in_ns(to_ns, move || {
+        TcpListener::bind(dst_addr).expect("bind")
+    });
+    let server = std::thread::spawn(move || {
+        listener.set_nonblocking(false).unwrap();
+        let (mut s, peer) = listener.accept().ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = s.read(&mut buf).ok()?;
+            if n == 0 {
+                return Some(peer);
+            }
+            s.write_all(&buf[..n]).ok()?;
+        }
+    });
+    let data: Vec<u8> = (0..1 << 20).map(|i| (i % 251) as u8).collect();
+    let ok = in_ns(from_ns, move || {
+        let sock = socket2_connect(src_addr, dst_addr)?;
+        let mut s = sock;
+        s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+        let mut w = s.try_clone().ok()?;
+        let send = data.clone();
+        let writer = std::thread::spawn(move || {
+            w.write_all(&send).ok()?;
+            w.shutdown(std::net::Shutdown::Write).ok()
+        });
+        let mut back = Vec::new();
+        s.read_to_end(&mut back).ok()?;
+        writer.join().ok()??;
+        Some(back == data)
+    });
+    if ok != Some(true) {
+        // Unblock the server's accept so its thread ends.
+        let _ = in_ns(to_ns, move || {
+            TcpStream::connect_timeout(&dst_addr, Duration::from_millis(200))
+        });
+    }
+    let peer = server.join().ok().flatten();
+    ok == Some(true) && peer.map(|p| p.ip()) == Some(src_addr.ip())
 }
