@@ -2,16 +2,12 @@
 //! SIGKILL without loss, drift repair, plan.
 mod common;
 
-use std::{
-    net::{SocketAddr, UdpSocket},
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc,
-    },
-    time::Duration,
-};
+use std::time::Duration;
 
-use common::env::{in_ns, sh, wait_for, Env};
+use common::{
+    env::{sh, wait_for, Env},
+    stream::Stream,
+};
 
 const BOUND: Duration = Duration::from_secs(30);
 
@@ -148,92 +144,6 @@ fn pending_requests_expire_and_stay_expired() {
     assert_eq!(env.state_of("pcx-ab"), "expired");
 }
 
-/// A UDP stream with sequence numbers from a to b; `finish` returns (sent, lost).
-struct Stream {
-    stop: Arc<AtomicBool>,
-    sender: std::thread::JoinHandle<u64>,
-    receiver: std::thread::JoinHandle<Vec<bool>>,
-}
-
-impl Stream {
-    fn start(env: &Env) -> Stream {
-        let dst: SocketAddr = "10.1.0.1:5555".parse().unwrap();
-        let rx = in_ns(&env.netns("b"), move || UdpSocket::bind(dst).unwrap());
-        let tx = in_ns(&env.netns("a"), || UdpSocket::bind("10.0.0.1:0").unwrap());
-        // A big receive buffer so the stream is never lost in the socket.
-        set_rcvbuf(&rx, 8 << 20);
-        rx.set_read_timeout(Some(Duration::from_millis(200)))
-            .unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
-        let s = stop.clone();
-        let sender = std::thread::spawn(move || {
-            let mut seq = 0u64;
-            while !s.load(Ordering::Relaxed) {
-                tx.send_to(&seq.to_be_bytes(), dst).expect("send");
-                seq += 1;
-                std::thread::sleep(Duration::from_micros(500));
-            }
-            seq
-        });
-        let s = stop.clone();
-        let receiver = std::thread::spawn(move || {
-            let mut seen = Vec::new();
-            let mut buf = [0u8; 8];
-            let mut quiet_after_stop = 0;
-            loop {
-                match rx.recv(&mut buf) {
-                    Ok(8) => {
-                        let n = u64::from_be_bytes(buf) as usize;
-                        if seen.len() <= n {
-                            seen.resize(n + 1, false);
-                        }
-                        seen[n] = true;
-                    }
-                    _ if s.load(Ordering::Relaxed) => {
-                        quiet_after_stop += 1;
-                        if quiet_after_stop > 3 {
-                            return seen;
-                        }
-                    }
-                    _ => {}
-                }
-            }
-        });
-        Stream {
-            stop,
-            sender,
-            receiver,
-        }
-    }
-
-    fn finish(self) -> (u64, Vec<u64>) {
-        self.stop.store(true, Ordering::Relaxed);
-        let sent = self.sender.join().unwrap();
-        let mut seen = self.receiver.join().unwrap();
-        seen.resize(sent as usize, false);
-        let lost = seen
-            .iter()
-            .enumerate()
-            .filter(|(_, s)| !**s)
-            .map(|(i, _)| i as u64)
-            .collect();
-        (sent, lost)
-    }
-}
-
-fn set_rcvbuf(s: &UdpSocket, bytes: i32) {
-    use std::os::fd::AsRawFd as _;
-    // SAFETY: valid fd and option pointer/size.
-    unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUFFORCE,
-            &bytes as *const i32 as *const libc::c_void,
-            std::mem::size_of::<i32>() as u32,
-        );
-    }
-}
 
 #[test]
 #[ignore = "needs root"]

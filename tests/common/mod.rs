@@ -49,3 +49,4 @@ impl Drop for PinDir {
 pub mod env;
 pub mod etcd;
 pub mod fleet;
+pub mod stream;
