@@ -151,6 +151,9 @@ pub struct Status {
     pub datapath: &'static str,
     pub vpcs: Vec<VpcStatus>,
     pub peerings: Vec<PeeringStatus>,
+    /// Drops that belong to no VPC here: from a link of no VPC, or (cluster mode) from another
+    /// host with an unknown source or VNI.
+    pub unattributed_drops: BTreeMap<&'static str, CounterJson>,
     pub errors: Vec<String>,
     /// VPC traffic that reached the host stack and was dropped there (a program missing).
     pub backstop: Option<CounterJson>,
@@ -165,6 +168,25 @@ pub fn mode_name(m: DatapathMode) -> &'static str {
         DatapathMode::Tc => "tc",
         DatapathMode::Xdp => "xdp",
     }
+}
+
+/// Drops counted against VPC slot `slot` (0: none), by reason, only those that happened.
+fn drops_of(counters: Option<&Counters>, slot: u32) -> BTreeMap<&'static str, CounterJson> {
+    counters
+        .map(|c| c.drops(slot))
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(_, c)| c.packets > 0)
+        .map(|(r, c)| {
+            (
+                r.name(),
+                CounterJson {
+                    packets: c.packets,
+                    bytes: c.bytes,
+                },
+            )
+        })
+        .collect()
 }
 
 /// The status: the snapshot with the counters read now.
@@ -182,13 +204,7 @@ pub fn status(s: &Snapshot, counters: Option<&Counters>) -> Status {
             ready: v.ready,
             host_if: v.host_if.clone(),
             error: v.error.clone(),
-            drops: counters
-                .map(|c| c.drops(v.slot))
-                .unwrap_or_default()
-                .into_iter()
-                .filter(|(_, c)| c.packets > 0)
-                .map(|(r, c)| (r.name(), counter(c)))
-                .collect(),
+            drops: drops_of(counters, v.slot),
             hosts: v.hosts.clone(),
         })
         .collect();
@@ -218,6 +234,7 @@ pub fn status(s: &Snapshot, counters: Option<&Counters>) -> Status {
         datapath: mode_name(s.datapath),
         vpcs,
         peerings,
+        unattributed_drops: drops_of(counters, 0),
         errors: s.errors.clone(),
         backstop: s
             .backstop

@@ -151,6 +151,11 @@ impl Fleet {
         self.peerd(&["apply", "--etcd", &self.etcd.url, "--delete", vpc])
     }
 
+    /// The underlay's network namespace (its bridge is `br0`).
+    pub fn underlay_netns(&self) -> String {
+        self.underlay.0.clone()
+    }
+
     /// The underlay address of host `n`, in the fleet's family.
     pub fn underlay(&self, n: usize) -> IpAddr {
         if self.v6 {
