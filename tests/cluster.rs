@@ -61,7 +61,9 @@ fn vpcs_are_placed_per_host_and_endpoints_are_published() {
         }
     }
     let st = f.host(1).wait_status("three hosts known", BOUND, |st| {
-        st["cluster"]["hosts"].as_array().is_some_and(|h| h.len() == 3)
+        st["cluster"]["hosts"]
+            .as_array()
+            .is_some_and(|h| h.len() == 3)
             && st["cluster"]["connected"] == true
             && st["cluster"]["registered"] == true
     });
@@ -75,35 +77,63 @@ fn vpcs_are_placed_per_host_and_endpoints_are_published() {
     assert_eq!(hosts, ["h1", "h2"]);
     // The peering's state is the fleet's.
     let p = &st["peerings"].as_array().unwrap()[0];
-    assert_eq!((p["id"].as_str(), p["state"].as_str()), (Some("pcx-ab"), Some("active")));
+    assert_eq!(
+        (p["id"].as_str(), p["state"].as_str()),
+        (Some("pcx-ab"), Some("active"))
+    );
 
     // A workload appears in a@h1: published under h1's lease.
     f.host(1).add_addr("a", "10.91.0.1");
     let key = "/peerd/v1/endpoints/a/10.91.0.1/h1";
     wait_for(Duration::from_secs(5), "the endpoint in etcd", || {
-        f.etcd.keys("/peerd/v1/endpoints/").iter().any(|k| k == key).then_some(())
+        f.etcd
+            .keys("/peerd/v1/endpoints/")
+            .iter()
+            .any(|k| k == key)
+            .then_some(())
     });
     // And h3 (b's host) knows it as a remote endpoint.
-    f.host(3).wait_status("h3 knows a remote endpoint", BOUND, |st| {
-        st["cluster"]["remote_endpoints"].as_u64().unwrap_or(0) >= 1
-    });
+    f.host(3)
+        .wait_status("h3 knows a remote endpoint", BOUND, |st| {
+            st["cluster"]["remote_endpoints"].as_u64().unwrap_or(0) >= 1
+        });
     // Removed: the key goes.
-    sh(&["ip", "-n", &f.host(1).netns("a"), "addr", "del", "10.91.0.1/32", "dev", "lo"]);
-    wait_for(Duration::from_secs(5), "the endpoint gone from etcd", || {
-        (!f.etcd.keys("/peerd/v1/endpoints/").iter().any(|k| k == key)).then_some(())
-    });
+    sh(&[
+        "ip",
+        "-n",
+        &f.host(1).netns("a"),
+        "addr",
+        "del",
+        "10.91.0.1/32",
+        "dev",
+        "lo",
+    ]);
+    wait_for(
+        Duration::from_secs(5),
+        "the endpoint gone from etcd",
+        || (!f.etcd.keys("/peerd/v1/endpoints/").iter().any(|k| k == key)).then_some(()),
+    );
 
     // A placement change on a live host: h3 also places c.
     let h3 = f.host(3);
-    let text = std::fs::read_to_string(&h3.config).unwrap().replace("vpcs = [\"b\"]", "vpcs = [\"b\", \"c\"]");
+    let text = std::fs::read_to_string(&h3.config)
+        .unwrap()
+        .replace("vpcs = [\"b\"]", "vpcs = [\"b\", \"c\"]");
     std::fs::write(&h3.config, text).unwrap();
-    h3.wait_status("c placed on h3", BOUND, |st| vpc(st, "c").is_some_and(|x| x["ready"] == true));
+    h3.wait_status("c placed on h3", BOUND, |st| {
+        vpc(st, "c").is_some_and(|x| x["ready"] == true)
+    });
     assert!(ready(f.host(2), "c"));
     // Deleting a VPC removes it from every host.
     let out = f.delete("c");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     for h in [2, 3] {
-        f.host(h).wait_status("c gone", BOUND, |st| vpc(st, "c").is_none());
+        f.host(h)
+            .wait_status("c gone", BOUND, |st| vpc(st, "c").is_none());
         assert!(!common::env::netns_ok(&f.host(h).netns("c")));
     }
 }

@@ -75,9 +75,10 @@ fn fleet(v6: bool) -> Fleet {
     f.start_all();
     for (n, vpcs) in [(1, &["a", "s"][..]), (2, &["a", "c"]), (3, &["b", "h"])] {
         for v in vpcs {
-            f.host(n).wait_status(&format!("{v} ready on h{n}"), BOUND, |st| {
-                vpc(st, v).is_some_and(|x| x["ready"] == true)
-            });
+            f.host(n)
+                .wait_status(&format!("{v} ready on h{n}"), BOUND, |st| {
+                    vpc(st, v).is_some_and(|x| x["ready"] == true)
+                });
         }
     }
     // Workloads: a@1, a@2, b@3, c@2, h@3, s@1.
@@ -92,9 +93,10 @@ fn fleet(v6: bool) -> Fleet {
     add(3, "h", "10.94.3.1");
     add(1, "s", "10.95.1.1");
     for n in 1..=3 {
-        f.host(n).wait_status("remote endpoints known", BOUND, |st| {
-            st["cluster"]["remote_endpoints"].as_u64().unwrap_or(0) >= 5
-        });
+        f.host(n)
+            .wait_status("remote endpoints known", BOUND, |st| {
+                st["cluster"]["remote_endpoints"].as_u64().unwrap_or(0) >= 5
+            });
     }
     f
 }
@@ -110,10 +112,22 @@ fn drops(f: &Fleet, n: usize, v: &str, reason: &str) -> u64 {
 
 fn peered_and_same_vpc_traffic_flows_and_nothing_else(f: &Fleet) {
     // a@1 <-> b@3 and a@2 <-> b@3, ICMP and TCP, IPv4 and IPv6.
-    for (n, a4, a6) in [(1, "10.91.1.1", "fd00:91::1:1"), (2, "10.91.2.1", "fd00:91::2:1")] {
-        assert!(ping(&ns(f, n, "a"), a4, "10.92.3.1", 2), "a@{n} -> b@3 ping");
-        assert!(ping(&ns(f, 3, "b"), "10.92.3.1", a4, 2), "b@3 -> a@{n} ping");
-        assert!(ping(&ns(f, n, "a"), a6, "fd00:92::3:1", 2), "a@{n} -> b@3 ping6");
+    for (n, a4, a6) in [
+        (1, "10.91.1.1", "fd00:91::1:1"),
+        (2, "10.91.2.1", "fd00:91::2:1"),
+    ] {
+        assert!(
+            ping(&ns(f, n, "a"), a4, "10.92.3.1", 2),
+            "a@{n} -> b@3 ping"
+        );
+        assert!(
+            ping(&ns(f, 3, "b"), "10.92.3.1", a4, 2),
+            "b@3 -> a@{n} ping"
+        );
+        assert!(
+            ping(&ns(f, n, "a"), a6, "fd00:92::3:1", 2),
+            "a@{n} -> b@3 ping6"
+        );
         assert!(
             tcp_echo(&ns(f, n, "a"), a4, &ns(f, 3, "b"), "10.92.3.1"),
             "a@{n} -> b@3 TCP"
@@ -124,36 +138,77 @@ fn peered_and_same_vpc_traffic_flows_and_nothing_else(f: &Fleet) {
         );
     }
     // Same VPC across hosts.
-    assert!(ping(&ns(f, 1, "a"), "10.91.1.1", "10.91.2.1", 2), "a@1 -> a@2");
-    assert!(ping(&ns(f, 2, "a"), "fd00:91::2:1", "fd00:91::1:1", 2), "a@2 -> a@1 v6");
-    assert!(tcp_echo(&ns(f, 2, "a"), "10.91.2.1", &ns(f, 1, "a"), "10.91.1.1"));
+    assert!(
+        ping(&ns(f, 1, "a"), "10.91.1.1", "10.91.2.1", 2),
+        "a@1 -> a@2"
+    );
+    assert!(
+        ping(&ns(f, 2, "a"), "fd00:91::2:1", "fd00:91::1:1", 2),
+        "a@2 -> a@1 v6"
+    );
+    assert!(tcp_echo(
+        &ns(f, 2, "a"),
+        "10.91.2.1",
+        &ns(f, 1, "a"),
+        "10.91.1.1"
+    ));
     // c (unpeered) gets nothing, and reaches nothing.
     f.host(2).add_gw_route("c", "10.92.0.0/16");
     f.host(2).add_gw_route("c", "10.91.0.0/16");
     assert_eq!(
-        udp(&ns(f, 2, "c"), "10.93.2.1", &ns(f, 3, "b"), "10.92.3.1", 3, SHORT),
+        udp(
+            &ns(f, 2, "c"),
+            "10.93.2.1",
+            &ns(f, 3, "b"),
+            "10.92.3.1",
+            3,
+            SHORT
+        ),
         0
     );
     assert_eq!(
-        udp(&ns(f, 2, "c"), "10.93.2.1", &ns(f, 1, "a"), "10.91.1.1", 3, SHORT),
+        udp(
+            &ns(f, 2, "c"),
+            "10.93.2.1",
+            &ns(f, 1, "a"),
+            "10.91.1.1",
+            3,
+            SHORT
+        ),
         0
     );
     // Transit through the hub h@3: s@1 -> a (through h) is dropped on s's host.
     f.host(1).add_gw_route("s", "10.91.0.0/16");
     let before = drops(f, 1, "s", "no-route");
     assert_eq!(
-        udp(&ns(f, 1, "s"), "10.95.1.1", &ns(f, 2, "a"), "10.91.2.1", 3, SHORT),
+        udp(
+            &ns(f, 1, "s"),
+            "10.95.1.1",
+            &ns(f, 2, "a"),
+            "10.91.2.1",
+            3,
+            SHORT
+        ),
         0
     );
-    wait_for(Duration::from_secs(3), "transit counted as no-route on h1", || {
-        (drops(f, 1, "s", "no-route") >= before + 3).then_some(())
-    });
+    wait_for(
+        Duration::from_secs(3),
+        "transit counted as no-route on h1",
+        || (drops(f, 1, "s", "no-route") >= before + 3).then_some(()),
+    );
     // A spoofed inner source is dropped on the sending host.
     f.host(1).add_addr("a", "10.99.0.1");
     let before = drops(f, 1, "a", "spoofed-source");
     f.host(1).add_gw_route("a", "10.92.0.0/16");
     assert_eq!(
-        udp(&ns(f, 1, "a"), "10.99.0.1", &ns(f, 3, "b"), "10.92.3.1", 3, SHORT),
+        udp(
+            &ns(f, 1, "a"),
+            "10.99.0.1",
+            &ns(f, 3, "b"),
+            "10.92.3.1",
+            3,
+            SHORT
+        ),
         0
     );
     wait_for(Duration::from_secs(3), "spoofed counted on h1", || {
@@ -177,7 +232,13 @@ fn vpcs_across_hosts_over_an_ipv4_underlay() {
     assert!(h1["tunnel"]["rx"]["packets"].as_u64().unwrap() > 0, "{h1}");
     assert!(h1["tunnel"]["tx"]["packets"].as_u64().unwrap() > 0, "{h1}");
     let out = f.host(1).peerd(&[
-        "explain", "--from", "a", "--src", "10.91.1.1", "--dst", "10.92.3.1",
+        "explain",
+        "--from",
+        "a",
+        "--src",
+        "10.91.1.1",
+        "--dst",
+        "10.92.3.1",
     ]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("h3"), "explain names the remote host: {text}");
@@ -199,7 +260,11 @@ fn forge(f: &Fleet, from_ns: &str, to: usize, vni: u32, src: &str, dst: &str) {
     pkt.extend_from_slice(&frame);
     let target = SocketAddr::new(f.underlay(to), 4789);
     common::env::in_ns(from_ns, move || {
-        let any = if target.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
+        let any = if target.is_ipv4() {
+            "0.0.0.0:0"
+        } else {
+            "[::]:0"
+        };
         let s = std::net::UdpSocket::bind(any).unwrap();
         for _ in 0..3 {
             s.send_to(&pkt, target).unwrap();
@@ -229,26 +294,34 @@ fn forged_vxlan_packets_are_dropped_and_counted_on_the_receiving_host() {
     forge(&f, &host_ns(1), 3, vni_of("b"), "10.93.2.1", "10.92.3.1");
     // Inner destination not an endpoint of b here.
     forge(&f, &host_ns(1), 3, vni_of("b"), "10.91.1.1", "10.92.9.9");
-    wait_for(Duration::from_secs(5), "forged packets counted on h3", || {
-        let st = f.host(3).status();
-        (before("not-allowed-source") >= uv + 3
-            && before("not-local-endpoint") >= nl + 3
-            && host_unknown(&st, "unknown-vni") >= vni_before + 3)
-            .then_some(())
-    });
+    wait_for(
+        Duration::from_secs(5),
+        "forged packets counted on h3",
+        || {
+            let st = f.host(3).status();
+            (before("not-allowed-source") >= uv + 3
+                && before("not-local-endpoint") >= nl + 3
+                && host_unknown(&st, "unknown-vni") >= vni_before + 3)
+                .then_some(())
+        },
+    );
     // From an address that is no registered host: a fourth namespace on the underlay.
     let stranger = common::etcd::Netns::new("x");
     let before_host = host_unknown(&f.host(3).status(), "unknown-host");
     attach_to_underlay(&f, &stranger.0, "10.250.0.77/24");
     forge(&f, &stranger.0, 3, vni_of("b"), "10.91.1.1", "10.92.3.1");
-    wait_for(Duration::from_secs(5), "unregistered source counted on h3", || {
-        (host_unknown(&f.host(3).status(), "unknown-host") >= before_host + 3).then_some(())
-    });
+    wait_for(
+        Duration::from_secs(5),
+        "unregistered source counted on h3",
+        || (host_unknown(&f.host(3).status(), "unknown-host") >= before_host + 3).then_some(()),
+    );
 }
 
 /// Drops not tied to a VPC (no VPC to count them against): `unattributed_drops` in status.
 fn host_unknown(st: &Value, reason: &str) -> u64 {
-    st["unattributed_drops"][reason]["packets"].as_u64().unwrap_or(0)
+    st["unattributed_drops"][reason]["packets"]
+        .as_u64()
+        .unwrap_or(0)
 }
 
 fn attach_to_underlay(f: &Fleet, netns: &str, cidr: &str) {
@@ -284,9 +357,15 @@ fn deleting_a_peering_end_disconnects_it_on_every_host() {
     for n in [1, 2] {
         let a = format!("10.91.{n}.1");
         f.host(n).add_gw_route("a", "10.92.0.0/16");
-        assert_eq!(udp(&ns(&f, n, "a"), &a, &ns(&f, 3, "b"), "10.92.3.1", 3, SHORT), 0);
+        assert_eq!(
+            udp(&ns(&f, n, "a"), &a, &ns(&f, 3, "b"), "10.92.3.1", 3, SHORT),
+            0
+        );
         f.host(3).add_gw_route("b", "10.91.0.0/16");
-        assert_eq!(udp(&ns(&f, 3, "b"), "10.92.3.1", &ns(&f, n, "a"), &a, 3, SHORT), 0);
+        assert_eq!(
+            udp(&ns(&f, 3, "b"), "10.92.3.1", &ns(&f, n, "a"), &a, 3, SHORT),
+            0
+        );
     }
 }
 
@@ -310,20 +389,31 @@ fn a_cross_host_stream_loses_nothing_through_restarts_kills_etcd_outages_and_chu
     }
     // etcd stopped and restarted: hosts go disconnected, forwarding goes on.
     f.etcd.stop();
-    f.host(1).wait_status("h1 disconnected", BOUND, |st| st["cluster"]["connected"] == false);
+    f.host(1).wait_status("h1 disconnected", BOUND, |st| {
+        st["cluster"]["connected"] == false
+    });
     settle();
     f.etcd.restart();
-    f.host(1).wait_status("h1 connected again", BOUND, |st| st["cluster"]["connected"] == true);
+    f.host(1).wait_status("h1 connected again", BOUND, |st| {
+        st["cluster"]["connected"] == true
+    });
     // 50 unrelated VPCs applied and deleted.
     let mut many = String::new();
     for i in 0..50 {
-        many += &format!("[[vpc]]\nname = \"x{i}\"\ncidrs = [\"10.{}.0.0/16\"]\n", 100 + i);
+        many += &format!(
+            "[[vpc]]\nname = \"x{i}\"\ncidrs = [\"10.{}.0.0/16\"]\n",
+            100 + i
+        );
     }
     f.apply("many.toml", &many);
     settle();
     for i in 0..50 {
         let out = f.delete(&format!("x{i}"));
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     settle();
     let (sent, lost) = stream.finish();
@@ -345,21 +435,35 @@ fn a_host_killed_for_good_stops_receiving_within_the_ttl() {
     f.host_mut(2).kill9();
     let killed = Instant::now();
     // Host 3 stops sending to it: its endpoints are gone from h3's datapath.
-    wait_for(Duration::from_secs(3 + 2), "h2's endpoints gone on h3", || {
-        let st = f.host(3).status();
-        (!st["cluster"]["hosts"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|h| h["name"] == "h2"))
-        .then_some(())
-    });
+    wait_for(
+        Duration::from_secs(3 + 2),
+        "h2's endpoints gone on h3",
+        || {
+            let st = f.host(3).status();
+            (!st["cluster"]["hosts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|h| h["name"] == "h2"))
+            .then_some(())
+        },
+    );
     let took = killed.elapsed();
-    assert!(took <= Duration::from_secs(3 + 1), "took {took:?} (TTL 3 s + 1 s)");
+    assert!(
+        took <= Duration::from_secs(3 + 1),
+        "took {took:?} (TTL 3 s + 1 s)"
+    );
     f.host(3).add_gw_route("b", "10.91.0.0/16");
     let before = drops(&f, 3, "b", "no-endpoint");
     assert_eq!(
-        udp(&ns(&f, 3, "b"), "10.92.3.1", &ns(&f, 2, "a"), "10.91.2.1", 3, SHORT),
+        udp(
+            &ns(&f, 3, "b"),
+            "10.92.3.1",
+            &ns(&f, 2, "a"),
+            "10.91.2.1",
+            3,
+            SHORT
+        ),
         0
     );
     wait_for(Duration::from_secs(3), "no-endpoint counted on h3", || {
@@ -380,14 +484,33 @@ fn an_endpoint_moved_to_another_host_is_reachable_there_within_a_second() {
     });
     assert!(ping(&ns(&f, 3, "b"), "10.92.3.1", addr, 1));
     // Move it: removed on host 1, added on host 2.
-    sh(&["ip", "-n", &ns(&f, 1, "a"), "addr", "del", &format!("{addr}/32"), "dev", "lo"]);
+    sh(&[
+        "ip",
+        "-n",
+        &ns(&f, 1, "a"),
+        "addr",
+        "del",
+        &format!("{addr}/32"),
+        "dev",
+        "lo",
+    ]);
     f.host(2).add_addr("a", addr);
     let moved = Instant::now();
     // Short UDP probes (a ping that fails waits a whole second).
     wait_for(Duration::from_secs(1), "reachable at its new place", || {
-        (udp(&ns(&f, 3, "b"), "10.92.3.1", &ns(&f, 2, "a"), addr, 1, Duration::from_millis(50))
-            == 1)
+        (udp(
+            &ns(&f, 3, "b"),
+            "10.92.3.1",
+            &ns(&f, 2, "a"),
+            addr,
+            1,
+            Duration::from_millis(50),
+        ) == 1)
             .then_some(())
     });
-    assert!(moved.elapsed() <= Duration::from_secs(1), "took {:?}", moved.elapsed());
+    assert!(
+        moved.elapsed() <= Duration::from_secs(1),
+        "took {:?}",
+        moved.elapsed()
+    );
 }

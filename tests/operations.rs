@@ -144,7 +144,6 @@ fn pending_requests_expire_and_stay_expired() {
     assert_eq!(env.state_of("pcx-ab"), "expired");
 }
 
-
 #[test]
 #[ignore = "needs root"]
 fn an_active_peering_loses_nothing_through_edits_restarts_kills_and_bad_configs() {

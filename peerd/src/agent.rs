@@ -3,13 +3,7 @@
 //! wait for one). It follows the fleet (`cluster::watch`) and forwards every view to the owner
 //! task, keeps this host registered (`cluster::Membership`), and writes the endpoint sets the
 //! owner task sends it.
-use std::{
-    collections::BTreeSet,
-    net::IpAddr,
-    path::PathBuf,
-    sync::Arc,
-    time::Duration,
-};
+use std::{collections::BTreeSet, net::IpAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use tokio::sync::mpsc;
 use tracing::warn;

@@ -349,7 +349,10 @@ fn cluster(inp: &Inputs<'_>, f: &Fleet<'_>, d: &Desired) -> ClusterWant {
     }
     for h in view.hosts.values() {
         for v in &h.vpcs {
-            c.vpc_hosts.entry(v.clone()).or_default().push(h.name.clone());
+            c.vpc_hosts
+                .entry(v.clone())
+                .or_default()
+                .push(h.name.clone());
         }
     }
     for v in &inp.config.vpcs {

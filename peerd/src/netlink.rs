@@ -403,7 +403,11 @@ pub async fn mtu_of_address(h: &Handle, addr: IpAddr) -> Result<Option<u32>, Err
     use netlink_packet_route::address::AddressAttribute;
     let mut s = h.address().get().execute();
     let mut index = None;
-    while let Some(a) = s.try_next().await.map_err(failed("listing addresses in", "host"))? {
+    while let Some(a) = s
+        .try_next()
+        .await
+        .map_err(failed("listing addresses in", "host"))?
+    {
         let holds = a.attributes.iter().any(|x| {
             matches!(x, AddressAttribute::Local(ip) | AddressAttribute::Address(ip) if *ip == addr)
         });

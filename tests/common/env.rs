@@ -434,8 +434,8 @@ pub fn ping(from_ns: &str, src: &str, dst: &str, n: u32) -> bool {
     let count = n.to_string();
     Command::new("ip")
         .args([
-            "netns", "exec", &ns, "ping", "-q", "-n", "-c", &count, "-i", "0.05", "-W", "1",
-            "-I", src, dst,
+            "netns", "exec", &ns, "ping", "-q", "-n", "-c", &count, "-i", "0.05", "-W", "1", "-I",
+            src, dst,
         ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -482,9 +482,7 @@ pub fn tcp_echo(from_ns: &str, src: &str, to_ns: &str, dst: &str) -> bool {
     let port = 30000 + (std::process::id() % 20000) as u16;
     let dst_addr = SocketAddr::new(dst.parse::<IpAddr>().unwrap(), port);
     let src_addr = SocketAddr::new(src.parse::<IpAddr>().unwrap(), 0);
-    let listener = in_ns(to_ns, move || {
-        TcpListener::bind(dst_addr).expect("bind")
-    });
+    let listener = in_ns(to_ns, move || TcpListener::bind(dst_addr).expect("bind"));
     let server = std::thread::spawn(move || {
         listener.set_nonblocking(false).unwrap();
         let (mut s, peer) = listener.accept().ok()?;

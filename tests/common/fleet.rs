@@ -43,9 +43,26 @@ impl Fleet {
         let underlay = Netns::new("ul");
         let ul = underlay.0.clone();
         sh(&["ip", "-n", &ul, "link", "add", "br0", "type", "bridge"]);
-        sh(&["ip", "-n", &ul, "addr", "add", &format!("{ETCD_V4}/24"), "dev", "br0"]);
         sh(&[
-            "ip", "-n", &ul, "addr", "add", "fd00:250::fe/64", "dev", "br0", "nodad",
+            "ip",
+            "-n",
+            &ul,
+            "addr",
+            "add",
+            &format!("{ETCD_V4}/24"),
+            "dev",
+            "br0",
+        ]);
+        sh(&[
+            "ip",
+            "-n",
+            &ul,
+            "addr",
+            "add",
+            "fd00:250::fe/64",
+            "dev",
+            "br0",
+            "nodad",
         ]);
         sh(&["ip", "-n", &ul, "link", "set", "br0", "up"]);
         let etcd = Etcd::start_in(Some(&ul), ETCD_V4.parse().unwrap());
@@ -69,7 +86,14 @@ impl Fleet {
             ]);
             sh(&["ip", "-n", &ul, "link", "set", &port, "master", "br0", "up"]);
             sh(&[
-                "ip", "-n", &hns.0, "addr", "add", &format!("{}/24", underlay_v4(n)), "dev", "ul0",
+                "ip",
+                "-n",
+                &hns.0,
+                "addr",
+                "add",
+                &format!("{}/24", underlay_v4(n)),
+                "dev",
+                "ul0",
             ]);
             sh(&[
                 "ip",

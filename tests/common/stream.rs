@@ -22,7 +22,12 @@ pub struct Stream {
 impl Stream {
     /// Between VPCs `a` (10.0.0.1) and `b` (10.1.0.1) of one host.
     pub fn start(env: &Env) -> Stream {
-        Self::between(&env.netns("a"), "10.0.0.1", &env.netns("b"), "10.1.0.1:5555".parse().unwrap())
+        Self::between(
+            &env.netns("a"),
+            "10.0.0.1",
+            &env.netns("b"),
+            "10.1.0.1:5555".parse().unwrap(),
+        )
     }
 
     /// From `src` in namespace `from_ns` to `dst` in namespace `to_ns`.
@@ -105,4 +110,3 @@ fn set_rcvbuf(s: &UdpSocket, bytes: i32) {
         );
     }
 }
-

@@ -61,7 +61,9 @@ impl Drop for Demo {
                 .arg(cfg.join(format!("{h}.toml")))
                 .stdout(Stdio::null())
                 .status();
-            let _ = Command::new("ip").args(["netns", "del", &netns(h)]).status();
+            let _ = Command::new("ip")
+                .args(["netns", "del", &netns(h)])
+                .status();
         }
         if let Some(mut e) = self.etcd.take() {
             let _ = e.kill();
@@ -94,12 +96,28 @@ pub fn cluster_demo() -> Result<()> {
     ip(&["netns", "add", UNDERLAY])?;
     ip(&["-n", UNDERLAY, "link", "set", "lo", "up"])?;
     ip(&["-n", UNDERLAY, "link", "add", "br0", "type", "bridge"])?;
-    ip(&["-n", UNDERLAY, "addr", "add", &format!("{ETCD}/24"), "dev", "br0"])?;
+    ip(&[
+        "-n",
+        UNDERLAY,
+        "addr",
+        "add",
+        &format!("{ETCD}/24"),
+        "dev",
+        "br0",
+    ])?;
     ip(&["-n", UNDERLAY, "link", "set", "br0", "up"])?;
     let _ = std::fs::remove_dir_all(&demo.etcd_dir);
     demo.etcd = Some(
         Command::new("ip")
-            .args(["netns", "exec", UNDERLAY, "etcd", "--name", "demo", "--data-dir"])
+            .args([
+                "netns",
+                "exec",
+                UNDERLAY,
+                "etcd",
+                "--name",
+                "demo",
+                "--data-dir",
+            ])
             .arg(&demo.etcd_dir)
             .args([
                 "--listen-client-urls",
@@ -129,7 +147,15 @@ pub fn cluster_demo() -> Result<()> {
             &ns,
         ])?;
         ip(&["-n", UNDERLAY, "link", "set", &port, "master", "br0", "up"])?;
-        ip(&["-n", &ns, "addr", "add", &format!("10.77.0.{}/24", i + 1), "dev", "ul0"])?;
+        ip(&[
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("10.77.0.{}/24", i + 1),
+            "dev",
+            "ul0",
+        ])?;
         ip(&["-n", &ns, "link", "set", "ul0", "up"])?;
     }
     let etcdctl = || {

@@ -118,7 +118,10 @@ impl Cluster {
             let Some(ino) = netns::inode(ns) else {
                 continue;
             };
-            let stale = self.watchers.get(vpc).is_none_or(|(i, t)| *i != ino || t.is_finished());
+            let stale = self
+                .watchers
+                .get(vpc)
+                .is_none_or(|(i, t)| *i != ino || t.is_finished());
             if stale {
                 match nl.ns_events(ns).await {
                     Ok(mut rx) => {
@@ -176,7 +179,9 @@ impl Cluster {
             let now = self.local_endpoints.get(vpc).cloned().unwrap_or_default();
             if self.published.get(vpc) != Some(&now) {
                 info!(vpc = %vpc, endpoints = now.len(), "publishing endpoints");
-                let _ = self.to_agent.send(ToAgent::Endpoints(vpc.clone(), now.clone()));
+                let _ = self
+                    .to_agent
+                    .send(ToAgent::Endpoints(vpc.clone(), now.clone()));
                 sent.push((vpc.clone(), now));
             }
         }

@@ -232,10 +232,18 @@ impl Daemon {
         // (`vpcs`) changes live.
         if let (Some(new), Some(old)) = (&mut cfg.daemon.cluster, &running.cluster) {
             let vpcs = std::mem::take(&mut new.vpcs);
-            if *new != (crate::config::ClusterConfig { vpcs: Vec::new(), ..old.clone() }) {
+            if *new
+                != (crate::config::ClusterConfig {
+                    vpcs: Vec::new(),
+                    ..old.clone()
+                })
+            {
                 warn!("[cluster] changes other than vpcs apply at the next restart");
             }
-            *new = crate::config::ClusterConfig { vpcs, ..old.clone() };
+            *new = crate::config::ClusterConfig {
+                vpcs,
+                ..old.clone()
+            };
         } else if cfg.daemon.cluster.is_some() != running.cluster.is_some() {
             warn!("adding or removing [cluster] applies at the next restart");
             cfg.daemon.cluster = running.cluster.clone();
@@ -316,7 +324,10 @@ impl Daemon {
                 .map(|v| {
                     (
                         v.name.clone(),
-                        (format!("{}{}", self.cfg.daemon.netns_prefix, v.name), v.cidrs.clone()),
+                        (
+                            format!("{}{}", self.cfg.daemon.netns_prefix, v.name),
+                            v.cidrs.clone(),
+                        ),
                     )
                 })
                 .collect();
@@ -521,7 +532,13 @@ impl Daemon {
                 .desired
                 .cluster
                 .as_ref()
-                .map(|w| w.endpoints.iter().filter(|(_, h)| **h != 0).map(|(k, h)| (*k, *h)).collect())
+                .map(|w| {
+                    w.endpoints
+                        .iter()
+                        .filter(|(_, h)| **h != 0)
+                        .map(|(k, h)| (*k, *h))
+                        .collect()
+                })
                 .unwrap_or_default(),
         };
         self.snapshot.send_replace(Arc::new(snap));
