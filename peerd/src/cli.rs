@@ -319,17 +319,22 @@ pub fn invalid_json(file: &Path, e: &ConfigError) -> serde_json::Value {
 pub struct PlanChange {
     /// create (+), update (~), delete (-), blocked (!).
     pub action: &'static str,
-    /// vpc, peering, route, neighbour, datapath, program, or what the line names.
-    pub resource: Option<String>,
+    /// What the line names, lower case: vpc, peering, route, gateway neighbour, vxlan device,
+    /// datapath, ...
+    pub resource: String,
+    /// The resource's name (VPC, peering id, prefix, address), when the line gives one.
     pub name: Option<String>,
     pub detail: String,
     /// The line as `peerd plan` prints it.
     pub line: String,
 }
 
-/// Classifies a plan line (`+ VPC a: create namespace vpc-a`, `~ peering pcx-1: pending ->
-/// active`, `+ route 10.2.0.0/16 via gateway in vpc-a`, `datapath: 3 map entries ...`,
-/// `program: attached ...`).
+/// Resource kinds of plan lines that take two words.
+const TWO_WORD_KINDS: [&str; 2] = ["VXLAN device", "gateway neighbour"];
+
+/// Classifies a plan line: `+ VPC a: create namespace vpc-a`, `~ peering pcx-1: pending ->
+/// active`, `+ route 10.2.0.0/16 via gateway in vpc-a`, `+ create VXLAN device peerd-vx (...)`,
+/// `datapath: 3 map entries ...` (no sign: an update).
 pub fn plan_change(line: &str) -> PlanChange {
     let (action, rest) = match line.split_once(' ') {
         Some(("+", r)) => ("create", r),
@@ -338,42 +343,35 @@ pub fn plan_change(line: &str) -> PlanChange {
         Some(("!", r)) => ("blocked", r),
         _ => ("update", line),
     };
-    let (resource, name, detail) = match rest.split_once(": ") {
-        // "datapath: ...", "program: ...", "VPC a: ...", "peering pcx (a <-> b): state"
-        Some((head, detail)) => {
-            let (kind, name) = match head.split_once(' ') {
-                Some((k, n)) => (k, Some(n.split(" (").next().unwrap_or(n).to_owned())),
-                None => (head, None),
-            };
-            (Some(kind.to_lowercase()), name, detail.to_owned())
-        }
-        // "route NET via gateway in NS", "gateway neighbour GW in NS", "peering pcx (a <-> b)"
-        None => {
-            let words: Vec<&str> = rest.split_whitespace().collect();
-            match words.as_slice() {
-                ["gateway", "neighbour", gw, ..] => (
-                    Some("neighbour".to_owned()),
-                    Some((*gw).to_owned()),
-                    rest.to_owned(),
-                ),
-                [kind, name, ..] => (
-                    Some(kind.to_lowercase()),
-                    Some((*name).to_owned()),
-                    rest.to_owned(),
-                ),
-                _ => (None, None, rest.to_owned()),
-            }
-        }
+    // The verb some lines repeat after the sign ("+ create VXLAN device ...").
+    let subject = ["create ", "recreate "]
+        .iter()
+        .find_map(|v| rest.strip_prefix(v))
+        .unwrap_or(rest);
+    let (head, detail) = match subject.split_once(": ") {
+        Some((head, detail)) => (head, detail),
+        None => (subject, rest),
+    };
+    let (kind, after) = TWO_WORD_KINDS
+        .iter()
+        .find_map(|k| Some((*k, head.strip_prefix(k)?.strip_prefix(' ')?)))
+        .or_else(|| head.split_once(' '))
+        .unwrap_or((head, ""));
+    let name = after.split_whitespace().next().map(str::to_owned);
+    // Cluster plans have no sign: "VPC web: added (VNI 7) from ...", "peering p: removed ...".
+    let action = match (action, detail.split([' ', ',']).next()) {
+        ("update", Some("added" | "new")) if rest == line => "create",
+        ("update", Some("removed")) if rest == line => "delete",
+        _ => action,
     };
     PlanChange {
         action,
-        resource,
+        resource: kind.to_lowercase(),
         name,
-        detail,
+        detail: detail.to_owned(),
         line: line.to_owned(),
     }
 }
-
 /// `plan --json` of a valid configuration.
 pub fn plan_json(lines: &[String]) -> serde_json::Value {
     let changes: Vec<PlanChange> = lines.iter().map(|l| plan_change(l)).collect();
@@ -408,54 +406,109 @@ mod tests {
 
     #[test]
     fn plan_lines_are_classified_per_resource() {
-        let c = plan_change("+ VPC a: create namespace vpc-a");
-        assert_eq!(
+        let cases = [
             (
-                c.action,
-                c.resource.as_deref(),
-                c.name.as_deref(),
-                &*c.detail
+                "+ VPC a: create namespace vpc-a",
+                "create",
+                "vpc",
+                Some("a"),
+                "create namespace vpc-a",
             ),
-            ("create", Some("vpc"), Some("a"), "create namespace vpc-a")
-        );
-        let c = plan_change("~ peering pcx-ab: pending-acceptance -> active");
-        assert_eq!(
-            (c.action, c.resource.as_deref(), c.name.as_deref()),
-            ("update", Some("peering"), Some("pcx-ab"))
-        );
-        let c = plan_change("+ peering pcx-ab (a <-> b): active");
-        assert_eq!(
-            (c.resource.as_deref(), c.name.as_deref(), &*c.detail),
-            (Some("peering"), Some("pcx-ab"), "active")
-        );
-        let c = plan_change("- peering pcx-ab (a <-> b)");
-        assert_eq!(
-            (c.action, c.resource.as_deref(), c.name.as_deref()),
-            ("delete", Some("peering"), Some("pcx-ab"))
-        );
-        let c = plan_change("+ route 10.2.0.0/16 via gateway in vpc-a");
-        assert_eq!(
-            (c.resource.as_deref(), c.name.as_deref()),
-            (Some("route"), Some("10.2.0.0/16"))
-        );
-        let c = plan_change("+ gateway neighbour 169.254.1.1 in vpc-a");
-        assert_eq!(
-            (c.resource.as_deref(), c.name.as_deref()),
-            (Some("neighbour"), Some("169.254.1.1"))
-        );
-        let c = plan_change("datapath: 3 map entries to write, 0 to remove");
-        assert_eq!(
-            (c.action, c.resource.as_deref(), c.name, &*c.detail),
             (
+                "~ peering pcx-ab: pending-acceptance -> active",
                 "update",
-                Some("datapath"),
+                "peering",
+                Some("pcx-ab"),
+                "pending-acceptance -> active",
+            ),
+            (
+                "+ peering pcx-ab (a <-> b): active",
+                "create",
+                "peering",
+                Some("pcx-ab"),
+                "active",
+            ),
+            (
+                "- peering pcx-ab (a <-> b)",
+                "delete",
+                "peering",
+                Some("pcx-ab"),
+                "peering pcx-ab (a <-> b)",
+            ),
+            (
+                "+ route 10.2.0.0/16 via gateway in vpc-a",
+                "create",
+                "route",
+                Some("10.2.0.0/16"),
+                "route 10.2.0.0/16 via gateway in vpc-a",
+            ),
+            (
+                "+ gateway neighbour 169.254.1.1 in vpc-a",
+                "create",
+                "gateway neighbour",
+                Some("169.254.1.1"),
+                "gateway neighbour 169.254.1.1 in vpc-a",
+            ),
+            (
+                "+ create VXLAN device peerd-vx (external, UDP port 4789)",
+                "create",
+                "vxlan device",
+                Some("peerd-vx"),
+                "create VXLAN device peerd-vx (external, UDP port 4789)",
+            ),
+            (
+                "~ VXLAN device peerd-vx: mtu 1500 -> 1450",
+                "update",
+                "vxlan device",
+                Some("peerd-vx"),
+                "mtu 1500 -> 1450",
+            ),
+            (
+                "! VPC a: IPv6 disabled inside",
+                "blocked",
+                "vpc",
+                Some("a"),
+                "IPv6 disabled inside",
+            ),
+            (
+                "datapath: 3 map entries to write, 0 to remove",
+                "update",
+                "datapath",
                 None,
-                "3 map entries to write, 0 to remove"
-            )
-        );
-        assert_eq!(
-            plan_json(&["! VPC a: IPv6 disabled inside".into()])["changes"][0]["action"],
-            "blocked"
-        );
+                "3 map entries to write, 0 to remove",
+            ),
+            (
+                "VPC web: added (VNI 7) from vpcs/web.toml",
+                "create",
+                "vpc",
+                Some("web"),
+                "added (VNI 7) from vpcs/web.toml",
+            ),
+            (
+                "peering p (a <-> b): new, active",
+                "create",
+                "peering",
+                Some("p"),
+                "new, active",
+            ),
+            (
+                "peering p: removed (no VPC declares it any more)",
+                "delete",
+                "peering",
+                Some("p"),
+                "removed (no VPC declares it any more)",
+            ),
+        ];
+        for (line, action, resource, name, detail) in cases {
+            let c = plan_change(line);
+            assert_eq!(
+                (c.action, &*c.resource, c.name.as_deref(), &*c.detail),
+                (action, resource, name, detail),
+                "{line}"
+            );
+        }
+        let v = plan_json(&["- route 10.9.0.0/16 in vpc-a".into()]);
+        assert_eq!(v["changes"][0]["line"], "- route 10.9.0.0/16 in vpc-a");
+        assert_eq!(v["changes"][0]["resource"], "route");
     }
 }

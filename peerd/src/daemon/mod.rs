@@ -712,7 +712,7 @@ impl Daemon {
                         warn!(error = %e, "reconcile failed");
                     }
                 }
-                Some(m) = recv(&mut from_agent) => self.from_agent(m).await,
+                Some(m) = recv(&mut from_agent) => self.on_agent(m).await,
                 Some(_) = recv(&mut ns_events) => {
                     // Coalesce a burst (an address and its route arrive together).
                     tokio::time::sleep(Duration::from_millis(20)).await;
@@ -735,7 +735,7 @@ impl Daemon {
     }
 
     /// A message of the fleet agent.
-    async fn from_agent(&mut self, m: crate::agent::FromAgent) {
+    async fn on_agent(&mut self, m: crate::agent::FromAgent) {
         use crate::agent::FromAgent;
         let Some(cl) = &mut self.cluster else { return };
         match m {
