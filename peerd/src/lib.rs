@@ -19,6 +19,7 @@ pub mod lifecycle;
 pub mod metrics;
 pub mod netlink;
 pub mod netns;
+pub mod notify;
 pub mod reconcile;
 pub mod state;
 pub mod status;

@@ -584,7 +584,7 @@ async fn run_async(path: &Path) -> Result<(), String> {
         }
     }
 
-    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+    peerd::notify::ready();
     info!(socket = %socket.display(), "peerd ready");
     loop {
         tokio::select! {
@@ -596,7 +596,7 @@ async fn run_async(path: &Path) -> Result<(), String> {
             _ = int.recv() => break,
         }
     }
-    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    peerd::notify::stopping();
     let _ = msg_tx.send(Msg::Stop).await;
     let _ = tokio::task::spawn_blocking(move || owner.join()).await;
     let _ = std::fs::remove_file(&socket);
