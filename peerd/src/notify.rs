@@ -98,39 +98,15 @@ pub fn status_line(snap: &Snapshot, reload_error: Option<&str>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::status::{PeeringView, VpcView};
-
-    fn vpc(name: &str, ready: bool) -> VpcView {
-        VpcView {
-            name: name.into(),
-            netns: format!("vpc-{name}"),
-            host_if: format!("pd-{name}"),
-            slot: 1,
-            ready,
-            error: None,
-            hosts: Vec::new(),
-        }
-    }
-
-    fn peering(id: &str, state: PeeringState) -> PeeringView {
-        PeeringView {
-            id: id.into(),
-            vpcs: ["a".into(), "b".into()],
-            state,
-            reason: None,
-            slot: 1,
-            first_seen: None,
-            activated_at: None,
-        }
-    }
+    use crate::metrics::tests::{peering, vpc};
 
     #[test]
     fn the_status_line_counts_ready_vpcs_and_active_peerings_and_says_how_the_reload_went() {
         let snap = Snapshot {
-            vpcs: vec![vpc("a", true), vpc("b", false), vpc("c", true)],
+            vpcs: vec![vpc("a", 1, true), vpc("b", 2, false), vpc("c", 3, true)],
             peerings: vec![
-                peering("p1", PeeringState::Active),
-                peering("p2", PeeringState::PendingAcceptance),
+                peering("p1", 1, PeeringState::Active),
+                peering("p2", 2, PeeringState::PendingAcceptance),
             ],
             // 2026-12-05 02:30:07 UTC
             last_reload_unix: 1_796_437_807,

@@ -110,6 +110,17 @@ pub struct Snapshot {
     pub cluster: Option<ClusterStatus>,
     /// Cluster mode: (VPC slot, address) -> host slot of remote workloads, for explain.
     pub remote: BTreeMap<(u32, IpAddr), u32>,
+    /// Entries the datapath maps hold (as the last reconcile wrote them) and their sizes.
+    pub maps: Vec<MapUsage>,
+}
+
+/// One datapath map's use: `peerd_map_entries` / `peerd_map_capacity`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct MapUsage {
+    /// The pinned name (`peerd_common::maps`).
+    pub name: &'static str,
+    pub entries: u64,
+    pub capacity: u64,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]

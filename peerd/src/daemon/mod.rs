@@ -556,6 +556,7 @@ impl Daemon {
                         .collect()
                 })
                 .unwrap_or_default(),
+            maps: crate::metrics::map_usage(&self.desired.tables),
         };
         self.status_line.send(&snap, self.reload_error.as_deref());
         self.snapshot.send_replace(Arc::new(snap));
