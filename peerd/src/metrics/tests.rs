@@ -481,3 +481,63 @@ fn map_gauges_count_the_desired_tables_and_give_every_map_its_size() {
     }
     assert_eq!(samples(&text, "peerd_map_entries").len(), 7);
 }
+
+#[test]
+fn the_grafana_dashboard_uses_only_metrics_peerd_exports() {
+    let dashboard: serde_json::Value = serde_json::from_str(include_str!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../contrib/grafana-peerd.json"
+    )))
+    .expect("the dashboard is JSON");
+    // Every optional family present: flow log, backstop, reconcile histogram, a VPC, a peering.
+    let snap = Snapshot {
+        vpcs: vec![vpc("a", 1, true)],
+        peerings: vec![peering("pcx-1", 1, PeeringState::Active)],
+        backstop: Some((0, 0)),
+        flow_log: Some(crate::status::FlowLogStatus {
+            path: "/var/log/peerd/flows.jsonl".into(),
+            records_written: 0,
+            rotations: 0,
+            lost_packets: 0,
+            error: None,
+        }),
+        reconcile_seconds: Some(reconcile_histogram()),
+        maps: map_usage(&Tables::default()),
+        ..Snapshot::default()
+    };
+    let text = render(&snap, None);
+    let exported: std::collections::BTreeSet<&str> = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .collect();
+    // Every `peerd_...` name in a query, an annotation or a variable.
+    let mut used = std::collections::BTreeSet::new();
+    let all = dashboard.to_string();
+    let mut rest = all.as_str();
+    while let Some(i) = rest.find("peerd_") {
+        let name: String = rest[i..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        rest = &rest[i + name.len()..];
+        used.insert(name);
+    }
+    assert!(used.len() >= 12, "{used:?}");
+    let missing: Vec<&String> = used
+        .iter()
+        .filter(|n| !exported.contains(n.as_str()))
+        .collect();
+    assert!(missing.is_empty(), "not exported: {missing:?}\n{text}");
+    for family in [
+        "peerd_peering_state",
+        "peerd_map_entries",
+        "peerd_map_capacity",
+        "peerd_dropped_packets_total",
+        "peerd_forwarded_packets_total",
+        "peerd_last_reload_success",
+        "peerd_vpc_ready",
+    ] {
+        assert!(used.contains(family), "the dashboard lacks {family}");
+    }
+}
