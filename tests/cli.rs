@@ -53,6 +53,13 @@ fn write(dir: &Path, name: &str, text: &str) -> String {
     p.to_str().unwrap().to_owned()
 }
 
+/// `text` as peerd.toml in a new temporary directory (removed when the guard drops).
+fn config_file(text: &str) -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), "peerd.toml", text);
+    (dir, path)
+}
+
 /// The errors of an invalid configuration as JSON: file, line, column and message each.
 fn assert_invalid_json(out: &str, file: &str) {
     let v: Value = serde_json::from_str(out).unwrap_or_else(|e| panic!("{e}: {out}"));
@@ -69,8 +76,7 @@ fn assert_invalid_json(out: &str, file: &str) {
 
 #[test]
 fn check_json_reports_each_error_with_its_place_and_exits_1() {
-    let dir = tempfile::tempdir().unwrap();
-    let bad = write(dir.path(), "bad.toml", BAD);
+    let (_dir, bad) = config_file(BAD);
     let (code, out, _) = peerd(&["check", "--json", "--config", &bad]);
     assert_eq!(code, 1, "{out}");
     assert_invalid_json(&out, &bad);
@@ -83,8 +89,7 @@ fn check_json_reports_each_error_with_its_place_and_exits_1() {
 
 #[test]
 fn check_json_of_a_valid_configuration_lists_vpcs_and_peerings() {
-    let dir = tempfile::tempdir().unwrap();
-    let good = write(dir.path(), "good.toml", GOOD);
+    let (_dir, good) = config_file(GOOD);
     let (code, out, err) = peerd(&["check", "--json", "--config", &good]);
     assert_eq!(code, 0, "{err}");
     let v: Value = serde_json::from_str(&out).unwrap();
@@ -97,8 +102,7 @@ fn check_json_of_a_valid_configuration_lists_vpcs_and_peerings() {
 
 #[test]
 fn plan_json_of_an_invalid_configuration_reports_it_as_check_does() {
-    let dir = tempfile::tempdir().unwrap();
-    let bad = write(dir.path(), "bad.toml", BAD);
+    let (dir, bad) = config_file(BAD);
     let socket = dir.path().join("none.sock");
     let (code, out, _) = peerd(&[
         "plan",

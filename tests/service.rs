@@ -248,3 +248,58 @@ fn the_daemon_notifies_ready_status_reloads_pings_the_watchdog_and_says_it_is_st
         "the control socket is removed"
     );
 }
+
+#[test]
+#[ignore = "needs root"]
+fn status_reports_the_use_and_size_of_every_datapath_map() {
+    common::can_run();
+    let mut env = Env::new();
+    env.write_config(AB);
+    env.start();
+    let st = env.wait_status("both VPCs ready", Duration::from_secs(30), |st| {
+        st["vpcs"]
+            .as_array()
+            .is_some_and(|v| v.len() == 2 && v.iter().all(|v| v["ready"] == true))
+    });
+    let maps: Vec<(String, u64, u64)> = st["maps"]
+        .as_array()
+        .expect("maps in status")
+        .iter()
+        .map(|m| {
+            (
+                m["name"].as_str().unwrap().to_owned(),
+                m["entries"].as_u64().unwrap(),
+                m["capacity"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let get = |name: &str| {
+        maps.iter()
+            .find(|m| m.0 == name)
+            .unwrap_or_else(|| panic!("{name} not in {maps:?}"))
+    };
+    use peerd_common::{maps as m, MAX_PEERINGS, MAX_PREFIXES, MAX_VPCS};
+    // Two VPCs (a link each), one peering, one IPv4 CIDR each.
+    assert_eq!(get(m::VPCS).1..=get(m::VPCS).2, 2..=u64::from(MAX_VPCS));
+    assert_eq!(get(m::IFACES).1, 2, "{maps:?}");
+    assert_eq!(
+        get(m::PEERINGS).1..=get(m::PEERINGS).2,
+        1..=u64::from(MAX_PEERINGS)
+    );
+    assert_eq!(
+        get(m::SRC_V4).1..=get(m::SRC_V4).2,
+        2..=u64::from(MAX_PREFIXES)
+    );
+    assert_eq!(get(m::SRC_V6).1, 0, "{maps:?}");
+    // Each entry in the pinned map is there: bpftool counts the same as status.
+    let dump = sh(&[
+        "bpftool",
+        "-j",
+        "map",
+        "dump",
+        "pinned",
+        env.pin_dir.join("maps").join(m::IFACES).to_str().unwrap(),
+    ]);
+    let dumped: serde_json::Value = serde_json::from_str(&dump).unwrap();
+    assert_eq!(dumped.as_array().unwrap().len() as u64, get(m::IFACES).1);
+}

@@ -288,6 +288,69 @@ pub fn exit_codes() -> &'static str {
     exit_codes_text!()
 }
 
+/// Logs to the journal when systemd connected stderr to it (`JOURNAL_STREAM` names stderr's
+/// device and inode), with the event's fields as journal fields; else to stderr, as text or
+/// JSON lines (`--log-format`). `PEERD_LOG` filters either way.
+pub fn init_logging(format: LogFormat) {
+    use std::io::IsTerminal as _;
+    use tracing_subscriber::{layer::SubscriberExt as _, util::SubscriberInitExt as _};
+    let filter = || {
+        tracing_subscriber::EnvFilter::try_from_env("PEERD_LOG")
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+    };
+    let journal = stderr_is_journal();
+    if journal {
+        if let Ok(layer) = tracing_journald::layer() {
+            tracing_subscriber::registry()
+                .with(filter())
+                .with(layer.with_syslog_identifier("peerd".into()))
+                .init();
+            return;
+        }
+    }
+    // The journal adds timestamps (when its socket refused us but stderr still goes there).
+    let ansi = !journal && std::io::stderr().is_terminal();
+    log_subscriber(format, filter(), journal, ansi, std::io::stderr).init();
+}
+
+/// The stderr subscriber: `format` on `writer`, without timestamps when the journal adds them.
+pub fn log_subscriber<W>(
+    format: LogFormat,
+    filter: tracing_subscriber::EnvFilter,
+    to_journal: bool,
+    ansi: bool,
+    writer: W,
+) -> Box<dyn tracing::Subscriber + Send + Sync>
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer)
+        .with_ansi(ansi);
+    match (format, to_journal) {
+        (LogFormat::Json, _) => Box::new(b.json().finish()),
+        (LogFormat::Text, true) => Box::new(b.without_time().finish()),
+        (LogFormat::Text, false) => Box::new(b.finish()),
+    }
+}
+
+/// `JOURNAL_STREAM=DEV:INODE` and stderr is that stream (not redirected since).
+fn stderr_is_journal() -> bool {
+    let Some(v) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    nix::sys::stat::fstat(std::io::stderr())
+        .is_ok_and(|st| journal_stream_is(&v.to_string_lossy(), st.st_dev, st.st_ino))
+}
+
+/// `JOURNAL_STREAM`'s value (`DEV:INODE`, sd_journal_stream_fd(3)) names this device and inode.
+pub fn journal_stream_is(value: &str, dev: u64, ino: u64) -> bool {
+    value.split_once(':').is_some_and(|(d, i)| {
+        d.parse::<u64>().ok() == Some(dev) && i.parse::<u64>().ok() == Some(ino)
+    })
+}
+
 /// One configuration problem in `check --json` / `plan --json`.
 #[derive(Serialize, Debug, PartialEq, Eq)]
 pub struct JsonDiagnostic {
@@ -402,6 +465,68 @@ mod tests {
         assert!(missing.is_empty(), "without help or example: {missing:?}");
         let help = cmd.clone().render_long_help().to_string();
         assert!(help.contains(exit_codes()), "{help}");
+    }
+
+    /// A writer into a shared buffer, for a subscriber under test.
+    #[derive(Clone, Default)]
+    struct Buffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Buffer {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// What `format` writes for one event (debug level, filtered at info or debug).
+    fn one_event(format: LogFormat, filter: &str) -> String {
+        let buf = Buffer::default();
+        let w = buf.clone();
+        let sub = log_subscriber(
+            format,
+            tracing_subscriber::EnvFilter::new(filter),
+            false,
+            false,
+            move || w.clone(),
+        );
+        tracing::subscriber::with_default(sub, || {
+            tracing::warn!(vpc = "web", error = "link taken", "VPC not ready");
+            tracing::debug!("hidden at info");
+        });
+        let out = buf.0.lock().unwrap().clone();
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn log_format_json_writes_one_object_per_event_with_its_fields() {
+        let out = one_event(LogFormat::Json, "info");
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 1, "{out}");
+        let v: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+        assert_eq!(v["level"], "WARN", "{v}");
+        assert_eq!(v["fields"]["message"], "VPC not ready", "{v}");
+        assert_eq!(v["fields"]["vpc"], "web", "{v}");
+        assert_eq!(v["fields"]["error"], "link taken", "{v}");
+        assert!(v["timestamp"].is_string(), "{v}");
+        assert_eq!(one_event(LogFormat::Json, "debug").lines().count(), 2);
+        let text = one_event(LogFormat::Text, "info");
+        assert!(
+            text.contains("VPC not ready vpc=\"web\" error=\"link taken\""),
+            "{text}"
+        );
+        assert!(serde_json::from_str::<serde_json::Value>(text.trim()).is_err());
+    }
+
+    #[test]
+    fn journal_stream_names_a_device_and_inode() {
+        assert!(journal_stream_is("8:1234", 8, 1234));
+        assert!(!journal_stream_is("8:1234", 8, 1235));
+        assert!(!journal_stream_is("9:1234", 8, 1234));
+        assert!(!journal_stream_is("garbage", 8, 1234));
+        assert!(!journal_stream_is("", 0, 0));
     }
 
     #[test]

@@ -1,6 +1,5 @@
 //! `peerd`: the daemon and its command line (SPEC §6).
 use std::{
-    io::IsTerminal as _,
     path::{Path, PathBuf},
     process::ExitCode,
     sync::Arc,
@@ -9,7 +8,7 @@ use std::{
 use clap::Parser as _;
 use peerd::{
     api::Api,
-    cli::{exit, Cli, Cmd, FleetArgs, LogFormat, DEFAULT_SOCKET},
+    cli::{exit, init_logging, Cli, Cmd, FleetArgs, DEFAULT_SOCKET},
     config::{self, Config},
     control::{self, Request},
     daemon::{Daemon, Msg},
@@ -53,52 +52,6 @@ fn fleet_run(fleet: &FleetArgs, config: &Path, plan: bool) -> Result<(), String>
     } else {
         peerd::cluster::cli::apply_command(&t, &fleet.files, &fleet.delete)
     }
-}
-
-/// Logs to the journal when systemd connected stderr to it (JOURNAL_STREAM names stderr's
-/// device and inode), with the event's fields as journal fields; else to stderr, as text or
-/// JSON lines (`--log-format`). `PEERD_LOG` filters either way.
-fn init_logging(format: LogFormat) {
-    use tracing_subscriber::{fmt, layer::SubscriberExt as _, util::SubscriberInitExt as _};
-    let filter = || {
-        tracing_subscriber::EnvFilter::try_from_env("PEERD_LOG")
-            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
-    };
-    let journal = stderr_is_journal();
-    if journal {
-        if let Ok(layer) = tracing_journald::layer() {
-            tracing_subscriber::registry()
-                .with(filter())
-                .with(layer.with_syslog_identifier("peerd".into()))
-                .init();
-            return;
-        }
-    }
-    // The journal adds timestamps (when its socket refused us but stderr still goes there).
-    let b = fmt()
-        .with_env_filter(filter())
-        .with_writer(std::io::stderr)
-        .with_ansi(!journal && std::io::stderr().is_terminal());
-    match (format, journal) {
-        (LogFormat::Json, _) => b.json().init(),
-        (LogFormat::Text, true) => b.without_time().init(),
-        (LogFormat::Text, false) => b.init(),
-    }
-}
-
-/// `JOURNAL_STREAM=DEV:INODE` and stderr is that stream (not redirected since).
-fn stderr_is_journal() -> bool {
-    let Some(v) = std::env::var_os("JOURNAL_STREAM") else {
-        return false;
-    };
-    let Ok(st) = nix::sys::stat::fstat(std::io::stderr()) else {
-        return false;
-    };
-    v.to_str()
-        .and_then(|v| v.split_once(':'))
-        .is_some_and(|(dev, ino)| {
-            dev.parse::<u64>().ok() == Some(st.st_dev) && ino.parse::<u64>().ok() == Some(st.st_ino)
-        })
 }
 
 /// The socket for client commands: `--socket`, else the config's, else a lenient read of the

@@ -172,6 +172,8 @@ pub struct Status {
     pub flow_log: Option<FlowLogStatus>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cluster: Option<ClusterStatus>,
+    /// Entries and size of every datapath map the daemon fills.
+    pub maps: Vec<MapUsage>,
 }
 
 pub fn mode_name(m: DatapathMode) -> &'static str {
@@ -253,6 +255,7 @@ pub fn status(s: &Snapshot, counters: Option<&Counters>) -> Status {
         last_reconcile: s.last_reconcile.clone(),
         flow_log: s.flow_log.clone(),
         cluster: s.cluster.clone(),
+        maps: s.maps.clone(),
     }
 }
 
