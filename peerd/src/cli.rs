@@ -303,7 +303,12 @@ pub fn init_logging(format: LogFormat) {
         if let Ok(layer) = tracing_journald::layer() {
             tracing_subscriber::registry()
                 .with(filter())
-                .with(layer.with_syslog_identifier("peerd".into()))
+                // Fields as they are named (`VPC=web`, not `F_VPC=web`): `journalctl VPC=web`.
+                .with(
+                    layer
+                        .with_syslog_identifier("peerd".into())
+                        .with_field_prefix(None),
+                )
                 .init();
             return;
         }

@@ -255,9 +255,10 @@ fn backstop_and_flow_log(reg: &mut Registry, st: &Status) {
 
 /// What the datapath maps hold for `t` (the desired tables the last reconcile wrote), with
 /// their sizes (`peerd_common`). The counter maps are arrays indexed by slot: their use is
-/// that of `PEERD_VPCS` and `PEERD_PEERINGS`.
+/// that of `PEERD_VPCS`, `PEERD_PEERINGS` and `PEERD_HOSTS`. The cluster maps are empty on a
+/// single host.
 pub fn map_usage(t: &Tables) -> Vec<MapUsage> {
-    use peerd_common::{maps as m, MAX_PEERINGS, MAX_PREFIXES, MAX_VPCS};
+    use peerd_common::{maps as m, MAX_ENDPOINTS, MAX_HOSTS, MAX_PEERINGS, MAX_PREFIXES, MAX_VPCS};
     /// (IPv4, IPv6) keys of a prefix table.
     fn by_family<V>(table: &std::collections::BTreeMap<(u32, IpNet), V>) -> (usize, usize) {
         let v4 = table.keys().filter(|(_, n)| n.addr().is_ipv4()).count();
@@ -265,6 +266,7 @@ pub fn map_usage(t: &Tables) -> Vec<MapUsage> {
     }
     let (src4, src6) = by_family(&t.src);
     let (routes4, routes6) = by_family(&t.routes);
+    let (allowed4, allowed6) = by_family(&t.allowed);
     [
         (m::IFACES, t.ifaces.len(), MAX_VPCS),
         (m::VPCS, t.vpcs.len(), MAX_VPCS),
@@ -273,6 +275,12 @@ pub fn map_usage(t: &Tables) -> Vec<MapUsage> {
         (m::SRC_V6, src6, MAX_PREFIXES),
         (m::ROUTES_V4, routes4, MAX_PREFIXES),
         (m::ROUTES_V6, routes6, MAX_PREFIXES),
+        (m::ENDPOINTS, t.endpoints.len(), MAX_ENDPOINTS),
+        (m::HOSTS, t.hosts.len(), MAX_HOSTS),
+        (m::UNDERLAY, t.hosts.len(), MAX_HOSTS),
+        (m::VNIS, t.vnis.len(), MAX_VPCS),
+        (m::ALLOWED_V4, allowed4, MAX_PREFIXES),
+        (m::ALLOWED_V6, allowed6, MAX_PREFIXES),
     ]
     .into_iter()
     .map(|(name, entries, capacity)| MapUsage {

@@ -361,6 +361,7 @@ impl Daemon {
                     new_vpc_slots: &new_vpc_slots,
                     new_peering_slots: &new_peering_slots,
                     fleet: self.cluster.as_ref().and_then(|c| c.fleet()),
+                    vxlan: self.cluster.as_ref().map(|c| c.vxlan()),
                 },
                 scope,
             )
@@ -574,6 +575,7 @@ impl Daemon {
                 underlay: h.underlay,
                 vpcs: h.vpcs.clone(),
                 slot: slot_of(&h.name),
+                tunnel: None,
             })
             .collect();
         let mut notes = c.errors.clone();
@@ -615,6 +617,7 @@ impl Daemon {
                 new_vpc_slots: &[],
                 new_peering_slots: &[],
                 fleet: None,
+                vxlan: self.cluster.as_ref().map(|c| c.vxlan()),
             })
             .await;
         for p in &peerings {

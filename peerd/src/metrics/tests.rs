@@ -432,7 +432,9 @@ fn every_peering_has_a_series_for_every_state_one_of_them_1() {
 
 #[test]
 fn map_gauges_count_the_desired_tables_and_give_every_map_its_size() {
-    use peerd_common::{maps, RouteTarget, MAX_PEERINGS, MAX_PREFIXES, MAX_VPCS};
+    use peerd_common::{
+        maps, RouteTarget, MAX_ENDPOINTS, MAX_HOSTS, MAX_PEERINGS, MAX_PREFIXES, MAX_VPCS,
+    };
     let net = |s: &str| s.parse::<IpNet>().unwrap();
     let mut t = Tables::default();
     t.ifaces.extend([(10, 1), (11, 2)]);
@@ -449,6 +451,13 @@ fn map_gauges_count_the_desired_tables_and_give_every_map_its_size() {
         ((2, net("10.1.0.0/16")), RouteTarget::default()),
         ((2, net("10.1.5.0/24")), RouteTarget::default()),
     ]);
+    // Cluster mode: two workloads on another host (slot 1), VPC 1's VNI, one allowed prefix.
+    let addr = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+    t.endpoints
+        .extend([((2, addr("10.2.0.5")), 1), ((2, addr("fd02::5")), 1)]);
+    t.hosts.insert(1, addr("192.0.2.2"));
+    t.vnis.insert(7, 1);
+    t.allowed.insert((1, net("fd02::/48")), 1);
     let snap = Snapshot {
         maps: map_usage(&t),
         ..Snapshot::default()
@@ -471,6 +480,12 @@ fn map_gauges_count_the_desired_tables_and_give_every_map_its_size() {
         (maps::SRC_V6, 1, MAX_PREFIXES),
         (maps::ROUTES_V4, 3, MAX_PREFIXES),
         (maps::ROUTES_V6, 0, MAX_PREFIXES),
+        (maps::ENDPOINTS, 2, MAX_ENDPOINTS),
+        (maps::HOSTS, 1, MAX_HOSTS),
+        (maps::UNDERLAY, 1, MAX_HOSTS),
+        (maps::VNIS, 1, MAX_VPCS),
+        (maps::ALLOWED_V4, 0, MAX_PREFIXES),
+        (maps::ALLOWED_V6, 1, MAX_PREFIXES),
     ] {
         assert_eq!(value("peerd_map_entries", map), entries, "{map}");
         assert_eq!(
@@ -479,7 +494,7 @@ fn map_gauges_count_the_desired_tables_and_give_every_map_its_size() {
             "{map}"
         );
     }
-    assert_eq!(samples(&text, "peerd_map_entries").len(), 7);
+    assert_eq!(samples(&text, "peerd_map_entries").len(), 13);
 }
 
 #[test]
