@@ -556,3 +556,60 @@ fn the_grafana_dashboard_uses_only_metrics_peerd_exports() {
         assert!(used.contains(family), "the dashboard lacks {family}");
     }
 }
+
+#[test]
+fn cluster_mode_exports_connection_endpoints_and_tunnel_traffic_per_host() {
+    use crate::status::{ClusterStatus, CounterJson, HostView, TunnelCounters};
+    let snap = Snapshot {
+        vpcs: vec![vpc("a", 1, true)],
+        cluster: Some(ClusterStatus {
+            host: "h1".into(),
+            connected: false,
+            registered: true,
+            revision: 7,
+            error: None,
+            hosts: vec![HostView {
+                name: "h2".into(),
+                underlay: "192.0.2.2".parse().unwrap(),
+                vpcs: vec!["a".into()],
+                slot: 1,
+                tunnel: None,
+            }],
+            remote_endpoints: 4,
+            local_endpoints: 2,
+            notes: Vec::new(),
+        }),
+        ..Snapshot::default()
+    };
+    // The counters come from the pinned maps when status is read: set them as it would.
+    let mut st = crate::status::status(&snap, None);
+    st.cluster.as_mut().unwrap().hosts[0].tunnel = Some(TunnelCounters {
+        tx: CounterJson {
+            packets: 5,
+            bytes: 500,
+        },
+        rx: CounterJson {
+            packets: 3,
+            bytes: 300,
+        },
+    });
+    let mut reg = Registry::default();
+    cluster(&mut reg, &st);
+    let mut text = String::new();
+    encode(&mut text, &reg).unwrap();
+    for line in [
+        "peerd_cluster_connected 0",
+        "peerd_cluster_registered 1",
+        "peerd_remote_endpoints 4",
+        "peerd_local_endpoints 2",
+        "peerd_tunnel_packets_total{host=\"h2\",direction=\"tx\"} 5",
+        "peerd_tunnel_packets_total{host=\"h2\",direction=\"rx\"} 3",
+        "peerd_tunnel_bytes_total{host=\"h2\",direction=\"tx\"} 500",
+        "peerd_tunnel_bytes_total{host=\"h2\",direction=\"rx\"} 300",
+    ] {
+        assert!(text.lines().any(|l| l == line), "missing {line}:\n{text}");
+    }
+    // A single host exports none of them.
+    let text = render(&Snapshot::default(), None);
+    assert!(!text.contains("peerd_cluster_connected"), "{text}");
+}
