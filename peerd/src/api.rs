@@ -66,6 +66,10 @@ impl Handler for Api {
                     let lines = api.ask(|tx| Msg::Plan(config, tx)).await??;
                     serde_json::to_value(lines).map_err(|e| e.to_string())
                 }
+                Request::Attach { attachment } => api.ask(|tx| Msg::Attach(attachment, tx)).await?,
+                Request::Detach { vpc, workload } => {
+                    api.ask(|tx| Msg::Detach(vpc, workload, tx)).await?
+                }
                 Request::Explain { from, src, dst } => {
                     let snap = api.snapshot.borrow().clone();
                     let e = status::explain(&snap, &from, src, dst)?;

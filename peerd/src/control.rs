@@ -98,6 +98,15 @@ pub enum Request {
         src: std::net::IpAddr,
         dst: std::net::IpAddr,
     },
+    /// Attach a workload to a VPC, or change its addresses (`peerd attach`, the CNI plugin).
+    Attach {
+        attachment: crate::attach::Attachment,
+    },
+    /// Detach a workload (nothing to do when it is not attached).
+    Detach {
+        vpc: String,
+        workload: crate::attach::Workload,
+    },
 }
 
 /// Answer envelope, one JSON object on one line.

@@ -5,6 +5,7 @@
 //! reconciler per resource) — driven by [`daemon`], the one task that owns mutable state.
 pub mod agent;
 pub mod api;
+pub mod attach;
 pub mod cluster;
 pub mod config;
 pub mod control;

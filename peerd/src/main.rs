@@ -86,6 +86,13 @@ enum Cmd {
         #[arg(long)]
         socket: Option<PathBuf>,
     },
+    /// Attach a workload to a VPC: a container's network namespace (--netns, gets a veth
+    /// --ifname) or a VM's tap (--tap), with its addresses. Running it again with other
+    /// addresses updates them. Example: peerd attach --vpc web --netns c1 --address 10.1.0.5/24
+    Attach(peerd::attach::AttachArgs),
+    /// Detach a workload from a VPC (its veth goes, a tap goes back to the host).
+    /// Example: peerd detach --vpc web --netns c1
+    Detach(peerd::attach::AttachArgs),
     /// Remove everything peerd created: namespaces, links, pins, state.
     Teardown {
         #[arg(long)]
@@ -186,6 +193,14 @@ fn main() -> ExitCode {
             json,
         ),
         Cmd::Teardown { socket } => teardown(&cli.config, socket),
+        Cmd::Attach(a) => {
+            let socket = socket_for(&cli.config, a.socket.clone());
+            peerd::attach::command(&socket, a, false)
+        }
+        Cmd::Detach(a) => {
+            let socket = socket_for(&cli.config, a.socket.clone());
+            peerd::attach::command(&socket, a, true)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -87,23 +87,7 @@ impl Netlink {
                 return Ok(h.clone());
             }
         }
-        let label = name.to_owned();
-        let fd = tokio::task::spawn_blocking(move || {
-            netns::run_in(&label, || -> std::io::Result<i32> {
-                let mut s = netlink_sys::Socket::new(NETLINK_ROUTE)?;
-                s.bind_auto()?;
-                Ok(s.into_raw_fd())
-            })
-        })
-        .await
-        .map_err(|_| netns::Error::Thread(name.to_owned()))??
-        .map_err(|source| Error::Socket {
-            ns: name.to_owned(),
-            source,
-        })?;
-        // SAFETY: `fd` is the netlink socket just created for us and owned by nobody else.
-        let sock = unsafe { <TokioSocket as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-        let h = connect(sock);
+        let h = open_at(&netns::path(name)).await?;
         self.cache().insert(name.to_owned(), (ino, h.clone()));
         Ok(h)
     }
@@ -425,4 +409,90 @@ pub async fn mtu_of_address(h: &Handle, addr: IpAddr) -> Result<Option<u32>, Err
         .await
         .map_err(failed("looking up link", index.to_string()))?
         .map(|l| mtu_of(&l)))
+}
+
+/// A handle of the namespace whose file is `path` (a `/run/netns/NAME` or `/proc/PID/ns/net`),
+/// not cached: dropped with the last clone.
+pub async fn open_at(path: &std::path::Path) -> Result<Handle, Error> {
+    let p = path.to_owned();
+    let label = path.display().to_string();
+    let fd = tokio::task::spawn_blocking(move || {
+        netns::run_at(&p, || -> std::io::Result<i32> {
+            let mut s = netlink_sys::Socket::new(NETLINK_ROUTE)?;
+            s.bind_auto()?;
+            Ok(s.into_raw_fd())
+        })
+    })
+    .await
+    .map_err(|_| netns::Error::Thread(label.clone()))??
+    .map_err(|source| Error::Socket { ns: label, source })?;
+    // SAFETY: `fd` is the netlink socket just created for us and owned by nobody else.
+    let sock = unsafe { <TokioSocket as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    Ok(connect(sock))
+}
+
+/// Every address of link `ifindex` (address and prefix length).
+pub async fn addresses_of(h: &Handle, ifindex: u32, ns: &str) -> Result<Vec<ipnet::IpNet>, Error> {
+    Ok(address_messages_of(h, ifindex, ns)
+        .await?
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect())
+}
+
+/// Every address of link `ifindex`, with its message (to delete it).
+pub async fn address_messages_of(
+    h: &Handle,
+    ifindex: u32,
+    ns: &str,
+) -> Result<Vec<(ipnet::IpNet, netlink_packet_route::address::AddressMessage)>, Error> {
+    use netlink_packet_route::address::AddressAttribute;
+    let mut out = Vec::new();
+    let mut s = h.address().get().set_link_index_filter(ifindex).execute();
+    while let Some(a) = s
+        .try_next()
+        .await
+        .map_err(failed("listing addresses in", ns))?
+    {
+        if a.header.index != ifindex {
+            continue;
+        }
+        let ip = a.attributes.iter().find_map(|x| match x {
+            AddressAttribute::Address(ip) => Some(*ip),
+            _ => None,
+        });
+        if let Some(net) = ip.and_then(|ip| ipnet::IpNet::new(ip, a.header.prefix_len).ok()) {
+            out.push((net, a));
+        }
+    }
+    Ok(out)
+}
+
+/// Deletes the routes of protocol `proto` to `net` in the main table.
+pub async fn del_routes_of_proto(
+    h: &Handle,
+    proto: u8,
+    net: ipnet::IpNet,
+    ns: &str,
+) -> Result<(), Error> {
+    for (n, r) in routes_of_proto(h, proto, ns).await? {
+        if n == net {
+            h.route()
+                .del(r)
+                .execute()
+                .await
+                .map_err(failed("removing route in", ns))?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether `l` is a tun/tap device.
+pub fn is_tun(l: &LinkMessage) -> bool {
+    l.attributes.iter().any(|a| match a {
+        LinkAttribute::LinkInfo(infos) => infos
+            .iter()
+            .any(|i| matches!(i, LinkInfo::Kind(InfoKind::Tun))),
+        _ => false,
+    })
 }

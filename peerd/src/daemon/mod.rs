@@ -60,6 +60,17 @@ pub enum Msg {
         Option<PathBuf>,
         oneshot::Sender<Result<Vec<String>, String>>,
     ),
+    /// Attach a workload (`peerd attach`); the answer says what changed.
+    Attach(
+        crate::attach::Attachment,
+        oneshot::Sender<Result<serde_json::Value, String>>,
+    ),
+    /// Detach a workload of a VPC (`peerd detach`).
+    Detach(
+        String,
+        crate::attach::Workload,
+        oneshot::Sender<Result<serde_json::Value, String>>,
+    ),
     /// Something peerd made may have been changed by someone else: look at everything.
     Drift,
     /// Stop (the datapath keeps forwarding).
@@ -93,6 +104,8 @@ pub struct Daemon {
     desired: desired::Desired,
     /// Cluster mode.
     cluster: Option<fleet::Cluster>,
+    /// Attached workloads that the last reconcile could not finish (attachment key -> why).
+    attach_errors: BTreeMap<String, String>,
     _lock: state::Lock,
 }
 
@@ -142,6 +155,7 @@ impl Daemon {
             retry: None,
             desired: desired::Desired::default(),
             cluster: None,
+            attach_errors: BTreeMap::new(),
             _lock: lock,
         };
         if let Some(c) = &d.cfg.daemon.cluster {
@@ -361,6 +375,7 @@ impl Daemon {
         }
         self.state.save(&self.cfg.daemon.state_dir)?;
         self.taken_links = out.taken_links;
+        self.attach_errors = out.attach_errors;
         self.peerings = peerings;
         self.vpc_errors = out.vpc_errors;
         for (v, e) in &self.vpc_errors {
@@ -689,6 +704,12 @@ impl Daemon {
                         let _ = reply.send(self.plan(path.as_deref()).await);
                     }
                     Some(Msg::Drift) => self.resync().await,
+                    Some(Msg::Attach(a, reply)) => {
+                        let _ = reply.send(self.attach(a.vpc.clone(), a.workload.clone(), Some(a)).await);
+                    }
+                    Some(Msg::Detach(vpc, w, reply)) => {
+                        let _ = reply.send(self.attach(vpc, w, None).await);
+                    }
                 },
                 Some(ev) = events.recv() => {
                     // Debounce: editors write several events per save.
@@ -763,6 +784,61 @@ impl Daemon {
                 self.publish();
             }
         }
+    }
+
+    /// Attaches `a` to VPC `vpc` (detaches `workload` when `a` is `None`) and reconciles; a
+    /// refused or failed attach leaves the state as it was.
+    async fn attach(
+        &mut self,
+        vpc: String,
+        workload: crate::attach::Workload,
+        a: Option<crate::attach::Attachment>,
+    ) -> Result<serde_json::Value, String> {
+        let key = workload.key(&vpc);
+        let before = self.state.attachments.get(&key).cloned();
+        let next = match &a {
+            Some(a) => {
+                let placed = self.state.links.contains_key(&vpc);
+                let a = crate::attach::check(&self.cfg, placed, &self.state.attachments, a)?;
+                if before.is_none() {
+                    crate::attach::check_tap(&self.rec.nl, &a.workload).await?;
+                }
+                Some(a)
+            }
+            None => None,
+        };
+        let reply = |changed: bool| serde_json::json!({ "changed": changed, "link": workload.vpc_link(&vpc), "key": key });
+        if next == before {
+            return Ok(reply(false));
+        }
+        match &next {
+            Some(n) => self.state.attachments.insert(key.clone(), n.clone()),
+            None => self.state.attachments.remove(&key),
+        };
+        let failed = |d: &Daemon| {
+            d.attach_errors
+                .get(&key)
+                .or_else(|| d.attach_errors.get(&format!("{vpc}/forwarding")))
+                .or_else(|| d.attach_errors.get(&format!("{vpc}/workloads")))
+                .cloned()
+        };
+        let r = self.reconcile(Scope::Changed).await;
+        let err = match r {
+            Err(e) => Some(e.to_string()),
+            Ok(()) => failed(self),
+        };
+        let Some(err) = err else {
+            return Ok(reply(true));
+        };
+        if next.is_some() {
+            // Undo what was made of it.
+            match before {
+                Some(b) => self.state.attachments.insert(key.clone(), b),
+                None => self.state.attachments.remove(&key),
+            };
+            let _ = self.reconcile(Scope::Changed).await;
+        }
+        Err(err)
     }
 
     async fn resync(&mut self) {
