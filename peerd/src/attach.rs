@@ -33,6 +33,51 @@ pub struct Attachment {
     pub vpc: String,
     pub workload: Workload,
     pub addresses: Vec<IpNet>,
+    /// Who attached it, when not the command line: the CNI plugin's "CONTAINERID/IFNAME"
+    /// (its DEL finds the attachment by it when the namespace is gone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+}
+
+/// What the control socket asks of the attachments.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    Attach(Attachment),
+    /// Is it attached so (CNI CHECK)? Changes nothing.
+    Check(Attachment),
+    Detach {
+        vpc: String,
+        workload: Workload,
+        id: Option<String>,
+    },
+}
+
+impl Op {
+    /// The VPC and the state key the operation is about; a detach by `id` finds the
+    /// attachment with that id.
+    pub fn key(
+        &self,
+        attached: &std::collections::BTreeMap<String, Attachment>,
+    ) -> (String, String) {
+        match self {
+            Op::Attach(a) | Op::Check(a) => (a.vpc.clone(), a.workload.key(&a.vpc)),
+            Op::Detach { vpc, workload, id } => {
+                let by_id = id.as_ref().and_then(|id| {
+                    attached
+                        .iter()
+                        .find(|(_, a)| a.vpc == *vpc && a.id.as_ref() == Some(id))
+                        .map(|(k, _)| k.clone())
+                });
+                (vpc.clone(), by_id.unwrap_or_else(|| workload.key(vpc)))
+            }
+        }
+    }
+}
+
+/// Addresses, space-separated.
+pub fn list(addresses: &[IpNet]) -> String {
+    let a: Vec<String> = addresses.iter().map(|a| a.to_string()).collect();
+    a.join(" ")
 }
 
 impl fmt::Display for Workload {
@@ -162,6 +207,7 @@ pub fn check(
         vpc: a.vpc.clone(),
         workload: a.workload.clone(),
         addresses: addresses.into_iter().collect(),
+        id: a.id.clone(),
     })
 }
 
@@ -230,6 +276,7 @@ pub fn command(socket: &Path, args: AttachArgs, detach: bool) -> Result<(), Stri
         Request::Detach {
             vpc: args.vpc,
             workload,
+            id: None,
         }
     } else {
         Request::Attach {
@@ -237,7 +284,9 @@ pub fn command(socket: &Path, args: AttachArgs, detach: bool) -> Result<(), Stri
                 vpc: args.vpc,
                 workload,
                 addresses: args.addresses,
+                id: None,
             },
+            check: false,
         }
     };
     let r = request(socket, &req).map_err(|e| e.to_string())?;
@@ -277,6 +326,7 @@ cidrs = ["10.2.0.0/16"]
                 ifname: ifname.into(),
             },
             addresses: addrs.iter().map(|a| a.parse().unwrap()).collect(),
+            id: None,
         }
     }
 
@@ -338,11 +388,40 @@ cidrs = ["10.2.0.0/16"]
                 ifname: "eth0".into(),
             },
             addresses: vec!["10.1.0.9/24".parse().unwrap()],
+            id: None,
         };
         assert_eq!(
             check(&cfg(), true, &none, &missing).unwrap_err(),
             "network namespace /nonexistent/pdt-ns does not exist"
         );
+    }
+
+    #[test]
+    fn a_detach_finds_its_attachment_by_id_when_the_namespace_is_unknown() {
+        let ctr = |netns: &str| Workload::Netns {
+            netns: netns.into(),
+            ifname: "eth0".into(),
+        };
+        let a = Attachment {
+            vpc: "a".into(),
+            workload: ctr("/proc/42/ns/net"),
+            addresses: vec!["10.1.0.5/24".parse().unwrap()],
+            id: Some("c0ffee/eth0".into()),
+        };
+        let key = a.workload.key("a");
+        let have = [(key.clone(), a.clone())].into();
+        let detach = |id: Option<&str>| Op::Detach {
+            vpc: "a".into(),
+            workload: ctr(""),
+            id: id.map(Into::into),
+        };
+        assert_eq!(
+            detach(Some("c0ffee/eth0")).key(&have),
+            ("a".into(), key.clone())
+        );
+        assert_ne!(detach(Some("other/eth0")).key(&have).1, key);
+        assert_ne!(detach(None).key(&have).1, key);
+        assert_eq!(Op::Check(a).key(&have).1, key);
     }
 
     #[test]

@@ -60,15 +60,10 @@ pub enum Msg {
         Option<PathBuf>,
         oneshot::Sender<Result<Vec<String>, String>>,
     ),
-    /// Attach a workload (`peerd attach`); the answer says what changed.
+    /// Attach, check or detach a workload (`peerd attach`/`detach`, the CNI plugin); the
+    /// answer says what changed.
     Attach(
-        crate::attach::Attachment,
-        oneshot::Sender<Result<serde_json::Value, String>>,
-    ),
-    /// Detach a workload of a VPC (`peerd detach`).
-    Detach(
-        String,
-        crate::attach::Workload,
+        crate::attach::Op,
         oneshot::Sender<Result<serde_json::Value, String>>,
     ),
     /// Something peerd made may have been changed by someone else: look at everything.
@@ -704,11 +699,8 @@ impl Daemon {
                         let _ = reply.send(self.plan(path.as_deref()).await);
                     }
                     Some(Msg::Drift) => self.resync().await,
-                    Some(Msg::Attach(a, reply)) => {
-                        let _ = reply.send(self.attach(a.vpc.clone(), a.workload.clone(), Some(a)).await);
-                    }
-                    Some(Msg::Detach(vpc, w, reply)) => {
-                        let _ = reply.send(self.attach(vpc, w, None).await);
+                    Some(Msg::Attach(op, reply)) => {
+                        let _ = reply.send(self.attach(op).await);
                     }
                 },
                 Some(ev) = events.recv() => {
@@ -786,18 +778,14 @@ impl Daemon {
         }
     }
 
-    /// Attaches `a` to VPC `vpc` (detaches `workload` when `a` is `None`) and reconciles; a
-    /// refused or failed attach leaves the state as it was.
-    async fn attach(
-        &mut self,
-        vpc: String,
-        workload: crate::attach::Workload,
-        a: Option<crate::attach::Attachment>,
-    ) -> Result<serde_json::Value, String> {
-        let key = workload.key(&vpc);
+    /// Attaches, checks or detaches a workload and reconciles; a refused or failed attach
+    /// leaves the state as it was.
+    async fn attach(&mut self, op: crate::attach::Op) -> Result<serde_json::Value, String> {
+        use crate::attach::Op;
+        let (vpc, key) = op.key(&self.state.attachments);
         let before = self.state.attachments.get(&key).cloned();
-        let next = match &a {
-            Some(a) => {
+        let next = match &op {
+            Op::Attach(a) | Op::Check(a) => {
                 let placed = self.state.links.contains_key(&vpc);
                 let a = crate::attach::check(&self.cfg, placed, &self.state.attachments, a)?;
                 if before.is_none() {
@@ -805,9 +793,32 @@ impl Daemon {
                 }
                 Some(a)
             }
-            None => None,
+            Op::Detach { .. } => None,
         };
-        let reply = |changed: bool| serde_json::json!({ "changed": changed, "link": workload.vpc_link(&vpc), "key": key });
+        let failed = |d: &Daemon| {
+            [
+                key.clone(),
+                format!("{vpc}/forwarding"),
+                format!("{vpc}/workloads"),
+            ]
+            .iter()
+            .find_map(|k| d.attach_errors.get(k))
+            .cloned()
+        };
+        let link = key.split_once('/').map_or("", |(_, l)| l).to_owned();
+        let reply =
+            |changed: bool| serde_json::json!({ "changed": changed, "link": link, "key": key });
+        if let Op::Check(_) = op {
+            return match (before, failed(self)) {
+                (None, _) => Err(format!("{key} is not attached")),
+                (Some(b), _) if Some(&b) != next.as_ref() => Err(format!(
+                    "{key} is attached with other addresses ({})",
+                    crate::attach::list(&b.addresses)
+                )),
+                (Some(_), Some(e)) => Err(e),
+                (Some(_), None) => Ok(reply(false)),
+            };
+        }
         if next == before {
             return Ok(reply(false));
         }
@@ -815,15 +826,7 @@ impl Daemon {
             Some(n) => self.state.attachments.insert(key.clone(), n.clone()),
             None => self.state.attachments.remove(&key),
         };
-        let failed = |d: &Daemon| {
-            d.attach_errors
-                .get(&key)
-                .or_else(|| d.attach_errors.get(&format!("{vpc}/forwarding")))
-                .or_else(|| d.attach_errors.get(&format!("{vpc}/workloads")))
-                .cloned()
-        };
-        let r = self.reconcile(Scope::Changed).await;
-        let err = match r {
+        let err = match self.reconcile(Scope::Changed).await {
             Err(e) => Some(e.to_string()),
             Ok(()) => failed(self),
         };

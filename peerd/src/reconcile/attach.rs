@@ -239,14 +239,11 @@ impl fmt::Display for Change {
                 ifname,
                 addresses,
                 ..
-            } => {
-                let a: Vec<String> = addresses.iter().map(|a| a.to_string()).collect();
-                write!(
-                    f,
-                    "~ {ifname} in {workload_ns}: {}, default routes",
-                    a.join(" ")
-                )
-            }
+            } => write!(
+                f,
+                "~ {ifname} in {workload_ns}: {}, default routes",
+                crate::attach::list(addresses)
+            ),
             Change::AddRoute {
                 netns, net, link, ..
             } => write!(f, "+ route {net} dev {link} in {netns}"),
@@ -611,6 +608,7 @@ async fn apply_one(nl: &Netlink, c: &Change) -> Result<(), Error> {
                 .add(
                     LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
                         .name(link.clone())
+                        .alias(ALIAS)
                         .mtu(*mtu)
                         .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
                         .build(),
