@@ -7,6 +7,7 @@ pub mod agent;
 pub mod api;
 pub mod attach;
 pub mod cluster;
+pub mod cni;
 pub mod config;
 pub mod control;
 pub mod daemon;
