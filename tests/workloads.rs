@@ -4,7 +4,8 @@
 mod common;
 
 use std::{
-    process::{Command, Output},
+    io::Write as _,
+    process::{Command, Output, Stdio},
     time::Duration,
 };
 
@@ -13,7 +14,7 @@ use common::{
     tap::Tap,
     unique,
 };
-use serde_json::Value;
+use serde_json::{json, Value};
 
 const CONFIG: &str = r#"
 [[vpc]]
@@ -317,4 +318,152 @@ fn attachments_go_with_their_vpc() {
     assert_eq!(attachments(&env), 0, "{}", state(&env));
     assert!(!ip(&ctr.0, &["link"]).contains("eth0"));
     assert!(netns_ok(&ctr.0), "the container's namespace is not peerd's");
+}
+
+const CNI: &str = env!("CARGO_BIN_EXE_peerd-cni");
+
+/// Runs the CNI plugin as a runtime does: `command`, the container's namespace path and id,
+/// the configuration on stdin. Its stdout (JSON, or Null when empty) and exit code.
+fn cni(command: &str, id: &str, netns: &str, conf: &Value, cni_path: &str) -> (Value, i32) {
+    let mut child = Command::new(CNI)
+        .env("CNI_COMMAND", command)
+        .env("CNI_CONTAINERID", id)
+        .env("CNI_NETNS", netns)
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", cni_path)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run peerd-cni");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(conf.to_string().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let v = if text.trim().is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{command}: {e}: {text}"))
+    };
+    (v, out.status.code().unwrap_or(-1))
+}
+
+#[test]
+#[ignore = "needs root"]
+fn the_cni_plugin_adds_checks_and_deletes_a_container() {
+    let Some(mut env) = setup() else { return };
+    let ctr = Container::new();
+    let path = format!("/run/netns/{}", ctr.0);
+    let conf = json!({
+        "cniVersion": "1.0.0",
+        "name": "pdt",
+        "type": "peerd-cni",
+        "vpc": "a",
+        "socket": env.socket,
+        "ipam": {"type": "static", "addresses": [
+            {"address": "10.71.0.5/24"}, {"address": "fd00:71::5/64"}]},
+    });
+    let (v, rc) = cni("VERSION", "", "", &json!({"cniVersion": "1.0.0"}), "");
+    assert_eq!(rc, 0);
+    assert!(v["supportedVersions"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("1.0.0")));
+
+    let (res, rc) = cni("ADD", "ctr1", &path, &conf, "");
+    assert_eq!(rc, 0, "{res}\n{}", env.log());
+    assert_eq!(res["cniVersion"], "1.0.0");
+    assert_eq!(res["interfaces"][0]["name"], "eth0");
+    assert_eq!(res["interfaces"][0]["sandbox"], path.as_str());
+    let mac = res["interfaces"][0]["mac"].as_str().unwrap().to_owned();
+    assert!(
+        ip(&ctr.0, &["link", "show", "eth0"]).contains(&mac),
+        "{res}"
+    );
+    assert_eq!(
+        res["ips"],
+        json!([
+            {"address": "10.71.0.5/24", "gateway": "169.254.1.1", "interface": 0},
+            {"address": "fd00:71::5/64", "gateway": "fe80::1", "interface": 0},
+        ])
+    );
+    assert_eq!(
+        res["routes"][0],
+        json!({"dst": "0.0.0.0/0", "gw": "169.254.1.1"})
+    );
+    assert!(ping(&ctr.0, "10.71.0.5", "10.72.0.7", 3), "{}", env.log());
+    assert!(ping(&ctr.0, "fd00:71::5", "fd00:72::7", 2));
+    assert!(tcp_echo(&ctr.0, "10.71.0.5", &env.netns("b"), "10.72.0.7"));
+    assert!(!ping(&ctr.0, "10.71.0.5", "10.73.0.9", 1));
+    // ADD again: the same; CHECK with the result: fine.
+    assert_eq!(cni("ADD", "ctr1", &path, &conf, "").1, 0);
+    let mut checked = conf.clone();
+    checked["prevResult"] = res.clone();
+    assert_eq!(cni("CHECK", "ctr1", &path, &checked, ""), (Value::Null, 0));
+
+    // Refusals come back as spec errors on stdout.
+    let mut bad = conf.clone();
+    bad.as_object_mut().unwrap().remove("ipam");
+    let (e, rc) = cni("ADD", "ctr1", &path, &bad, "");
+    assert_ne!(rc, 0);
+    assert_eq!(e["code"], 4, "{e}");
+    assert_eq!(e["cniVersion"], "1.0.0");
+    let mut outside = conf.clone();
+    outside["ipam"]["addresses"] = json!([{"address": "10.72.0.50/24"}]);
+    let (e, rc) = cni("ADD", "ctr1", &path, &outside, "");
+    assert_ne!(rc, 0);
+    assert_eq!(e["code"], 100, "{e}");
+    assert!(e["details"].as_str().unwrap().contains("outside"), "{e}");
+
+    // DEL removes it all; DEL twice is fine; CHECK then fails.
+    assert_eq!(cni("DEL", "ctr1", &path, &conf, ""), (Value::Null, 0));
+    assert!(!ip(&ctr.0, &["link"]).contains("eth0"));
+    assert_eq!(attachments(&env), 0);
+    assert!(!ip(&env.netns("a"), &["route"]).contains("10.71.0.5"));
+    assert_eq!(cni("DEL", "ctr1", &path, &conf, ""), (Value::Null, 0));
+    let (e, rc) = cni("CHECK", "ctr1", &path, &checked, "");
+    assert_ne!(rc, 0);
+    assert_eq!(e["code"], 102, "{e}");
+
+    // Another IPAM type is run from CNI_PATH with the same stdin; its addresses are used.
+    let bin = env.dir.join("cni-bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let seen = env.dir.join("ipam-stdin");
+    let script = format!(
+        "#!/bin/sh\ncat > {seen}.$CNI_COMMAND\n[ \"$CNI_COMMAND\" = ADD ] && echo '{{\"cniVersion\":\"1.0.0\",\"ips\":[{{\"address\":\"10.71.0.9/24\"}}]}}'\nexit 0\n",
+        seen = seen.display()
+    );
+    let exe = bin.join("pdt-ipam");
+    std::fs::write(&exe, script).unwrap();
+    std::fs::set_permissions(&exe, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let mut delegated = conf.clone();
+    delegated["ipam"] = json!({"type": "pdt-ipam"});
+    let bin_path = format!("/nonexistent:{}", bin.display());
+    let (res, rc) = cni("ADD", "ctr2", &path, &delegated, &bin_path);
+    assert_eq!(rc, 0, "{res}");
+    assert_eq!(res["ips"][0]["address"], "10.71.0.9/24");
+    let given: Value =
+        serde_json::from_str(&std::fs::read_to_string(format!("{}.ADD", seen.display())).unwrap())
+            .unwrap();
+    assert_eq!(
+        given, delegated,
+        "the IPAM plugin gets the same configuration"
+    );
+    assert!(ping(&ctr.0, "10.71.0.9", "10.72.0.7", 2));
+
+    // The container's namespace is gone before DEL (CNI_NETNS empty): found by its id.
+    drop(ctr);
+    let (_, rc) = cni("DEL", "ctr2", "", &delegated, &bin_path);
+    assert_eq!(rc, 0);
+    assert!(std::path::Path::new(&format!("{}.DEL", seen.display())).exists());
+    assert_eq!(attachments(&env), 0, "{}", state(&env));
+
+    // No daemon: try again later.
+    env.stop();
+    let (e, _) = cni("ADD", "ctr3", &path, &conf, "");
+    assert_eq!(e["code"], 11, "{e}");
 }
