@@ -9,13 +9,13 @@ use std::{collections::HashMap, net::IpAddr, os::fd::IntoRawFd as _};
 
 use futures::TryStreamExt as _;
 use netlink_packet_route::{
-    link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage},
+    link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage},
     neighbour::{NeighbourAddress, NeighbourAttribute},
     route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol},
     AddressFamily,
 };
 use netlink_sys::{protocols::NETLINK_ROUTE, TokioSocket};
-use rtnetlink::{Handle, RouteMessageBuilder};
+use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
 use crate::netns;
 
@@ -487,4 +487,39 @@ pub fn is_tun(l: &LinkMessage) -> bool {
             .any(|i| matches!(i, LinkInfo::Kind(InfoKind::Tun))),
         _ => false,
     })
+}
+
+/// Creates veth `name` (with `alias`) in the namespace of `h`, its peer `peer` made directly
+/// inside the namespace whose file is `peer_ns` (no move between namespaces); both ends of
+/// MTU `mtu`, down.
+pub async fn add_veth(
+    h: &Handle,
+    name: &str,
+    alias: Option<&str>,
+    peer: &str,
+    peer_ns: &std::fs::File,
+    mtu: u32,
+) -> Result<(), Error> {
+    use std::os::fd::AsRawFd as _;
+    let peer = LinkMessageBuilder::<LinkUnspec>::new()
+        .name(peer.to_owned())
+        .mtu(mtu)
+        .setns_by_fd(peer_ns.as_raw_fd())
+        .build();
+    let mut b = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
+        .name(name.to_owned())
+        .mtu(mtu)
+        .down();
+    if let Some(a) = alias {
+        b = b.alias(a);
+    }
+    h.link()
+        .add(
+            b.set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
+                .build(),
+        )
+        .execute()
+        .await
+        .map_err(failed("creating veth", name))?;
+    Ok(())
 }

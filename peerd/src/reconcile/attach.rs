@@ -14,18 +14,19 @@ use std::{
     fmt,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     os::fd::AsRawFd as _,
-    path::PathBuf,
+    path::{Path, PathBuf},
 };
 
 use ipnet::IpNet;
 use netlink_packet_route::{
     address::{AddressAttribute, AddressFlags, AddressHeaderFlags},
-    link::{InfoData, InfoKind, InfoVeth, LinkMessage},
+    link::LinkMessage,
     route::{RouteProtocol, RouteScope},
 };
-use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
+use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
 
 use super::{
+    links::Error,
     routes::{GATEWAY_V4, GATEWAY_V6},
     Report,
 };
@@ -41,18 +42,6 @@ use crate::{
 pub const RT_PROTO_ATTACH: u8 = 0xd1;
 /// The alias of the workload links peerd put in a VPC namespace.
 pub const ALIAS: &str = "peerd-attach";
-
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error(transparent)]
-    Netlink(#[from] netlink::Error),
-    #[error(transparent)]
-    Netns(#[from] netns::Error),
-    #[error("{0}: {1}")]
-    Io(String, std::io::Error),
-    #[error("link {0} is missing")]
-    Missing(String),
-}
 
 /// One workload link wanted in a VPC namespace.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -498,14 +487,10 @@ pub async fn apply(nl: &Netlink, changes: Vec<Change>) -> Report {
     report
 }
 
-fn io(what: String) -> impl FnOnce(std::io::Error) -> Error {
-    move |e| Error::Io(what, e)
-}
-
 async fn link_index(h: &Handle, name: &str) -> Result<u32, Error> {
     Ok(netlink::get_link(h, name)
         .await?
-        .ok_or_else(|| Error::Missing(name.to_owned()))?
+        .ok_or_else(|| Error::Blocked(format!("link {name} is missing")))?
         .header
         .index)
 }
@@ -514,7 +499,7 @@ async fn link_index(h: &Handle, name: &str) -> Result<u32, Error> {
 fn sysctls_on(ns: &str, paths: Vec<String>) -> Result<(), Error> {
     netns::run_in(ns, move || -> Result<(), Error> {
         for p in paths {
-            netns::write_sysctl(&p, "1").map_err(io(p.clone()))?;
+            netns::write_sysctl(&p, "1").map_err(netns::io("writing", Path::new(&p)))?;
         }
         Ok(())
     })?
@@ -597,26 +582,8 @@ async fn apply_one(nl: &Netlink, c: &Change) -> Result<(), Error> {
         } => {
             let h = nl.ns(netns).await?;
             let path = netns_path(workload_ns);
-            let f =
-                std::fs::File::open(&path).map_err(io(format!("opening {}", path.display())))?;
-            let peer = LinkMessageBuilder::<LinkUnspec>::new()
-                .name(ifname.clone())
-                .mtu(*mtu)
-                .setns_by_fd(f.as_raw_fd())
-                .build();
-            h.link()
-                .add(
-                    LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
-                        .name(link.clone())
-                        .alias(ALIAS)
-                        .mtu(*mtu)
-                        .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
-                        .build(),
-                )
-                .execute()
-                .await
-                .map_err(netlink::failed("creating veth", link))?;
-            Ok(())
+            let f = std::fs::File::open(&path).map_err(netns::io("opening", &path))?;
+            Ok(netlink::add_veth(&h, link, Some(ALIAS), ifname, &f, *mtu).await?)
         }
         Change::TakeTap { netns, tap, .. } => {
             let host = nl.host();
@@ -681,7 +648,7 @@ async fn apply_one(nl: &Netlink, c: &Change) -> Result<(), Error> {
 
 /// Moves link `index` of the namespace of `h` into the namespace whose file is `to`.
 async fn move_link(h: &Handle, index: u32, to: &std::path::Path, name: &str) -> Result<(), Error> {
-    let f = std::fs::File::open(to).map_err(io(format!("opening {}", to.display())))?;
+    let f = std::fs::File::open(to).map_err(netns::io("opening", to))?;
     h.link()
         .set(
             LinkUnspec::new_with_index(index)
