@@ -238,6 +238,24 @@ Examples:
         #[command(flatten)]
         socket: SocketArg,
     },
+    /// Attach a workload to a VPC: a container's network namespace (--netns, gets a veth
+    /// --ifname) or a VM's tap (--tap, moved into the VPC's namespace), with its addresses.
+    ///
+    /// Running it again with other addresses updates them; the same request twice changes
+    /// nothing. Addresses outside the VPC's CIDRs are refused. Kept across daemon restarts;
+    /// removed with the VPC.
+    #[command(after_help = "\
+Examples:
+  peerd attach --vpc web --netns c1 --address 10.1.0.5/24
+  peerd attach --vpc web --netns /proc/4242/ns/net --ifname eth1 --address 10.1.0.6/24
+  peerd attach --vpc web --tap vm7-tap0 --address 10.1.0.7/24 --address fd00:1::7/64")]
+    Attach(crate::attach::AttachArgs),
+    /// Detach a workload from a VPC: its veth goes, a tap goes back to the host namespace.
+    #[command(after_help = "\
+Examples:
+  peerd detach --vpc web --netns c1
+  peerd detach --vpc web --tap vm7-tap0")]
+    Detach(crate::attach::AttachArgs),
     /// Remove everything peerd created: namespaces, links, pins, state.
     ///
     /// Refuses while the daemon runs (stop it first). Needs a readable --config to know the
