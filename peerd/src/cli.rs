@@ -46,11 +46,11 @@ macro_rules! exit_codes_text {
 const TOP_HELP: &str = concat!(
     "\
 Examples:
-  peerd check --config /etc/peerd/peerd.toml     validate a configuration
+  peerd check --config /etc/peerd/peerd.toml      validate a configuration
   peerd run                                       the daemon (systemd: contrib/peerd.service)
   peerd status                                    VPCs, peerings, drops by reason
   peerd explain --from web --src 10.10.0.5 --dst 10.20.0.7
-  peerd plan --config /etc/peerd/peerd.toml.new  what a reload with that file would change
+  peerd plan --config /etc/peerd/peerd.toml.new   what a reload with that file would change
   peerd reload                                    same as systemctl reload peerd
 
 ",
@@ -58,7 +58,10 @@ Examples:
     "
 
 Logs: PEERD_LOG sets the level (error, warn, info, debug, trace; or a tracing filter such as
-peerd=debug). Under systemd peerd logs to the journal with structured fields."
+peerd=debug); --log-format json for one JSON object per line. Under systemd peerd logs to the
+journal with structured fields (journalctl -u peerd VPC=web).
+
+Troubleshooting: docs/troubleshooting.md (symptom, command, what to look for)."
 );
 
 /// VPC peering for Linux hypervisor hosts.
