@@ -51,3 +51,19 @@ pub mod etcd;
 pub mod fleet;
 pub mod stream;
 pub mod tap;
+
+/// Every record of the flow log files (`flows.jsonl` and its rotations) in `dir`.
+pub fn flow_records(dir: &std::path::Path) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in entries.flatten() {
+        if e.file_name().to_string_lossy().starts_with("flows.jsonl") {
+            for l in std::fs::read_to_string(e.path()).unwrap().lines() {
+                out.push(serde_json::from_str(l).expect("a flow log line is JSON"));
+            }
+        }
+    }
+    out
+}
