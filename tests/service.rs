@@ -61,7 +61,7 @@ fn the_unit_file_is_valid_for_systemd() {
     let unit = dir.path().join("peerd-test.service");
     let text = std::fs::read_to_string(UNIT)
         .unwrap()
-        .replace("/usr/local/sbin/peerd", common::env::PEERD);
+        .replace("/usr/sbin/peerd", common::env::PEERD);
     std::fs::write(&unit, text).unwrap();
     let out = Command::new("systemd-analyze")
         .args(["verify", "--man=no"])

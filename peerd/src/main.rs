@@ -6,7 +6,7 @@ use std::{
     sync::Arc,
 };
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, Parser, Subcommand};
 use peerd::{
     api::Api,
     config::{self, Config},
@@ -18,6 +18,8 @@ use peerd::{
 };
 use tokio::sync::mpsc;
 use tracing::{info, warn};
+
+mod gen;
 
 const DEFAULT_CONFIG: &str = "/etc/peerd/peerd.toml";
 const DEFAULT_SOCKET: &str = "/run/peerd/peerd.sock";
@@ -91,6 +93,15 @@ enum Cmd {
         #[arg(long)]
         socket: Option<PathBuf>,
     },
+    /// Print a shell completion script (bash, zsh or fish) to stdout.
+    #[command(after_long_help = gen::COMPLETIONS_HELP)]
+    Completions {
+        /// The shell to write the script for.
+        shell: gen::Shell,
+    },
+    /// Write the man pages (one per command) into DIR; used to build the package.
+    #[command(hide = true)]
+    GenerateMan { dir: PathBuf },
 }
 
 /// What `apply` and cluster-mode `plan` take.
@@ -186,6 +197,8 @@ fn main() -> ExitCode {
             json,
         ),
         Cmd::Teardown { socket } => teardown(&cli.config, socket),
+        Cmd::Completions { shell } => gen::completions(shell, Cli::command()),
+        Cmd::GenerateMan { dir } => gen::man_pages(Cli::command(), &dir).map(|_| ()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
