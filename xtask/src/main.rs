@@ -1,4 +1,5 @@
-//! `cargo xtask`: set up a fresh machine, run the whole test suite, run the demo.
+//! `cargo xtask`: set up a fresh machine, run the whole test suite, run the demo, build the
+//! .deb.
 use std::{
     path::{Path, PathBuf},
     process::{Command, ExitCode},
@@ -7,6 +8,7 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 
 mod cluster_demo;
+mod package;
 use clap::{Parser, Subcommand};
 
 /// Debian packages peerd's build, tests and benchmarks need.
@@ -27,6 +29,8 @@ const APT_PACKAGES: &[&str] = &[
     "etcd-client",
     "protobuf-compiler",
     "libprotobuf-dev",
+    // `cargo xtask package`: cargo-deb's $auto dependencies (dpkg-shlibdeps).
+    "dpkg-dev",
 ];
 /// Marker in every name the tests create (namespaces, links, pin dirs).
 const TEST_MARKER: &str = "pdt";
@@ -52,6 +56,9 @@ enum Cmd {
     /// Setup, build, and run a fleet of three hosts (network namespaces, each with its own
     /// peerd) on one etcd: cluster mode (configs/cluster/).
     ClusterDemo,
+    /// Setup, then build the .deb (release binary with the eBPF object embedded, unit, sample
+    /// configuration, man pages, completions) into target/debian/.
+    Package,
     /// Benchmarks: peerd against the kernel and the hooks' ceilings, and at scale; writes
     /// bench/results.json, bench/REPORT.md and bench/chart.svg.
     Bench {
@@ -179,7 +186,7 @@ fn setup() -> Result<()> {
         println!("mounting bpffs at /sys/fs/bpf");
         run(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))?;
     }
-    Ok(())
+    package::setup_cargo_deb()
 }
 
 /// Names with the test marker that are still around after the suite.
@@ -266,6 +273,8 @@ fn test(args: &[String]) -> Result<ExitCode> {
         );
         sweep(&before);
     }
+    // The package test (tests/package.rs) installs this .deb into a scratch root.
+    let deb = package::package()?;
     // Everything on the TC datapath, then the namespace tests again on the XDP datapath: both
     // datapaths must pass the same integration suite. Each pass ends with nextest's summary.
     let nextest = |env: Option<(&str, &str)>, filter: Option<&str>| {
@@ -286,7 +295,8 @@ fn test(args: &[String]) -> Result<ExitCode> {
                 "all",
             ])
             .args(args)
-            .env("RUST_BACKTRACE", "1");
+            .env("RUST_BACKTRACE", "1")
+            .env("PEERD_TEST_DEB", &deb);
         if let Some(f) = filter {
             cmd.args(["-E", f]);
         }
@@ -402,6 +412,9 @@ fn main() -> Result<ExitCode> {
         Cmd::Setup => setup().map(|_| ExitCode::SUCCESS),
         Cmd::Test { args } => test(&args),
         Cmd::Demo => demo().map(|_| ExitCode::SUCCESS),
+        Cmd::Package => setup()
+            .and_then(|_| package::package())
+            .map(|_| ExitCode::SUCCESS),
         Cmd::ClusterDemo => cluster_demo::cluster_demo().map(|_| ExitCode::SUCCESS),
         Cmd::Bench { quick, rounds, out } => bench(quick, rounds, &out).map(|_| ExitCode::SUCCESS),
     }
