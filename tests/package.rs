@@ -1,0 +1,373 @@
+//! The .deb (`cargo xtask package`, issue 12 item 4): installed with dpkg into a scratch root,
+//! it holds what an operator needs (binary, unit, commented sample configuration as a
+//! conffile, man pages, completions, licenses), and the packaged binary alone (no Rust, no
+//! LLVM: the eBPF object is inside it) runs the sample's example VPCs and forwards a ping
+//! between the peered pair.
+//!
+//! `cargo xtask test` builds the package before the suite and names it in PEERD_TEST_DEB;
+//! without it the newest target/debian/peerd_*.deb is used (`cargo xtask package` makes one).
+mod common;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
+
+use common::env::{sh, Env};
+
+/// The package under test.
+fn deb() -> PathBuf {
+    if let Some(p) = std::env::var_os("PEERD_TEST_DEB") {
+        return PathBuf::from(p);
+    }
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debian");
+    let prefix = format!("peerd_{}-", env!("CARGO_PKG_VERSION"));
+    let newest = std::fs::read_dir(&dir).ok().and_then(|entries| {
+        entries
+            .flatten()
+            .filter(|e| {
+                let n = e.file_name().to_string_lossy().into_owned();
+                n.starts_with(&prefix) && n.ends_with(".deb")
+            })
+            .max_by_key(|e| e.metadata().and_then(|m| m.modified()).ok())
+            .map(|e| e.path())
+    });
+    newest.unwrap_or_else(|| {
+        panic!(
+            "no {prefix}*.deb in {}: run `cargo xtask package` (`cargo xtask test` builds it)",
+            dir.display()
+        )
+    })
+}
+
+/// A scratch root with an initialised dpkg database, the package installed into it with
+/// `dpkg --root`; removed on drop.
+struct Root {
+    dir: tempfile::TempDir,
+}
+
+impl Root {
+    fn install() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix(&common::unique("root"))
+            .tempdir()
+            .unwrap();
+        let admin = dir.path().join("var/lib/dpkg");
+        std::fs::create_dir_all(admin.join("info")).unwrap();
+        std::fs::create_dir_all(admin.join("updates")).unwrap();
+        std::fs::write(admin.join("status"), "").unwrap();
+        let root = Self { dir };
+        // The scratch database knows no other package: the dependencies are checked against
+        // this machine's own database (depends_are_satisfied_here) instead.
+        root.dpkg(&["--force-depends", "-i", deb().to_str().unwrap()]);
+        root
+    }
+
+    fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p.trim_start_matches('/'))
+    }
+
+    fn peerd(&self) -> String {
+        self.path("/usr/sbin/peerd").to_str().unwrap().to_owned()
+    }
+
+    fn dpkg(&self, args: &[&str]) -> String {
+        let root = format!("--root={}", self.dir.path().display());
+        let admin = format!("--admindir={}", self.path("/var/lib/dpkg").display());
+        let mut all = vec!["dpkg", &root, &admin];
+        all.extend_from_slice(args);
+        sh(&all)
+    }
+
+    fn read(&self, p: &str) -> String {
+        std::fs::read_to_string(self.path(p)).unwrap_or_else(|e| panic!("{p}: {e}"))
+    }
+}
+
+/// `dpkg-deb --field` of the package.
+fn field(name: &str) -> String {
+    sh(&["dpkg-deb", "--field", deb().to_str().unwrap(), name])
+        .trim()
+        .to_owned()
+}
+
+/// The sample's commented example (between its markers), uncommented.
+fn sample_example(sample: &str) -> String {
+    let start = sample
+        .find("# ---- example ----\n")
+        .expect("example start marker");
+    let end = sample
+        .find("# ---- end of example ----")
+        .expect("example end marker");
+    sample[start..end]
+        .lines()
+        .skip(1)
+        .map(|l| l.strip_prefix("# ").unwrap_or(l.trim_start_matches('#')))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The sample with every `[daemon]` key it documents (before its example) set to the value
+/// it shows.
+fn sample_daemon_keys(sample: &str) -> String {
+    let end = sample.find("# ---- example ----").expect("example marker");
+    sample[..end]
+        .lines()
+        .map(|l| match l.strip_prefix("# ") {
+            Some(rest)
+                if rest.split_once('=').is_some_and(|(k, _)| {
+                    k.trim().chars().all(|c| c.is_ascii_lowercase() || c == '_')
+                }) =>
+            {
+                rest
+            }
+            _ => l,
+        })
+        .filter(|l| !l.starts_with("include"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn run(bin: &str, args: &[&str]) -> std::process::Output {
+    Command::new(bin)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{bin} {args:?}: {e}"))
+}
+
+fn ok(out: &std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+#[ignore = "needs root"]
+fn the_package_installs_the_binary_unit_and_a_conffile_sample_that_checks() {
+    common::can_run();
+    let root = Root::install();
+    let status = root.dpkg(&["--status", "peerd"]);
+    assert!(status.contains("Status: install ok installed"), "{status}");
+    let conffiles = root.read("/var/lib/dpkg/info/peerd.conffiles");
+    assert_eq!(conffiles.trim(), "/etc/peerd/peerd.toml");
+
+    let peerd = root.peerd();
+    let version = ok(&run(&peerd, &["--version"]));
+    assert!(
+        version.starts_with(&format!("peerd {}", env!("CARGO_PKG_VERSION"))),
+        "{version}"
+    );
+    // The sample as shipped, every [daemon] key it documents, and its example.
+    let sample_path = root.path("/etc/peerd/peerd.toml");
+    let sample = root.read("/etc/peerd/peerd.toml");
+    let out = ok(&run(
+        &peerd,
+        &["check", "--config", sample_path.to_str().unwrap()],
+    ));
+    assert!(out.contains("ok, 0 VPCs"), "{out}");
+    for (what, text) in [
+        ("daemon keys", sample_daemon_keys(&sample)),
+        ("example", format!("{sample}\n{}", sample_example(&sample))),
+    ] {
+        let p = root.path(&format!("/tmp-{}.toml", what.replace(' ', "-")));
+        std::fs::write(&p, &text).unwrap();
+        let out = ok(&run(&peerd, &["check", "--config", p.to_str().unwrap()]));
+        assert!(out.contains(": ok"), "{what}: {out}");
+        if what == "example" {
+            assert!(out.contains("2 VPCs, 1 peerings"), "{out}");
+            assert!(out.contains("active"), "{out}");
+        }
+    }
+
+    // The unit runs the packaged binary on the packaged configuration, and systemd accepts it.
+    let unit = root.read("/usr/lib/systemd/system/peerd.service");
+    assert!(
+        unit.contains("ExecStart=/usr/sbin/peerd run --config /etc/peerd/peerd.toml"),
+        "{unit}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let test_unit = dir
+        .path()
+        .join(format!("{}.service", common::unique("unit")));
+    std::fs::write(&test_unit, unit.replace("/usr/sbin/peerd", &peerd)).unwrap();
+    let out = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(&test_unit)
+        .output()
+        .expect("systemd-analyze");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && stderr.trim().is_empty(), "{stderr}");
+
+    // Removing keeps the operator's configuration; purging removes it.
+    root.dpkg(&["--remove", "peerd"]);
+    assert!(!root.path("/usr/sbin/peerd").exists());
+    assert!(sample_path.exists(), "a conffile survives remove");
+    root.dpkg(&["--purge", "peerd"]);
+    assert!(!sample_path.exists(), "purge removes the conffile");
+}
+
+#[test]
+#[ignore = "needs root"]
+fn the_package_depends_on_what_this_machine_has_and_not_on_rust_or_llvm() {
+    common::can_run();
+    let depends = field("Depends");
+    assert!(depends.contains("iproute2"), "{depends}");
+    assert!(depends.contains("libc6"), "{depends}");
+    for dep in depends.split(',').map(str::trim) {
+        let (name, constraint) = match dep.split_once(" (") {
+            Some((n, c)) => (n, Some(c.trim_end_matches(')'))),
+            None => (dep, None),
+        };
+        let have = sh(&["dpkg-query", "-W", "-f=${Version}", name]);
+        if let Some(c) = constraint {
+            let (op, want) = c.split_once(' ').expect("operator and version");
+            let satisfied = Command::new("dpkg")
+                .args(["--compare-versions", &have, op, want])
+                .status()
+                .unwrap()
+                .success();
+            assert!(satisfied, "{name} {have} does not satisfy {c}");
+        }
+    }
+    let root = Root::install();
+    let ldd = sh(&["ldd", &root.peerd()]);
+    for line in ldd.lines() {
+        let lib = line.split_whitespace().next().unwrap_or("");
+        assert!(
+            ["linux-vdso", "libc.", "libm.", "ld-linux"]
+                .iter()
+                .any(|ok| lib.contains(ok)),
+            "the packaged binary links {lib}, which the package does not depend on:\n{ldd}"
+        );
+    }
+}
+
+#[test]
+#[ignore = "needs root"]
+fn the_package_has_a_man_page_per_command_completions_and_licenses() {
+    common::can_run();
+    let root = Root::install();
+    // The pages the packaged binary generates are the pages the package installed.
+    let fresh = tempfile::tempdir().unwrap();
+    ok(&run(
+        &root.peerd(),
+        &["generate-man", fresh.path().to_str().unwrap()],
+    ));
+    let mut pages: Vec<String> = std::fs::read_dir(fresh.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    pages.sort();
+    for must in [
+        "peerd.8",
+        "peerd-run.8",
+        "peerd-check.8",
+        "peerd-status.8",
+        "peerd-completions.8",
+    ] {
+        assert!(pages.iter().any(|p| p == must), "{must} in {pages:?}");
+    }
+    assert!(
+        !pages.iter().any(|p| p.contains("generate-man")),
+        "the hidden command has no page: {pages:?}"
+    );
+    for page in &pages {
+        let installed = root.path(&format!("/usr/share/man/man8/{page}.gz"));
+        let text = sh(&["gzip", "-dc", installed.to_str().unwrap()]);
+        let name = page.trim_end_matches(".8");
+        assert!(text.contains(&format!(".TH {name} 8")), "{page}: {text}");
+        assert_eq!(
+            text,
+            std::fs::read_to_string(fresh.path().join(page)).unwrap(),
+            "{page}"
+        );
+    }
+    let top = sh(&[
+        "gzip",
+        "-dc",
+        root.path("/usr/share/man/man8/peerd.8.gz")
+            .to_str()
+            .unwrap(),
+    ]);
+    assert!(top.contains("/etc/peerd/peerd.toml"), "{top}");
+
+    // Completions where each shell looks for them; bash registers one for peerd.
+    let bash = root.path("/usr/share/bash-completion/completions/peerd");
+    let registered = sh(&[
+        "bash",
+        "-c",
+        &format!("source {} && complete -p peerd", bash.display()),
+    ]);
+    assert!(registered.contains("peerd"), "{registered}");
+    assert!(root
+        .read("/usr/share/zsh/vendor-completions/_peerd")
+        .starts_with("#compdef peerd"));
+    let fish = root.read("/usr/share/fish/vendor_completions.d/peerd.fish");
+    assert!(fish.contains("complete -c peerd"), "{fish}");
+    for shell in ["bash", "zsh", "fish"] {
+        let out = ok(&run(&root.peerd(), &["completions", shell]));
+        assert!(!out.is_empty(), "{shell}");
+    }
+
+    // Licenses: MIT OR Apache-2.0, and the GPL of the embedded eBPF object.
+    let copyright = root.read("/usr/share/doc/peerd/copyright");
+    assert!(copyright.contains("MIT or Apache-2.0"), "{copyright}");
+    assert!(copyright.contains("GPL"), "{copyright}");
+    assert!(root
+        .read("/usr/share/doc/peerd/LICENSE-MIT")
+        .contains("MIT License"));
+    assert!(root
+        .read("/usr/share/doc/peerd/LICENSE-APACHE")
+        .contains("Apache License"));
+}
+
+#[test]
+#[ignore = "needs root"]
+fn the_packaged_binary_runs_the_sample_example_and_forwards_between_peered_vpcs() {
+    common::can_run();
+    let root = Root::install();
+    let sample = root.read("/etc/peerd/peerd.toml");
+    let mut env = Env::with_peerd(&root.peerd());
+    // The sample's example (web <-> db peered), plus a VPC nobody peers with.
+    env.write_config(&format!(
+        "{}\n[[vpc]]\nname = \"ops\"\ncidrs = [\"10.30.0.0/16\"]\n",
+        sample_example(&sample)
+    ));
+    env.start();
+    env.wait_status("pcx-webdb active", Duration::from_secs(30), |st| {
+        st["peerings"].as_array().is_some_and(|p| {
+            p.iter()
+                .any(|p| p["id"] == "pcx-webdb" && p["state"] == "active")
+        })
+    });
+    env.add_addr("web", "10.10.0.1");
+    env.add_addr("db", "10.20.0.1");
+    env.add_addr("ops", "10.30.0.1");
+    env.add_addr("web", "2001:db8:10::1");
+    env.add_addr("db", "2001:db8:20::1");
+    assert!(
+        env.ping("web", "10.10.0.1", "10.20.0.1", 3),
+        "web -> db\n{}",
+        env.log()
+    );
+    assert!(env.ping("db", "10.20.0.1", "10.10.0.1", 3), "db -> web");
+    assert!(
+        env.ping("web", "2001:db8:10::1", "2001:db8:20::1", 3),
+        "web -> db v6"
+    );
+    assert!(
+        !env.ping("web", "10.10.0.1", "10.30.0.1", 2),
+        "web -> ops is not peered"
+    );
+    // The packaged binary's client commands talk to it too.
+    let out = env.peerd(&["status"]);
+    let status = ok(&out);
+    assert!(status.contains("pcx-webdb"), "{status}");
+    env.stop();
+}
