@@ -75,14 +75,24 @@ impl Root {
     fn dpkg(&self, args: &[&str]) -> String {
         let root = format!("--root={}", self.dir.path().display());
         let admin = format!("--admindir={}", self.path("/var/lib/dpkg").display());
-        let mut all = vec!["dpkg", &root, &admin];
-        all.extend_from_slice(args);
-        sh(&all)
+        sh_with(&["dpkg", &root, &admin], args)
+    }
+
+    /// The packaged peerd with `args`: its stdout (panics when it fails).
+    fn run(&self, args: &[&str]) -> String {
+        sh_with(&[&self.peerd()], args)
     }
 
     fn read(&self, p: &str) -> String {
         std::fs::read_to_string(self.path(p)).unwrap_or_else(|e| panic!("{p}: {e}"))
     }
+}
+
+/// `sh` of `command` followed by `args`.
+fn sh_with(command: &[&str], args: &[&str]) -> String {
+    let mut all = command.to_vec();
+    all.extend_from_slice(args);
+    sh(&all)
 }
 
 /// `dpkg-deb --field` of the package.
@@ -129,23 +139,6 @@ fn sample_daemon_keys(sample: &str) -> String {
         .join("\n")
 }
 
-fn run(bin: &str, args: &[&str]) -> std::process::Output {
-    Command::new(bin)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{bin} {args:?}: {e}"))
-}
-
-fn ok(out: &std::process::Output) -> String {
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 #[test]
 #[ignore = "needs root"]
 fn the_package_installs_the_binary_unit_and_a_conffile_sample_that_checks() {
@@ -157,7 +150,7 @@ fn the_package_installs_the_binary_unit_and_a_conffile_sample_that_checks() {
     assert_eq!(conffiles.trim(), "/etc/peerd/peerd.toml");
 
     let peerd = root.peerd();
-    let version = ok(&run(&peerd, &["--version"]));
+    let version = root.run(&["--version"]);
     assert!(
         version.starts_with(&format!("peerd {}", env!("CARGO_PKG_VERSION"))),
         "{version}"
@@ -165,10 +158,7 @@ fn the_package_installs_the_binary_unit_and_a_conffile_sample_that_checks() {
     // The sample as shipped, every [daemon] key it documents, and its example.
     let sample_path = root.path("/etc/peerd/peerd.toml");
     let sample = root.read("/etc/peerd/peerd.toml");
-    let out = ok(&run(
-        &peerd,
-        &["check", "--config", sample_path.to_str().unwrap()],
-    ));
+    let out = root.run(&["check", "--config", sample_path.to_str().unwrap()]);
     assert!(out.contains("ok, 0 VPCs"), "{out}");
     for (what, text) in [
         ("daemon keys", sample_daemon_keys(&sample)),
@@ -176,7 +166,7 @@ fn the_package_installs_the_binary_unit_and_a_conffile_sample_that_checks() {
     ] {
         let p = root.path(&format!("/tmp-{}.toml", what.replace(' ', "-")));
         std::fs::write(&p, &text).unwrap();
-        let out = ok(&run(&peerd, &["check", "--config", p.to_str().unwrap()]));
+        let out = root.run(&["check", "--config", p.to_str().unwrap()]);
         assert!(out.contains(": ok"), "{what}: {out}");
         if what == "example" {
             assert!(out.contains("2 VPCs, 1 peerings"), "{out}");
@@ -190,18 +180,7 @@ fn the_package_installs_the_binary_unit_and_a_conffile_sample_that_checks() {
         unit.contains("ExecStart=/usr/sbin/peerd run --config /etc/peerd/peerd.toml"),
         "{unit}"
     );
-    let dir = tempfile::tempdir().unwrap();
-    let test_unit = dir
-        .path()
-        .join(format!("{}.service", common::unique("unit")));
-    std::fs::write(&test_unit, unit.replace("/usr/sbin/peerd", &peerd)).unwrap();
-    let out = Command::new("systemd-analyze")
-        .args(["verify", "--man=no"])
-        .arg(&test_unit)
-        .output()
-        .expect("systemd-analyze");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success() && stderr.trim().is_empty(), "{stderr}");
+    common::verify_unit(&unit, &peerd);
 
     // Removing keeps the operator's configuration; purging removes it.
     root.dpkg(&["--remove", "peerd"]);
@@ -284,10 +263,7 @@ fn the_package_has_a_man_page_per_command_completions_and_licenses() {
     let root = Root::install();
     // The pages the packaged binary generates are the pages the package installed.
     let fresh = tempfile::tempdir().unwrap();
-    ok(&run(
-        &root.peerd(),
-        &["generate-man", fresh.path().to_str().unwrap()],
-    ));
+    root.run(&["generate-man", fresh.path().to_str().unwrap()]);
     let mut pages: Vec<String> = std::fs::read_dir(fresh.path())
         .unwrap()
         .flatten()
@@ -341,7 +317,7 @@ fn the_package_has_a_man_page_per_command_completions_and_licenses() {
     let fish = root.read("/usr/share/fish/vendor_completions.d/peerd.fish");
     assert!(fish.contains("complete -c peerd"), "{fish}");
     for shell in ["bash", "zsh", "fish"] {
-        let out = ok(&run(&root.peerd(), &["completions", shell]));
+        let out = root.run(&["completions", shell]);
         assert!(!out.is_empty(), "{shell}");
     }
 
@@ -376,28 +352,32 @@ fn the_packaged_binary_runs_the_sample_example_and_forwards_between_peered_vpcs(
                 .any(|p| p["id"] == "pcx-webdb" && p["state"] == "active")
         })
     });
-    env.add_addr("web", "10.10.0.1");
-    env.add_addr("db", "10.20.0.1");
-    env.add_addr("ops", "10.30.0.1");
-    env.add_addr("web", "2001:db8:10::1");
-    env.add_addr("db", "2001:db8:20::1");
-    assert!(
-        env.ping("web", "10.10.0.1", "10.20.0.1", 3),
-        "web -> db\n{}",
-        env.log()
-    );
-    assert!(env.ping("db", "10.20.0.1", "10.10.0.1", 3), "db -> web");
-    assert!(
-        env.ping("web", "2001:db8:10::1", "2001:db8:20::1", 3),
-        "web -> db v6"
-    );
+    for (vpc, addr) in [
+        ("web", "10.10.0.1"),
+        ("web", "2001:db8:10::1"),
+        ("db", "10.20.0.1"),
+        ("db", "2001:db8:20::1"),
+        ("ops", "10.30.0.1"),
+    ] {
+        env.add_addr(vpc, addr);
+    }
+    for (from, src, dst) in [
+        ("web", "10.10.0.1", "10.20.0.1"),
+        ("db", "10.20.0.1", "10.10.0.1"),
+        ("web", "2001:db8:10::1", "2001:db8:20::1"),
+    ] {
+        assert!(
+            env.ping(from, src, dst, 3),
+            "{src} -> {dst} (peered)\n{}",
+            env.log()
+        );
+    }
     assert!(
         !env.ping("web", "10.10.0.1", "10.30.0.1", 2),
         "web -> ops is not peered"
     );
     // The packaged binary's client commands talk to it too.
-    let out = env.peerd(&["status"]);
-    let status = ok(&out);
+    let status = root.run(&["status", "--config", env.config.to_str().unwrap()]);
     assert!(status.contains("pcx-webdb"), "{status}");
     env.stop();
 }

@@ -46,6 +46,21 @@ impl Drop for PinDir {
     }
 }
 
+/// `systemd-analyze verify` on a unit's text, its `/usr/sbin/peerd` replaced by `peerd` (the
+/// binary under test); panics with what systemd says.
+pub fn verify_unit(text: &str, peerd: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let unit = dir.path().join(format!("{}.service", unique("unit")));
+    std::fs::write(&unit, text.replace("/usr/sbin/peerd", peerd)).unwrap();
+    let out = std::process::Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(&unit)
+        .output()
+        .expect("systemd-analyze");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && stderr.trim().is_empty(), "{stderr}");
+}
+
 pub mod env;
 pub mod etcd;
 pub mod fleet;

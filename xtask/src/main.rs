@@ -89,6 +89,13 @@ fn run(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
+/// `cargo build --release -p package` in the workspace.
+fn build_release(package: &str) -> Result<()> {
+    run(Command::new("cargo")
+        .current_dir(root())
+        .args(["build", "--release", "-p", package]))
+}
+
 fn output(cmd: &mut Command) -> Option<String> {
     let out = cmd.output().ok()?;
     out.status
@@ -329,12 +336,7 @@ fn test(args: &[String]) -> Result<ExitCode> {
 fn bench(quick: bool, rounds: Option<u32>, out: &Path) -> Result<()> {
     setup()?;
     let root = root();
-    run(Command::new("cargo").current_dir(&root).args([
-        "build",
-        "--release",
-        "-p",
-        "peerd-bench",
-    ]))?;
+    build_release("peerd-bench")?;
     let mut cmd = Command::new(root.join("target/release/peerd-bench"));
     cmd.current_dir(&root).arg("--out").arg(out);
     if quick {
@@ -351,9 +353,7 @@ fn bench(quick: bool, rounds: Option<u32>, out: &Path) -> Result<()> {
 fn demo() -> Result<()> {
     setup()?;
     let root = root();
-    run(Command::new("cargo")
-        .current_dir(&root)
-        .args(["build", "--release", "-p", "peerd"]))?;
+    build_release("peerd")?;
     let peerd = root.join("target/release/peerd");
     let config = root.join("configs/demo.toml");
     println!(

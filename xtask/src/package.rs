@@ -10,7 +10,7 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 
-use crate::{output, root, run};
+use crate::{build_release, output, root, run};
 
 /// cargo-deb, pinned: this version builds with the workspace's Rust (1.95).
 pub const CARGO_DEB_VERSION: &str = "3.8.0";
@@ -75,18 +75,12 @@ fn generate_assets(peerd: &Path, dir: &Path) -> Result<()> {
 /// Builds the release binary, its generated assets and the .deb; returns the .deb's path.
 pub fn package() -> Result<PathBuf> {
     let root = root();
-    run(Command::new("cargo").current_dir(&root).args([
-        "build",
-        "--release",
-        "--locked",
-        "-p",
-        "peerd",
-    ]))?;
+    build_release("peerd")?;
     let peerd = target_dir().join("release/peerd");
     generate_assets(&peerd, &assets_dir())?;
     let out = Command::new("cargo")
         .current_dir(&root)
-        .args(["deb", "-p", "peerd", "--no-build", "--locked"])
+        .args(["deb", "-p", "peerd", "--no-build"])
         .output()
         .context("running cargo deb (cargo xtask setup installs it)")?;
     if !out.status.success() {
