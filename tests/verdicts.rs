@@ -46,6 +46,7 @@ fn topology() -> Tables {
                 flags: VPC_PRESENT,
                 ns_mac: NS_MAC[v as usize],
                 gw_mac: GW[v as usize],
+                vni: 0,
             },
         );
         t.src

@@ -406,7 +406,12 @@ fn explain(socket: &Path, req: Request, json: bool) -> Result<(), String> {
         _ => println!("  route:       none matches"),
     }
     match (e.verdict.as_str(), &e.to, &e.reason) {
-        ("deliver", Some(to), _) => println!("  verdict:     DELIVER into VPC {to}"),
+        ("deliver", Some(to), _) => match &e.host {
+            Some(h) => {
+                println!("  verdict:     DELIVER into VPC {to} on host {h} (through the tunnel)")
+            }
+            None => println!("  verdict:     DELIVER into VPC {to}"),
+        },
         (_, _, Some(r)) => println!("  verdict:     DROP ({r})"),
         _ => println!("  verdict:     {}", e.verdict),
     }

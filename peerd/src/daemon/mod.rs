@@ -345,6 +345,7 @@ impl Daemon {
                     new_vpc_slots: &new_vpc_slots,
                     new_peering_slots: &new_peering_slots,
                     fleet: self.cluster.as_ref().and_then(|c| c.fleet()),
+                    vxlan: self.cluster.as_ref().map(|c| c.vxlan()),
                 },
                 scope,
             )
@@ -556,6 +557,7 @@ impl Daemon {
                 underlay: h.underlay,
                 vpcs: h.vpcs.clone(),
                 slot: slot_of(&h.name),
+                tunnel: None,
             })
             .collect();
         let mut notes = c.errors.clone();
@@ -597,6 +599,7 @@ impl Daemon {
                 new_vpc_slots: &[],
                 new_peering_slots: &[],
                 fleet: None,
+                vxlan: self.cluster.as_ref().map(|c| c.vxlan()),
             })
             .await;
         for p in &peerings {
@@ -712,7 +715,7 @@ impl Daemon {
                         warn!(error = %e, "reconcile failed");
                     }
                 }
-                Some(m) = recv(&mut from_agent) => self.from_agent(m).await,
+                Some(m) = recv(&mut from_agent) => self.on_agent(m).await,
                 Some(_) = recv(&mut ns_events) => {
                     // Coalesce a burst (an address and its route arrive together).
                     tokio::time::sleep(Duration::from_millis(20)).await;
@@ -735,7 +738,7 @@ impl Daemon {
     }
 
     /// A message of the fleet agent.
-    async fn from_agent(&mut self, m: crate::agent::FromAgent) {
+    async fn on_agent(&mut self, m: crate::agent::FromAgent) {
         use crate::agent::FromAgent;
         let Some(cl) = &mut self.cluster else { return };
         match m {

@@ -12,7 +12,10 @@ use std::{collections::BTreeMap, fmt, net::IpAddr};
 
 use aya::maps::{lpm_trie::Key as LpmKey, MapError};
 use ipnet::IpNet;
-use peerd_common::{IfaceInfo, KeyV4, KeyV6, PeeringInfo, RouteTarget, SrcInfo, VpcInfo};
+use peerd_common::{
+    EndpointKey, IfaceInfo, KeyV4, KeyV6, PeeringInfo, RouteTarget, SrcInfo, Underlay, VpcInfo,
+    CONFIG_VXLAN_IFINDEX,
+};
 
 use crate::{datapath::Datapath, tables::Tables};
 
@@ -24,6 +27,13 @@ pub struct Contents {
     pub peerings: BTreeMap<u32, PeeringInfo>,
     pub src: BTreeMap<(u32, IpNet), u32>,
     pub routes: BTreeMap<(u32, IpNet), RouteTarget>,
+    pub endpoints: BTreeMap<(u32, IpAddr), u32>,
+    pub hosts: BTreeMap<u32, IpAddr>,
+    /// The reverse of `hosts` (the receiving side's outer source check).
+    pub underlay: BTreeMap<IpAddr, u32>,
+    pub vnis: BTreeMap<u32, u32>,
+    pub allowed: BTreeMap<(u32, IpNet), u32>,
+    pub vxlan_ifindex: u32,
 }
 
 impl Contents {
@@ -34,6 +44,12 @@ impl Contents {
             peerings: t.peerings.clone(),
             src: t.src.clone(),
             routes: t.routes.clone(),
+            endpoints: t.endpoints.clone(),
+            hosts: t.hosts.clone(),
+            underlay: t.hosts.iter().map(|(s, a)| (*a, *s)).collect(),
+            vnis: t.vnis.clone(),
+            allowed: t.allowed.clone(),
+            vxlan_ifindex: t.vxlan_ifindex,
         }
     }
 
@@ -78,7 +94,72 @@ impl Contents {
                 c.routes.insert(from_key6(&k), v);
             }
         }
+        for k in dp.endpoints.keys().filter_map(Result::ok) {
+            if let (Ok(v), Some(a)) = (dp.endpoints.get(&k, 0), addr_of(k.family, &k.addr)) {
+                c.endpoints.insert((k.vpc, a), v);
+            }
+        }
+        for (i, v) in dp.hosts.iter().enumerate() {
+            let v = v?;
+            if let Some(a) = addr_of(v.family, &v.addr) {
+                c.hosts.insert(i as u32, a);
+            }
+        }
+        for k in dp.underlay.keys().filter_map(Result::ok) {
+            if let (Ok(v), Some(a)) = (dp.underlay.get(&k, 0), addr_of(k.family, &k.addr)) {
+                c.underlay.insert(a, v);
+            }
+        }
+        for k in dp.vnis.keys().filter_map(Result::ok) {
+            if let Ok(v) = dp.vnis.get(&k, 0) {
+                c.vnis.insert(k, v);
+            }
+        }
+        for k in dp.allowed_v4.keys().filter_map(Result::ok) {
+            if let Ok(v) = dp.allowed_v4.get(&k, 0) {
+                c.allowed.insert(from_key4(&k), v);
+            }
+        }
+        for k in dp.allowed_v6.keys().filter_map(Result::ok) {
+            if let Ok(v) = dp.allowed_v6.get(&k, 0) {
+                c.allowed.insert(from_key6(&k), v);
+            }
+        }
+        c.vxlan_ifindex = dp.config.get(&CONFIG_VXLAN_IFINDEX, 0).unwrap_or(0);
         Ok(c)
+    }
+}
+
+/// An address as peerd-common stores it: family 4 or 6, IPv4 in the first 4 bytes.
+pub fn underlay_of(a: IpAddr) -> Underlay {
+    let mut u = Underlay::default();
+    match a {
+        IpAddr::V4(v) => {
+            u.family = 4;
+            u.addr[..4].copy_from_slice(&v.octets());
+        }
+        IpAddr::V6(v) => {
+            u.family = 6;
+            u.addr = v.octets();
+        }
+    }
+    u
+}
+
+fn addr_of(family: u32, addr: &[u8; 16]) -> Option<IpAddr> {
+    match family {
+        4 => Some(IpAddr::from([addr[0], addr[1], addr[2], addr[3]])),
+        6 => Some(IpAddr::from(*addr)),
+        _ => None,
+    }
+}
+
+fn endpoint_key(vpc: u32, a: IpAddr) -> EndpointKey {
+    let u = underlay_of(a);
+    EndpointKey {
+        vpc,
+        family: u.family,
+        addr: u.addr,
     }
 }
 
@@ -90,6 +171,13 @@ pub enum Entry {
     Route((u32, IpNet), RouteTarget),
     Src((u32, IpNet), u32),
     Iface(u32, IfaceInfo),
+    Endpoint((u32, IpAddr), u32),
+    Host(u32, IpAddr),
+    Underlay(IpAddr, u32),
+    Vni(u32, u32),
+    Allowed((u32, IpNet), u32),
+    /// The VXLAN device's ifindex (0: none).
+    Vxlan(u32),
 }
 
 /// One map key.
@@ -100,6 +188,11 @@ pub enum Key {
     Route(u32, IpNet),
     Src(u32, IpNet),
     Iface(u32),
+    Endpoint(u32, IpAddr),
+    Host(u32),
+    Underlay(IpAddr),
+    Vni(u32),
+    Allowed(u32, IpNet),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -123,6 +216,27 @@ impl fmt::Display for Change {
             }
             Change::Write(Entry::Iface(i, info)) => {
                 write!(f, "write interface {i} -> VPC slot {}", info.vpc)
+            }
+            Change::Write(Entry::Endpoint((v, a), h)) => {
+                write!(f, "write endpoint {a} of VPC slot {v} -> host slot {h}")
+            }
+            Change::Write(Entry::Host(s, a)) => write!(f, "write host slot {s} -> {a}"),
+            Change::Write(Entry::Underlay(a, s)) => {
+                write!(f, "write underlay {a} -> host slot {s}")
+            }
+            Change::Write(Entry::Vni(n, s)) => write!(f, "write VNI {n} -> VPC slot {s}"),
+            Change::Write(Entry::Allowed((v, n), p)) => {
+                write!(f, "write allowed source {n} of VPC slot {v} -> peering {p}")
+            }
+            Change::Write(Entry::Vxlan(i)) => write!(f, "write VXLAN device {i}"),
+            Change::Remove(Key::Endpoint(v, a)) => {
+                write!(f, "remove endpoint {a} of VPC slot {v}")
+            }
+            Change::Remove(Key::Host(s)) => write!(f, "clear host slot {s}"),
+            Change::Remove(Key::Underlay(a)) => write!(f, "remove underlay {a}"),
+            Change::Remove(Key::Vni(n)) => write!(f, "remove VNI {n}"),
+            Change::Remove(Key::Allowed(v, n)) => {
+                write!(f, "remove allowed source {n} of VPC slot {v}")
             }
             Change::Remove(Key::Vpc(s)) => write!(f, "clear VPC slot {s}"),
             Change::Remove(Key::Peering(s)) => write!(f, "clear peering slot {s}"),
@@ -158,6 +272,16 @@ pub fn diff(have: &Contents, want: &Contents) -> Vec<Change> {
         }
     }
     let mut out = Vec::new();
+    // Cluster mode's leaves: the device, where hosts are, which sources they may send, then
+    // the VNIs that make a VPC reachable from them.
+    if want.vxlan_ifindex != 0 && have.vxlan_ifindex != want.vxlan_ifindex {
+        out.push(Change::Write(Entry::Vxlan(want.vxlan_ifindex)));
+    }
+    writes(&have.hosts, &want.hosts, Entry::Host, &mut out);
+    writes(&have.underlay, &want.underlay, Entry::Underlay, &mut out);
+    writes(&have.endpoints, &want.endpoints, Entry::Endpoint, &mut out);
+    writes(&have.allowed, &want.allowed, Entry::Allowed, &mut out);
+    writes(&have.vnis, &want.vnis, Entry::Vni, &mut out);
     writes(&have.vpcs, &want.vpcs, Entry::Vpc, &mut out);
     writes(&have.peerings, &want.peerings, Entry::Peering, &mut out);
     writes(&have.routes, &want.routes, Entry::Route, &mut out);
@@ -173,6 +297,24 @@ pub fn diff(have: &Contents, want: &Contents) -> Vec<Change> {
     );
     removes(&have.peerings, &want.peerings, Key::Peering, &mut out);
     removes(&have.vpcs, &want.vpcs, Key::Vpc, &mut out);
+    removes(&have.vnis, &want.vnis, Key::Vni, &mut out);
+    removes(
+        &have.allowed,
+        &want.allowed,
+        |(v, n)| Key::Allowed(v, n),
+        &mut out,
+    );
+    removes(
+        &have.endpoints,
+        &want.endpoints,
+        |(v, a)| Key::Endpoint(v, a),
+        &mut out,
+    );
+    removes(&have.underlay, &want.underlay, Key::Underlay, &mut out);
+    removes(&have.hosts, &want.hosts, Key::Host, &mut out);
+    if want.vxlan_ifindex == 0 && have.vxlan_ifindex != 0 {
+        out.push(Change::Write(Entry::Vxlan(0)));
+    }
     out
 }
 
@@ -235,6 +377,25 @@ fn apply_one(dp: &mut Datapath, c: &Change) -> Result<(), MapError> {
             }
         }
         Change::Write(Entry::Iface(k, v)) => dp.ifaces.insert(k, v, 0),
+        Change::Write(Entry::Endpoint((v, a), h)) => {
+            dp.endpoints.insert(endpoint_key(*v, *a), h, 0)
+        }
+        Change::Write(Entry::Host(s, a)) => dp.hosts.set(*s, underlay_of(*a), 0),
+        Change::Write(Entry::Underlay(a, s)) => dp.underlay.insert(underlay_of(*a), s, 0),
+        Change::Write(Entry::Vni(n, s)) => dp.vnis.insert(n, s, 0),
+        Change::Write(Entry::Allowed((id, net), p)) => match net {
+            IpNet::V4(_) => dp.allowed_v4.insert(&key4(*id, net), p, 0),
+            IpNet::V6(_) => dp.allowed_v6.insert(&key6(*id, net), p, 0),
+        },
+        Change::Write(Entry::Vxlan(i)) => dp.config.set(CONFIG_VXLAN_IFINDEX, i, 0),
+        Change::Remove(Key::Endpoint(v, a)) => dp.endpoints.remove(&endpoint_key(*v, *a)),
+        Change::Remove(Key::Host(s)) => dp.hosts.set(*s, Underlay::default(), 0),
+        Change::Remove(Key::Underlay(a)) => dp.underlay.remove(&underlay_of(*a)),
+        Change::Remove(Key::Vni(n)) => dp.vnis.remove(n),
+        Change::Remove(Key::Allowed(id, net)) => match net {
+            IpNet::V4(_) => dp.allowed_v4.remove(&key4(*id, net)),
+            IpNet::V6(_) => dp.allowed_v6.remove(&key6(*id, net)),
+        },
         Change::Remove(Key::Iface(k)) => dp.ifaces.remove(k),
         Change::Remove(Key::Src(id, net)) => match net {
             IpNet::V4(_) => dp.src_v4.remove(&key4(*id, net)),
