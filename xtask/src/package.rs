@@ -49,9 +49,28 @@ pub fn assets_dir() -> PathBuf {
 const COMPLETIONS: &[(&str, &str)] =
     &[("bash", "peerd"), ("zsh", "_peerd"), ("fish", "peerd.fish")];
 
-/// Writes the man pages and completion scripts of `peerd` (a built binary) under `dir`.
+/// contrib/peerd.service as the package installs it: the binary in /usr/sbin (a source
+/// install puts it in /usr/local/sbin, as the unit says), and no install instructions.
+fn packaged_unit(source: &str) -> Result<String> {
+    let body = &source[source.find("[Unit]").context("no [Unit] in the unit")?..];
+    let unit = format!(
+        "# peerd as a systemd service, installed by the peerd package (not enabled):\n\
+         #   systemctl enable --now peerd\n{}",
+        body.replace("/usr/local/sbin/peerd", "/usr/sbin/peerd")
+    );
+    if unit.contains("/usr/local") {
+        bail!("contrib/peerd.service names /usr/local paths the package does not have");
+    }
+    Ok(unit)
+}
+
+/// Writes the unit, the man pages and the completion scripts of `peerd` (a built binary)
+/// under `dir`.
 fn generate_assets(peerd: &Path, dir: &Path) -> Result<()> {
     let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir)?;
+    let unit = std::fs::read_to_string(root().join("contrib/peerd.service"))?;
+    std::fs::write(dir.join("peerd.service"), packaged_unit(&unit)?)?;
     let man = dir.join("man");
     run(Command::new(peerd).arg("generate-man").arg(&man))?;
     let completions = dir.join("completions");
@@ -112,4 +131,26 @@ pub fn package() -> Result<PathBuf> {
     }
     println!("package: {}", deb.display());
     Ok(deb)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_packaged_unit_runs_usr_sbin_peerd_and_names_no_usr_local() {
+        let source = std::fs::read_to_string(root().join("contrib/peerd.service")).unwrap();
+        assert!(source.contains("/usr/local/sbin/peerd"));
+        let unit = packaged_unit(&source).unwrap();
+        assert!(unit.contains("\nExecStart=/usr/sbin/peerd run --config /etc/peerd/peerd.toml\n"));
+        assert!(!unit.contains("/usr/local"), "{unit}");
+        // Everything from [Unit] on is the source's, paths aside.
+        let body = &source[source.find("[Unit]").unwrap()..];
+        assert_eq!(
+            unit.lines().filter(|l| !l.starts_with('#')).count(),
+            body.lines().filter(|l| !l.starts_with('#')).count()
+        );
+        assert!(packaged_unit("[Service]\nExecStart=/usr/sbin/peerd\n").is_err());
+        assert!(packaged_unit("[Unit]\nExecStartPost=/usr/local/bin/x\n").is_err());
+    }
 }
