@@ -19,7 +19,9 @@ use common::env::{sh, Env};
 /// The package under test.
 fn deb() -> PathBuf {
     if let Some(p) = std::env::var_os("PEERD_TEST_DEB") {
-        return PathBuf::from(p);
+        let p = PathBuf::from(p);
+        assert!(p.is_file(), "PEERD_TEST_DEB: no package at {}", p.display());
+        return p;
     }
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debian");
     let prefix = format!("peerd_{}-", env!("CARGO_PKG_VERSION"));
@@ -197,6 +199,8 @@ fn the_package_depends_on_what_this_machine_has_and_not_on_rust_or_llvm() {
     common::can_run();
     let depends = field("Depends");
     assert!(depends.contains("iproute2"), "{depends}");
+    // The backstop (reconcile/backstop.rs) runs `nft`.
+    assert!(depends.contains("nftables"), "{depends}");
     assert!(depends.contains("libc6"), "{depends}");
     for dep in depends.split(',').map(str::trim) {
         let (name, constraint) = match dep.split_once(" (") {

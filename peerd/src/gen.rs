@@ -79,10 +79,9 @@ pub fn man_pages(cmd: clap::Command, dir: &Path) -> Result<Vec<PathBuf>, String>
     let mut cmd = cmd.disable_help_subcommand(true);
     cmd.build();
     let version = cmd.get_version().unwrap_or_default().to_owned();
-    let mut pages = cmd
-        .get_subcommands()
-        .filter(|s| !s.is_hide_set())
-        .map(|s| render(s.clone(), &version))
+    let mut pages = descendants(&cmd)
+        .into_iter()
+        .map(|s| render(s, &version))
         .collect::<Result<Vec<_>, _>>()?;
     let names: Vec<String> = pages.iter().map(|(name, _)| name.clone()).collect();
     let (name, mut top) = render(cmd, &version)?;
@@ -97,6 +96,14 @@ pub fn man_pages(cmd: clap::Command, dir: &Path) -> Result<Vec<PathBuf>, String>
     Ok(written)
 }
 
+/// Every visible command below `cmd`, depth first (`peerd-x`, then `peerd-x-y`, ...).
+fn descendants(cmd: &clap::Command) -> Vec<clap::Command> {
+    cmd.get_subcommands()
+        .filter(|s| !s.is_hide_set() && s.get_name() != "help")
+        .flat_map(|s| std::iter::once(s.clone()).chain(descendants(s)))
+        .collect()
+}
+
 /// One page: its name (`peerd-run`) and its roff text.
 fn render(cmd: clap::Command, version: &str) -> Result<(String, Vec<u8>), String> {
     let name = cmd.get_display_name().unwrap_or(cmd.get_name()).to_owned();
@@ -108,4 +115,39 @@ fn render(cmd: clap::Command, version: &str) -> Result<(String, Vec<u8>), String
         .render(&mut text)
         .map_err(|e| format!("rendering the page of {name}: {e}"))?;
     Ok((name, text))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_page_per_visible_command_at_every_level_and_none_for_hidden_ones() {
+        let cmd = clap::Command::new("peerd")
+            .version("1.2.3")
+            .subcommand(clap::Command::new("run").about("Run it"))
+            .subcommand(
+                clap::Command::new("vpc")
+                    .subcommand(clap::Command::new("add"))
+                    .subcommand(clap::Command::new("secret").hide(true)),
+            )
+            .subcommand(clap::Command::new("generate-man").hide(true));
+        let dir = tempfile::tempdir().unwrap();
+        let mut names: Vec<String> = man_pages(cmd, dir.path())
+            .unwrap()
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            ["peerd-run.8", "peerd-vpc-add.8", "peerd-vpc.8", "peerd.8"]
+        );
+        let run = std::fs::read_to_string(dir.path().join("peerd-run.8")).unwrap();
+        assert!(run.contains(".TH peerd-run 8"), "{run}");
+        assert!(run.contains("peerd 1.2.3"), "{run}");
+        let top = std::fs::read_to_string(dir.path().join("peerd.8")).unwrap();
+        assert!(top.contains("\\fBpeerd-vpc-add\\fR(8)"), "{top}");
+        assert!(top.contains("/etc/peerd/peerd.toml"), "{top}");
+    }
 }
