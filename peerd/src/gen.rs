@@ -24,18 +24,16 @@ impl Shell {
     }
 }
 
-/// Long help of `peerd completions`: where each shell looks for the script.
+/// What `peerd completions --help` adds: where each shell looks for the script.
 pub const COMPLETIONS_HELP: &str = "\
-The package installs all three already. To install them by hand:
+Examples:
+  peerd completions bash > /usr/share/bash-completion/completions/peerd
+  peerd completions zsh > /usr/share/zsh/vendor-completions/_peerd
+  peerd completions fish > /usr/share/fish/vendor_completions.d/peerd.fish
 
-  bash:  peerd completions bash > /usr/share/bash-completion/completions/peerd
-         (or, for one user, ~/.local/share/bash-completion/completions/peerd)
-  zsh:   peerd completions zsh > /usr/share/zsh/vendor-completions/_peerd
-         (or any directory in $fpath, as _peerd)
-  fish:  peerd completions fish > /usr/share/fish/vendor_completions.d/peerd.fish
-         (or, for one user, ~/.config/fish/completions/peerd.fish)
-
-then start a new shell.";
+The package installs all three there. For one user instead: bash
+~/.local/share/bash-completion/completions/peerd, zsh any directory in $fpath (as _peerd),
+fish ~/.config/fish/completions/peerd.fish. Then start a new shell.";
 
 /// Writes the completion script for `shell` to stdout.
 pub fn completions(shell: Shell, mut cmd: clap::Command) -> Result<(), String> {

@@ -19,8 +19,6 @@ use peerd::{
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-mod gen;
-
 const DEFAULT_CONFIG: &str = "/etc/peerd/peerd.toml";
 const DEFAULT_SOCKET: &str = "/run/peerd/peerd.sock";
 
@@ -94,14 +92,26 @@ enum Cmd {
         socket: Option<PathBuf>,
     },
     /// Print a shell completion script (bash, zsh or fish) to stdout.
-    #[command(after_long_help = gen::COMPLETIONS_HELP)]
+    ///
+    /// The package installs all three; this is for a source install or a user's own shell.
+    #[command(after_help = peerd::gen::COMPLETIONS_HELP)]
     Completions {
         /// The shell to write the script for.
-        shell: gen::Shell,
+        ///
+        /// Example: bash
+        shell: peerd::gen::Shell,
     },
-    /// Write the man pages (one per command) into DIR; used to build the package.
-    #[command(hide = true)]
-    GenerateMan { dir: PathBuf },
+    /// Write the man pages, one per command, into DIR (used to build the package).
+    #[command(
+        hide = true,
+        after_help = "Example:\n  peerd generate-man target/package-assets/man"
+    )]
+    GenerateMan {
+        /// Directory for peerd.8, peerd-run.8, ... (created if missing).
+        ///
+        /// Example: target/package-assets/man
+        dir: PathBuf,
+    },
 }
 
 /// What `apply` and cluster-mode `plan` take.
@@ -197,8 +207,8 @@ fn main() -> ExitCode {
             json,
         ),
         Cmd::Teardown { socket } => teardown(&cli.config, socket),
-        Cmd::Completions { shell } => gen::completions(shell, Cli::command()),
-        Cmd::GenerateMan { dir } => gen::man_pages(Cli::command(), &dir).map(|_| ()),
+        Cmd::Completions { shell } => peerd::gen::completions(shell, Cli::command()),
+        Cmd::GenerateMan { dir } => peerd::gen::man_pages(Cli::command(), &dir).map(|_| ()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
