@@ -162,6 +162,13 @@ fn the_package_installs_the_binary_unit_and_a_conffile_sample_that_checks() {
     let sample = root.read("/etc/peerd/peerd.toml");
     let out = root.run(&["check", "--config", sample_path.to_str().unwrap()]);
     assert!(out.contains("ok, 0 VPCs"), "{out}");
+    // "The values shown are the defaults": those of the keys an unset value turns off aside.
+    let mut shown = peerd::config::Config::from_str(&sample_daemon_keys(&sample), &sample_path)
+        .expect("the sample's [daemon] keys")
+        .daemon;
+    assert!(shown.socket_group.is_some() && shown.metrics.is_some() && shown.flow_log.is_some());
+    (shown.socket_group, shown.metrics, shown.flow_log) = (None, None, None);
+    assert_eq!(shown, peerd::config::DaemonConfig::default());
     for (what, text) in [
         ("daemon keys", sample_daemon_keys(&sample)),
         ("example", format!("{sample}\n{}", sample_example(&sample))),
