@@ -625,10 +625,10 @@ fn a_flow_whose_verdict_changes_within_a_window_is_logged_under_each_verdict() {
     );
 }
 
-/// Cluster mode, sending side: VPC 1 (here and on host 1) peered with VPC 2 (here and on host
-/// 1) and with VPC 4 (only on host 2, over an IPv6 underlay). Each packet's verdict agrees
-/// with the model: delivered here, tunnelled to the endpoint's host (counted per host), or
-/// dropped as no-endpoint.
+/// Cluster mode, sending side: VPC 1 (here and on host slot 1) peered with VPC 2 (here and
+/// on host slot 1) and with VPC 4 (only on host slot 2, over an IPv6 underlay). Each
+/// packet's verdict agrees with the model: delivered here, tunnelled to the endpoint's host
+/// (counted per host), or dropped as no-endpoint.
 fn cluster_topology(vxlan_ifindex: u32) -> Tables {
     let mut t = topology();
     for (v, vni) in [(1, 10), (2, 20)] {

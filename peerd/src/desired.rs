@@ -538,19 +538,23 @@ mod tests {
         (cfg, p, st)
     }
 
+    fn on_one_host(cfg: &Config, p: &[Peering], st: &State, facts: &Facts) -> Desired {
+        desired(&Inputs {
+            config: cfg,
+            peerings: p,
+            slots: st,
+            facts,
+            fleet: None,
+        })
+    }
+
     const AB: &str = "[[vpc]]\nname = \"a\"\ncidrs = [\"10.0.0.0/16\"]\n[[vpc.peering]]\nid = \"pcx-ab\"\npeer = \"b\"\n[[vpc]]\nname = \"b\"\ncidrs = [\"10.1.0.0/16\"]\n[[vpc.peering]]\nid = \"pcx-ab\"\npeer = \"a\"\n";
 
     #[test]
     fn links_without_facts_get_no_entries_and_stay_down_until_attached() {
         let (cfg, p, st) = setup(AB);
         let mut facts = Facts::default();
-        let d = desired(&Inputs {
-            config: &cfg,
-            peerings: &p,
-            slots: &st,
-            facts: &facts,
-            fleet: None,
-        });
+        let d = on_one_host(&cfg, &p, &st, &facts);
         assert!(d.tables.ifaces.is_empty() && d.tables.vpcs.is_empty());
         assert_eq!(d.tables.routes.len(), 2, "routes need no facts");
         assert!(!d.vpcs["a"].up);
@@ -562,35 +566,14 @@ mod tests {
                 ..Default::default()
             },
         );
-        let d = desired(&Inputs {
-            config: &cfg,
-            peerings: &p,
-            slots: &st,
-            facts: &facts,
-            fleet: None,
-        });
+        let d = on_one_host(&cfg, &p, &st, &facts);
         assert_eq!(d.tables.ifaces.get(&7), Some(&st.vpcs["a"]));
         assert_eq!(d.programs.get(&a_if), Some(&7));
         assert!(!d.vpcs["a"].up, "not up before the program is attached");
         facts.attached.insert((a_if, 7));
-        let d2 = desired(&Inputs {
-            config: &cfg,
-            peerings: &p,
-            slots: &st,
-            facts: &facts,
-            fleet: None,
-        });
+        let d2 = on_one_host(&cfg, &p, &st, &facts);
         assert!(d2.vpcs["a"].up);
         // Pure: the same inputs, the same output.
-        assert_eq!(
-            d2,
-            desired(&Inputs {
-                config: &cfg,
-                peerings: &p,
-                slots: &st,
-                facts: &facts,
-                fleet: None,
-            })
-        );
+        assert_eq!(d2, on_one_host(&cfg, &p, &st, &facts));
     }
 }

@@ -95,25 +95,18 @@ pub async fn teardown(cfg: &Config, st: &State) -> Result<Vec<String>, Error> {
     // Pins: peerd's program links and maps by name, then the directories if empty.
     let link_dir = pin_dir.join("links");
     let map_dir = pin_dir.join("maps");
+    let maps = peerd_common::maps::ALL
+        .iter()
+        .map(|n| map_dir.join(n))
+        .filter(|p| p.exists());
     let mut removed = 0;
-    for p in programs::own_pins(&link_dir) {
+    for p in programs::own_pins(&link_dir).into_iter().chain(maps) {
         fs::remove_file(&p).map_err(|source| Error::Io {
             op: "unpinning",
             path: p.clone(),
             source,
         })?;
         removed += 1;
-    }
-    for name in peerd_common::maps::ALL {
-        let p = map_dir.join(name);
-        if p.exists() {
-            fs::remove_file(&p).map_err(|source| Error::Io {
-                op: "unpinning",
-                path: p.clone(),
-                source,
-            })?;
-            removed += 1;
-        }
     }
     for d in [&link_dir, &map_dir, pin_dir] {
         // Only empty: anything else in there is not peerd's.

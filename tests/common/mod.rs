@@ -57,6 +57,7 @@ pub fn verify_unit(text: &str) {
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("systemd version in {version:?}"));
     let text = if major < 253 {
+        eprintln!("systemd {major} < 253: verifying the unit with Type=notify");
         text.replace("Type=notify-reload", "Type=notify")
     } else {
         text.to_owned()

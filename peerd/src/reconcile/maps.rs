@@ -20,36 +20,24 @@ use peerd_common::{
 use crate::{datapath::Datapath, tables::Tables};
 
 /// The maps' contents as plain values: what a sync wants (from `Tables`) or what the maps hold.
+/// The tables as they are, but for the interface entries (as the program reads them) and the
+/// reverse index of the hosts (underlay address -> host slot); `t.ifaces` is unused.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Contents {
     pub ifaces: BTreeMap<u32, IfaceInfo>,
-    pub vpcs: BTreeMap<u32, VpcInfo>,
-    pub peerings: BTreeMap<u32, PeeringInfo>,
-    pub src: BTreeMap<(u32, IpNet), u32>,
-    pub routes: BTreeMap<(u32, IpNet), RouteTarget>,
-    pub endpoints: BTreeMap<(u32, IpAddr), u32>,
-    pub hosts: BTreeMap<u32, IpAddr>,
-    /// The reverse of `hosts` (the receiving side's outer source check).
     pub underlay: BTreeMap<IpAddr, u32>,
-    pub vnis: BTreeMap<u32, u32>,
-    pub allowed: BTreeMap<(u32, IpNet), u32>,
-    pub vxlan_ifindex: u32,
+    pub t: Tables,
 }
 
 impl Contents {
     pub fn of(t: &Tables) -> Self {
         Contents {
             ifaces: t.iface_infos(),
-            vpcs: t.vpcs.clone(),
-            peerings: t.peerings.clone(),
-            src: t.src.clone(),
-            routes: t.routes.clone(),
-            endpoints: t.endpoints.clone(),
-            hosts: t.hosts.clone(),
             underlay: t.hosts.iter().map(|(s, a)| (*a, *s)).collect(),
-            vnis: t.vnis.clone(),
-            allowed: t.allowed.clone(),
-            vxlan_ifindex: t.vxlan_ifindex,
+            t: Tables {
+                ifaces: BTreeMap::new(),
+                ..t.clone()
+            },
         }
     }
 
@@ -63,46 +51,46 @@ impl Contents {
         for (i, v) in dp.vpcs.iter().enumerate() {
             let v = v?;
             if v != VpcInfo::default() {
-                c.vpcs.insert(i as u32, v);
+                c.t.vpcs.insert(i as u32, v);
             }
         }
         for (i, v) in dp.peerings.iter().enumerate() {
             let v = v?;
             if v != PeeringInfo::default() {
-                c.peerings.insert(i as u32, v);
+                c.t.peerings.insert(i as u32, v);
             }
         }
         // LPM tries: a lookup is a longest-prefix match, so values are read for the keys the
         // trie has (for a present key, the longest match is the key itself).
         for k in dp.src_v4.keys().filter_map(Result::ok) {
             if let Ok(v) = dp.src_v4.get(&k, 0) {
-                c.src.insert(from_key4(&k), v.table);
+                c.t.src.insert(from_key4(&k), v.table);
             }
         }
         for k in dp.src_v6.keys().filter_map(Result::ok) {
             if let Ok(v) = dp.src_v6.get(&k, 0) {
-                c.src.insert(from_key6(&k), v.table);
+                c.t.src.insert(from_key6(&k), v.table);
             }
         }
         for k in dp.routes_v4.keys().filter_map(Result::ok) {
             if let Ok(v) = dp.routes_v4.get(&k, 0) {
-                c.routes.insert(from_key4(&k), v);
+                c.t.routes.insert(from_key4(&k), v);
             }
         }
         for k in dp.routes_v6.keys().filter_map(Result::ok) {
             if let Ok(v) = dp.routes_v6.get(&k, 0) {
-                c.routes.insert(from_key6(&k), v);
+                c.t.routes.insert(from_key6(&k), v);
             }
         }
         for k in dp.endpoints.keys().filter_map(Result::ok) {
             if let (Ok(v), Some(a)) = (dp.endpoints.get(&k, 0), addr_of(k.family, &k.addr)) {
-                c.endpoints.insert((k.vpc, a), v);
+                c.t.endpoints.insert((k.vpc, a), v);
             }
         }
         for (i, v) in dp.hosts.iter().enumerate() {
             let v = v?;
             if let Some(a) = addr_of(v.family, &v.addr) {
-                c.hosts.insert(i as u32, a);
+                c.t.hosts.insert(i as u32, a);
             }
         }
         for k in dp.underlay.keys().filter_map(Result::ok) {
@@ -112,20 +100,20 @@ impl Contents {
         }
         for k in dp.vnis.keys().filter_map(Result::ok) {
             if let Ok(v) = dp.vnis.get(&k, 0) {
-                c.vnis.insert(k, v);
+                c.t.vnis.insert(k, v);
             }
         }
         for k in dp.allowed_v4.keys().filter_map(Result::ok) {
             if let Ok(v) = dp.allowed_v4.get(&k, 0) {
-                c.allowed.insert(from_key4(&k), v);
+                c.t.allowed.insert(from_key4(&k), v);
             }
         }
         for k in dp.allowed_v6.keys().filter_map(Result::ok) {
             if let Ok(v) = dp.allowed_v6.get(&k, 0) {
-                c.allowed.insert(from_key6(&k), v);
+                c.t.allowed.insert(from_key6(&k), v);
             }
         }
-        c.vxlan_ifindex = dp.config.get(&CONFIG_VXLAN_IFINDEX, 0).unwrap_or(0);
+        c.t.vxlan_ifindex = dp.config.get(&CONFIG_VXLAN_IFINDEX, 0).unwrap_or(0);
         Ok(c)
     }
 }
@@ -274,45 +262,50 @@ pub fn diff(have: &Contents, want: &Contents) -> Vec<Change> {
     let mut out = Vec::new();
     // Cluster mode's leaves: the device, where hosts are, which sources they may send, then
     // the VNIs that make a VPC reachable from them.
-    if want.vxlan_ifindex != 0 && have.vxlan_ifindex != want.vxlan_ifindex {
-        out.push(Change::Write(Entry::Vxlan(want.vxlan_ifindex)));
+    if want.t.vxlan_ifindex != 0 && have.t.vxlan_ifindex != want.t.vxlan_ifindex {
+        out.push(Change::Write(Entry::Vxlan(want.t.vxlan_ifindex)));
     }
-    writes(&have.hosts, &want.hosts, Entry::Host, &mut out);
+    writes(&have.t.hosts, &want.t.hosts, Entry::Host, &mut out);
     writes(&have.underlay, &want.underlay, Entry::Underlay, &mut out);
-    writes(&have.endpoints, &want.endpoints, Entry::Endpoint, &mut out);
-    writes(&have.allowed, &want.allowed, Entry::Allowed, &mut out);
-    writes(&have.vnis, &want.vnis, Entry::Vni, &mut out);
-    writes(&have.vpcs, &want.vpcs, Entry::Vpc, &mut out);
-    writes(&have.peerings, &want.peerings, Entry::Peering, &mut out);
-    writes(&have.routes, &want.routes, Entry::Route, &mut out);
-    writes(&have.src, &want.src, Entry::Src, &mut out);
+    writes(
+        &have.t.endpoints,
+        &want.t.endpoints,
+        Entry::Endpoint,
+        &mut out,
+    );
+    writes(&have.t.allowed, &want.t.allowed, Entry::Allowed, &mut out);
+    writes(&have.t.vnis, &want.t.vnis, Entry::Vni, &mut out);
+    writes(&have.t.vpcs, &want.t.vpcs, Entry::Vpc, &mut out);
+    writes(&have.t.peerings, &want.t.peerings, Entry::Peering, &mut out);
+    writes(&have.t.routes, &want.t.routes, Entry::Route, &mut out);
+    writes(&have.t.src, &want.t.src, Entry::Src, &mut out);
     writes(&have.ifaces, &want.ifaces, Entry::Iface, &mut out);
     removes(&have.ifaces, &want.ifaces, Key::Iface, &mut out);
-    removes(&have.src, &want.src, |(v, n)| Key::Src(v, n), &mut out);
+    removes(&have.t.src, &want.t.src, |(v, n)| Key::Src(v, n), &mut out);
     removes(
-        &have.routes,
-        &want.routes,
+        &have.t.routes,
+        &want.t.routes,
         |(t, n)| Key::Route(t, n),
         &mut out,
     );
-    removes(&have.peerings, &want.peerings, Key::Peering, &mut out);
-    removes(&have.vpcs, &want.vpcs, Key::Vpc, &mut out);
-    removes(&have.vnis, &want.vnis, Key::Vni, &mut out);
+    removes(&have.t.peerings, &want.t.peerings, Key::Peering, &mut out);
+    removes(&have.t.vpcs, &want.t.vpcs, Key::Vpc, &mut out);
+    removes(&have.t.vnis, &want.t.vnis, Key::Vni, &mut out);
     removes(
-        &have.allowed,
-        &want.allowed,
+        &have.t.allowed,
+        &want.t.allowed,
         |(v, n)| Key::Allowed(v, n),
         &mut out,
     );
     removes(
-        &have.endpoints,
-        &want.endpoints,
+        &have.t.endpoints,
+        &want.t.endpoints,
         |(v, a)| Key::Endpoint(v, a),
         &mut out,
     );
     removes(&have.underlay, &want.underlay, Key::Underlay, &mut out);
-    removes(&have.hosts, &want.hosts, Key::Host, &mut out);
-    if want.vxlan_ifindex == 0 && have.vxlan_ifindex != 0 {
+    removes(&have.t.hosts, &want.t.hosts, Key::Host, &mut out);
+    if want.t.vxlan_ifindex == 0 && have.t.vxlan_ifindex != 0 {
         out.push(Change::Write(Entry::Vxlan(0)));
     }
     out
@@ -467,18 +460,20 @@ mod tests {
     fn writes_go_leaves_first_and_removals_roots_first() {
         let mut have = Contents::default();
         have.ifaces.insert(9, IfaceInfo::default());
-        have.vpcs.insert(3, VpcInfo::default());
-        have.src.insert((3, net("10.3.0.0/16")), 3);
-        have.routes
+        have.t.vpcs.insert(3, VpcInfo::default());
+        have.t.src.insert((3, net("10.3.0.0/16")), 3);
+        have.t
+            .routes
             .insert((3, net("10.4.0.0/16")), RouteTarget::default());
-        have.peerings.insert(2, PeeringInfo::default());
+        have.t.peerings.insert(2, PeeringInfo::default());
         let mut want = Contents::default();
         want.ifaces.insert(7, IfaceInfo::default());
-        want.vpcs.insert(1, VpcInfo::default());
-        want.src.insert((1, net("10.1.0.0/16")), 1);
-        want.routes
+        want.t.vpcs.insert(1, VpcInfo::default());
+        want.t.src.insert((1, net("10.1.0.0/16")), 1);
+        want.t
+            .routes
             .insert((1, net("10.2.0.0/16")), RouteTarget::default());
-        want.peerings.insert(1, PeeringInfo::default());
+        want.t.peerings.insert(1, PeeringInfo::default());
         let kinds: Vec<String> = diff(&have, &want)
             .iter()
             .map(|c| {

@@ -49,13 +49,33 @@ impl Report {
     fn merge(&mut self, other: Report) {
         self.actions.extend(other.actions);
         for (k, v) in other.errors {
-            self.errors
-                .entry(k)
-                .and_modify(|e| {
-                    e.push_str("; ");
-                    e.push_str(&v)
-                })
-                .or_insert(v);
+            self.error(k, v);
+        }
+    }
+
+    /// Records an error of `obj`, after those it already has.
+    fn error(&mut self, obj: String, msg: String) {
+        self.errors
+            .entry(obj)
+            .and_modify(|e| {
+                e.push_str("; ");
+                e.push_str(&msg)
+            })
+            .or_insert(msg);
+    }
+
+    /// Records the outcome of change `line` on `obj`: an action done, or an error. Returns
+    /// whether it succeeded.
+    fn outcome<E: std::fmt::Display>(&mut self, obj: &str, line: String, r: Result<(), E>) -> bool {
+        match r {
+            Ok(()) => {
+                self.actions.push(line);
+                true
+            }
+            Err(e) => {
+                self.error(obj.to_owned(), format!("{line}: {e}"));
+                false
+            }
         }
     }
 }

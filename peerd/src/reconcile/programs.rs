@@ -328,6 +328,18 @@ fn classifier(dp: &mut Datapath, kind: Kind) -> &mut SchedClassifier {
     }
 }
 
+/// A program's link taken out of aya's bookkeeping, as a plain link fd (dropping it does not
+/// detach).
+fn into_fd<L>(link: Result<L, aya::programs::ProgramError>) -> Result<FdLink, String>
+where
+    L: TryInto<FdLink>,
+    L::Error: fmt::Display,
+{
+    link.map_err(|e| format!("take link: {e}"))?
+        .try_into()
+        .map_err(|e| format!("link: {e}"))
+}
+
 fn attach(dp: &mut Datapath, kind: Kind, ifname: &str, ifindex: u32) -> Result<(), String> {
     let pin = dp.link_dir().join(pin_name(kind, ifname, ifindex));
     let fd: FdLink = match kind {
@@ -340,20 +352,14 @@ fn attach(dp: &mut Datapath, kind: Kind, ifname: &str, ifindex: u32) -> Result<(
                     TcAttachOptions::TcxOrder(LinkOrder::default()),
                 )
                 .map_err(|e| format!("attach: {e}"))?;
-            prog.take_link(id)
-                .map_err(|e| format!("take link: {e}"))?
-                .try_into()
-                .map_err(|e| format!("link: {e}"))?
+            into_fd(prog.take_link(id))?
         }
         Kind::Xdp => {
             let prog = dp.xdp_program();
             let id = prog
                 .attach_to_if_index(ifindex, XdpMode::Driver)
                 .map_err(|e| format!("attach XDP: {e}"))?;
-            prog.take_link(id)
-                .map_err(|e| format!("take link: {e}"))?
-                .try_into()
-                .map_err(|e| format!("link: {e}"))?
+            into_fd(prog.take_link(id))?
         }
     };
     fd.pin(&pin)
@@ -372,10 +378,7 @@ fn replace(dp: &mut Datapath, p: &Pin) -> Result<(), String> {
             let id = prog
                 .attach_to_link(link)
                 .map_err(|e| format!("replace on link: {e}"))?;
-            prog.take_link(id)
-                .map_err(|e| format!("take link: {e}"))?
-                .try_into()
-                .map_err(|e| format!("link: {e}"))?
+            into_fd(prog.take_link(id))?
         }
         Kind::Xdp => {
             let link = XdpLink::try_from(fd).map_err(|e| format!("link: {e}"))?;
@@ -383,10 +386,7 @@ fn replace(dp: &mut Datapath, p: &Pin) -> Result<(), String> {
             let id = prog
                 .attach_to_link(link)
                 .map_err(|e| format!("replace on link: {e}"))?;
-            prog.take_link(id)
-                .map_err(|e| format!("take link: {e}"))?
-                .try_into()
-                .map_err(|e| format!("link: {e}"))?
+            into_fd(prog.take_link(id))?
         }
     };
     Ok(())

@@ -132,13 +132,9 @@ pub fn diff(have: &Have, want: Option<&Want>, pass: Pass) -> Vec<Change> {
 pub async fn apply(nl: &Netlink, changes: Vec<Change>) -> Report {
     let mut report = Report::default();
     for c in changes {
-        let line = c.to_string();
-        match apply_one(nl, &c).await {
-            Ok(()) => report.actions.push(line),
-            Err(e) => {
-                report.errors.insert(NAME.into(), format!("{line}: {e}"));
-                break;
-            }
+        let r = apply_one(nl, &c).await;
+        if !report.outcome(NAME, c.to_string(), r) {
+            break;
         }
     }
     report
