@@ -5,8 +5,10 @@
 //! reconciler per resource) — driven by [`daemon`], the one task that owns mutable state.
 pub mod agent;
 pub mod api;
+pub mod attach;
 pub mod cli;
 pub mod cluster;
+pub mod cni;
 pub mod config;
 pub mod control;
 pub mod daemon;

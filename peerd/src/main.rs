@@ -97,6 +97,14 @@ fn main() -> ExitCode {
             socket,
         } => explain(&sock(socket), Request::Explain { from, src, dst }, json),
         Cmd::Teardown { socket } => teardown(&cli.config, socket.socket).map_err(Failure::from),
+        Cmd::Attach(a) => {
+            let socket = socket_for(&cli.config, a.socket.clone());
+            peerd::attach::command(&socket, a, false).map_err(Failure::from)
+        }
+        Cmd::Detach(a) => {
+            let socket = socket_for(&cli.config, a.socket.clone());
+            peerd::attach::command(&socket, a, true).map_err(Failure::from)
+        }
         Cmd::Completions { shell } => {
             peerd::gen::completions(shell, Cli::command()).map_err(Failure::from)
         }

@@ -67,6 +67,7 @@ pub fn render(snap: &Snapshot, counters: Option<&Counters>) -> String {
     config_and_reconciles(&mut reg, snap, &st);
     maps(&mut reg, &snap.maps);
     backstop_and_flow_log(&mut reg, &st);
+    cluster(&mut reg, &st);
     let mut out = String::new();
     encode(&mut out, &reg).expect("encoding to a String cannot fail");
     out
@@ -251,6 +252,58 @@ fn backstop_and_flow_log(reg: &mut Registry, st: &Status) {
             f.records_written,
         );
     }
+}
+
+/// Cluster mode: the etcd connection, the remote endpoints known, and the tunnel traffic per
+/// host of the fleet. Nothing on a single host.
+fn cluster(reg: &mut Registry, st: &Status) {
+    let Some(c) = &st.cluster else {
+        return;
+    };
+    gauge(
+        reg,
+        "peerd_cluster_connected",
+        "1 when etcd answers (the fleet view is current); 0: forwarding goes on as last known",
+        c.connected as i64,
+    );
+    gauge(
+        reg,
+        "peerd_cluster_registered",
+        "1 when this host's lease is alive (its record and endpoints are in etcd)",
+        c.registered as i64,
+    );
+    gauge(
+        reg,
+        "peerd_remote_endpoints",
+        "Workload addresses on other hosts this host knows",
+        c.remote_endpoints as i64,
+    );
+    gauge(
+        reg,
+        "peerd_local_endpoints",
+        "Workload addresses found on this host and published",
+        c.local_endpoints as i64,
+    );
+    let pkts = Family::<Labels, Counter>::default();
+    let bytes = Family::<Labels, Counter>::default();
+    for h in &c.hosts {
+        let Some(t) = &h.tunnel else { continue };
+        for (dir, n) in [("tx", &t.tx), ("rx", &t.rx)] {
+            let l = labels(&[("host", &h.name), ("direction", dir)]);
+            pkts.get_or_create(&l).inc_by(n.packets);
+            bytes.get_or_create(&l).inc_by(n.bytes);
+        }
+    }
+    reg.register(
+        "peerd_tunnel_packets",
+        "Packets sent to (tx) and received from (rx) another host through the VXLAN tunnel",
+        pkts,
+    );
+    reg.register(
+        "peerd_tunnel_bytes",
+        "Bytes sent to (tx) and received from (rx) another host through the VXLAN tunnel",
+        bytes,
+    );
 }
 
 /// What the datapath maps hold for `t` (the desired tables the last reconcile wrote), with

@@ -78,3 +78,4 @@ pub mod env;
 pub mod etcd;
 pub mod fleet;
 pub mod stream;
+pub mod tap;

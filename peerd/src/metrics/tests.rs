@@ -504,7 +504,7 @@ fn the_grafana_dashboard_uses_only_metrics_peerd_exports() {
         "/../contrib/grafana-peerd.json"
     )))
     .expect("the dashboard is JSON");
-    // Every optional family present: flow log, backstop, reconcile histogram, a VPC, a peering.
+    // Every optional family declared: flow log, backstop, reconcile histogram, cluster mode.
     let snap = Snapshot {
         vpcs: vec![vpc("a", 1, true)],
         peerings: vec![peering("pcx-1", 1, PeeringState::Active)],
@@ -518,14 +518,41 @@ fn the_grafana_dashboard_uses_only_metrics_peerd_exports() {
         }),
         reconcile_seconds: Some(reconcile_histogram()),
         maps: map_usage(&Tables::default()),
+        cluster: Some(crate::status::ClusterStatus {
+            host: "hv1".into(),
+            connected: true,
+            registered: true,
+            revision: 1,
+            error: None,
+            // A host with tunnel counters (slot 0: `status` leaves them as they are).
+            hosts: vec![crate::status::HostView {
+                name: "hv2".into(),
+                underlay: "192.0.2.2".parse().unwrap(),
+                vpcs: vec!["a".into()],
+                slot: 0,
+                tunnel: Some(Default::default()),
+            }],
+            remote_endpoints: 0,
+            local_endpoints: 0,
+            notes: Vec::new(),
+        }),
         ..Snapshot::default()
     };
     let text = render(&snap, None);
-    let exported: std::collections::BTreeSet<&str> = text
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| l.split(['{', ' ']).next())
-        .collect();
+    // The names a query can use, from each family's TYPE.
+    let mut exported = std::collections::BTreeSet::new();
+    for l in text.lines() {
+        let Some((name, kind)) = l.strip_prefix("# TYPE ").and_then(|t| t.split_once(' ')) else {
+            continue;
+        };
+        let suffixes: &[&str] = match kind {
+            "counter" => &["_total"],
+            "info" => &["_info"],
+            "histogram" => &["_bucket", "_sum", "_count"],
+            _ => &[""],
+        };
+        exported.extend(suffixes.iter().map(|s| format!("{name}{s}")));
+    }
     // Every `peerd_...` name in a query, an annotation or a variable.
     let mut used = std::collections::BTreeSet::new();
     let all = dashboard.to_string();
@@ -539,10 +566,7 @@ fn the_grafana_dashboard_uses_only_metrics_peerd_exports() {
         used.insert(name);
     }
     assert!(used.len() >= 12, "{used:?}");
-    let missing: Vec<&String> = used
-        .iter()
-        .filter(|n| !exported.contains(n.as_str()))
-        .collect();
+    let missing: Vec<&String> = used.iter().filter(|n| !exported.contains(*n)).collect();
     assert!(missing.is_empty(), "not exported: {missing:?}\n{text}");
     for family in [
         "peerd_peering_state",
@@ -552,7 +576,66 @@ fn the_grafana_dashboard_uses_only_metrics_peerd_exports() {
         "peerd_forwarded_packets_total",
         "peerd_last_reload_success",
         "peerd_vpc_ready",
+        "peerd_cluster_connected",
+        "peerd_tunnel_packets_total",
     ] {
         assert!(used.contains(family), "the dashboard lacks {family}");
     }
+}
+
+#[test]
+fn cluster_mode_exports_connection_endpoints_and_tunnel_traffic_per_host() {
+    use crate::status::{ClusterStatus, CounterJson, HostView, TunnelCounters};
+    let snap = Snapshot {
+        vpcs: vec![vpc("a", 1, true)],
+        cluster: Some(ClusterStatus {
+            host: "h1".into(),
+            connected: false,
+            registered: true,
+            revision: 7,
+            error: None,
+            hosts: vec![HostView {
+                name: "h2".into(),
+                underlay: "192.0.2.2".parse().unwrap(),
+                vpcs: vec!["a".into()],
+                slot: 1,
+                tunnel: None,
+            }],
+            remote_endpoints: 4,
+            local_endpoints: 2,
+            notes: Vec::new(),
+        }),
+        ..Snapshot::default()
+    };
+    // The counters come from the pinned maps when status is read: set them as it would.
+    let mut st = crate::status::status(&snap, None);
+    st.cluster.as_mut().unwrap().hosts[0].tunnel = Some(TunnelCounters {
+        tx: CounterJson {
+            packets: 5,
+            bytes: 500,
+        },
+        rx: CounterJson {
+            packets: 3,
+            bytes: 300,
+        },
+    });
+    let mut reg = Registry::default();
+    cluster(&mut reg, &st);
+    let mut text = String::new();
+    encode(&mut text, &reg).unwrap();
+    for line in [
+        "peerd_cluster_connected 0",
+        "peerd_cluster_registered 1",
+        "peerd_remote_endpoints 4",
+        "peerd_local_endpoints 2",
+        "peerd_tunnel_packets_total{host=\"h2\",direction=\"tx\"} 5",
+        "peerd_tunnel_packets_total{host=\"h2\",direction=\"rx\"} 3",
+        "peerd_tunnel_bytes_total{host=\"h2\",direction=\"tx\"} 500",
+        "peerd_tunnel_bytes_total{host=\"h2\",direction=\"rx\"} 300",
+    ] {
+        assert!(text.lines().any(|l| l == line), "missing {line}:\n{text}");
+    }
+    // A single host exports none of them.
+    let text = render(&Snapshot::default(), None);
+    assert!(!text.contains("peerd_cluster_connected"), "{text}");
 }
