@@ -192,6 +192,26 @@ fn the_package_installs_the_binary_unit_and_a_conffile_sample_that_checks() {
         version.starts_with(&format!("peerd {}", env!("CARGO_PKG_VERSION"))),
         "{version}"
     );
+    // The CNI plugin answers a runtime's VERSION.
+    let cni = root.path("/usr/lib/cni/peerd-cni");
+    let mut child = Command::new(&cni)
+        .env("CNI_COMMAND", "VERSION")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{}: {e}", cni.display()));
+    std::io::Write::write_all(
+        &mut child.stdin.take().unwrap(),
+        br#"{"cniVersion":"1.0.0"}"#,
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let answer = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && answer.contains(r#""supportedVersions":["1.0.0"]"#),
+        "{answer}"
+    );
+
     // The sample as shipped, every [daemon] key it documents, and its example.
     let sample_path = root.path("/etc/peerd/peerd.toml");
     let sample = root.read("/etc/peerd/peerd.toml");
