@@ -28,4 +28,6 @@ pub mod state;
 pub mod status;
 pub mod tables;
 pub mod teardown;
+#[cfg(test)]
+pub(crate) mod testing;
 pub mod watch;

@@ -12,6 +12,7 @@ use tokio::{runtime::Runtime, sync::Semaphore};
 
 use super::*;
 use crate::status::{PeeringView, VpcView};
+use crate::testing::{raise_fd_limit, wait_until};
 
 const TEXT: &str = "# TYPE peerd_test counter\npeerd_test_total 7\n# EOF\n";
 
@@ -107,17 +108,6 @@ fn header<'a>(resp: &'a str, name: &str) -> Option<&'a str> {
 
 fn body(resp: &str) -> &str {
     resp.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("")
-}
-
-fn wait_until(what: &str, limit: Duration, f: impl Fn() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(
-            start.elapsed() < limit,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
 }
 
 #[test]
@@ -242,21 +232,7 @@ fn a_request_body_is_never_waited_for() {
 
 #[test]
 fn a_thousand_idle_connections_do_not_prevent_a_scrape() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit with a valid struct.
-    unsafe {
-        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0);
-        assert!(
-            lim.rlim_max >= 2300,
-            "needs 2300 descriptors, hard limit {}",
-            lim.rlim_max
-        );
-        lim.rlim_cur = lim.rlim_cur.max(2300);
-        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lim), 0);
-    }
+    raise_fd_limit(2300);
     let max = 64;
     let srv = Server::start(Limits {
         max_connections: max,
