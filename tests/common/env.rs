@@ -430,6 +430,12 @@ impl Drop for Env {
                 }
             }
         }
+        // The backstop table, when teardown could not run (a test left a config it refuses).
+        let _ = Command::new("nft")
+            .args(["delete", "table", "inet"])
+            .arg(peerd::reconcile::backstop::table_name(&self.prefix))
+            .stderr(Stdio::null())
+            .status();
         let _ = fs::remove_dir_all(&self.pin_dir);
         let _ = fs::remove_dir_all(&self.dir);
     }
