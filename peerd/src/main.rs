@@ -5,7 +5,7 @@ use std::{
     sync::Arc,
 };
 
-use clap::Parser as _;
+use clap::{CommandFactory as _, Parser as _};
 use peerd::{
     api::Api,
     cli::{exit, init_logging, Cli, Cmd, FleetArgs, DEFAULT_SOCKET},
@@ -105,6 +105,12 @@ fn main() -> ExitCode {
             let socket = socket_for(&cli.config, a.socket.clone());
             peerd::attach::command(&socket, a, true).map_err(Failure::from)
         }
+        Cmd::Completions { shell } => {
+            peerd::gen::completions(shell, Cli::command()).map_err(Failure::from)
+        }
+        Cmd::GenerateMan { dir } => peerd::gen::man_pages(Cli::command(), &dir)
+            .map(|_| ())
+            .map_err(Failure::from),
     };
     match result {
         Ok(()) => ExitCode::from(exit::OK),
