@@ -27,7 +27,7 @@ use peerd::{
     state::State,
     tables::{decide, Decision, Tables},
 };
-use peerd_common::IFACE_SRC_TRIE;
+use peerd_common::{IFACE_SRC_TRIE, VPC_REMOTE};
 use proptest::{
     collection::vec,
     option,
@@ -612,7 +612,105 @@ struct Coverage {
     tries: usize,
     total: usize,
     delivered: usize,
+    /// Cluster mode: sent through the tunnel.
+    tunnelled: usize,
     by_reason: BTreeMap<&'static str, usize>,
+}
+
+/// The same tables in cluster mode: every VPC of an odd slot is on other hosts too (host slots
+/// 1 and 2 known, 3 not), every VPC has a VNI, and each packet's destination, in every VPC
+/// whose prefixes hold it, is an endpoint here, on host 1, 2 or 3, or nowhere (by its last
+/// byte).
+fn clustered(t: &Tables, packets: &[(usize, Packet)]) -> Tables {
+    let mut c = t.clone();
+    for (slot, v) in c.vpcs.iter_mut() {
+        v.vni = 100 + slot;
+        if slot % 2 == 1 {
+            v.flags |= VPC_REMOTE;
+        }
+    }
+    c.hosts.insert(1, "192.0.2.1".parse().unwrap());
+    c.hosts.insert(2, "2001:db8:ff::2".parse().unwrap());
+    c.vxlan_ifindex = 1;
+    for (_, p) in packets {
+        let last = match p.dst {
+            IpAddr::V4(a) => a.octets()[3],
+            IpAddr::V6(a) => a.octets()[15],
+        };
+        let host = u32::from(last % 5);
+        if host == 4 {
+            continue;
+        }
+        for (vpc, net) in t.src.keys() {
+            if net.contains(&p.dst) {
+                c.endpoints.insert((*vpc, p.dst), host);
+            }
+        }
+    }
+    c
+}
+
+/// Runs `packets` through the model over `t` and through the datapath (which holds `t`);
+/// disagreements are added to `out`, prefixed with `tag`.
+fn run_packets(
+    dp: &mut Datapath,
+    t: &Tables,
+    senders: &[Sender],
+    packets: &[(usize, Packet)],
+    seen: &mut Coverage,
+    out: &mut Vec<String>,
+    tag: &str,
+) -> Result<(), TestCaseError> {
+    for (from, p) in packets {
+        let expect = decide(t, p.slot, p.src, p.dst, p.ttl);
+        let frame = common::packet::frame(p.src, p.dst, p.ttl);
+        let mut ctx = [0u8; 192];
+        ctx[36..40].copy_from_slice(&(1000 + p.slot).to_ne_bytes());
+        let mut out_frame = vec![0u8; frame.len() + 64];
+        let before = match expect {
+            Decision::Drop(r) => dp.drop_count(p.slot, r),
+            Decision::Tunnel { host, .. } => dp.counters().host(host).0.packets,
+            Decision::Deliver { .. } => 0,
+        };
+        let res = dp
+            .tc_program()
+            .test_run(TestRunOptions {
+                data_in: Some(&frame),
+                data_out: Some(&mut out_frame),
+                ctx_in: Some(&ctx),
+                ..Default::default()
+            })
+            .map_err(|e| TestCaseError::fail(format!("test_run: {e}")))?;
+        seen.total += 1;
+        let agree = match (expect, res.return_value) {
+            (Decision::Deliver { dst_vpc, .. }, TC_ACT_REDIRECT) => {
+                seen.delivered += 1;
+                out_frame[0..6] == mac(0xaa, dst_vpc) && out_frame[6..12] == mac(0xbb, dst_vpc)
+            }
+            (Decision::Tunnel { host, .. }, TC_ACT_REDIRECT) => {
+                seen.tunnelled += 1;
+                dp.counters().host(host).0.packets == before + 1
+            }
+            (Decision::Drop(r), TC_ACT_SHOT) => {
+                *seen.by_reason.entry(r.name()).or_default() += 1;
+                dp.drop_count(p.slot, r) == before + 1
+            }
+            _ => false,
+        };
+        if !agree {
+            out.push(format!(
+                "{tag}from {} (slot {}) {} -> {} ttl {}: model {expect:?}, datapath verdict {} out {:02x?}",
+                senders[*from].name,
+                p.slot,
+                p.src,
+                p.dst,
+                p.ttl,
+                res.return_value,
+                &out_frame[..12],
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Runs every packet of one topology through the model and the datapath.
@@ -656,51 +754,32 @@ fn check(
         ..Coverage::default()
     };
     let mut disagreements = Vec::new();
-    for spec in packets(seed) {
-        let (from, p) = spec.resolve(&senders, &known);
-        let expect = decide(&t, p.slot, p.src, p.dst, p.ttl);
-        let frame = common::packet::frame(p.src, p.dst, p.ttl);
-        let mut ctx = [0u8; 192];
-        ctx[36..40].copy_from_slice(&(1000 + p.slot).to_ne_bytes());
-        let mut out = vec![0u8; frame.len() + 64];
-        let before = match expect {
-            Decision::Drop(r) => dp.drop_count(p.slot, r),
-            Decision::Deliver { .. } | Decision::Tunnel { .. } => 0,
-        };
-        let res = dp
-            .tc_program()
-            .test_run(TestRunOptions {
-                data_in: Some(&frame),
-                data_out: Some(&mut out),
-                ctx_in: Some(&ctx),
-                ..Default::default()
-            })
-            .map_err(|e| TestCaseError::fail(format!("test_run: {e}")))?;
-        seen.total += 1;
-        let agree = match (expect, res.return_value) {
-            (Decision::Deliver { dst_vpc, .. }, TC_ACT_REDIRECT) => {
-                seen.delivered += 1;
-                out[0..6] == mac(0xaa, dst_vpc) && out[6..12] == mac(0xbb, dst_vpc)
-            }
-            (Decision::Drop(r), TC_ACT_SHOT) => {
-                *seen.by_reason.entry(r.name()).or_default() += 1;
-                dp.drop_count(p.slot, r) == before + 1
-            }
-            _ => false,
-        };
-        if !agree {
-            disagreements.push(format!(
-                "from {} (slot {}) {} -> {} ttl {}: model {expect:?}, datapath verdict {} out {:02x?}",
-                senders[from].name,
-                p.slot,
-                p.src,
-                p.dst,
-                p.ttl,
-                res.return_value,
-                &out[..12],
-            ));
-        }
-    }
+    let resolved: Vec<(usize, Packet)> = packets(seed)
+        .iter()
+        .map(|spec| spec.resolve(&senders, &known))
+        .collect();
+    run_packets(
+        dp,
+        &t,
+        &senders,
+        &resolved,
+        &mut seen,
+        &mut disagreements,
+        "",
+    )?;
+    // The same packets with the same VPCs spread over a fleet.
+    let tc = clustered(&t, &resolved);
+    dp.sync(&tc)
+        .map_err(|e| TestCaseError::fail(format!("sync: {e}")))?;
+    run_packets(
+        dp,
+        &tc,
+        &senders,
+        &resolved,
+        &mut seen,
+        &mut disagreements,
+        "cluster: ",
+    )?;
     if !disagreements.is_empty() {
         return Err(TestCaseError::fail(format!(
             "{} of {} packets disagree (packet seed {seed:02x?}), first ones:\n  {}\nconfiguration:\n{}",
@@ -713,6 +792,7 @@ fn check(
     coverage.tries += seen.tries;
     coverage.total += seen.total;
     coverage.delivered += seen.delivered;
+    coverage.tunnelled += seen.tunnelled;
     for (r, n) in seen.by_reason {
         *coverage.by_reason.entry(r).or_default() += n;
     }
@@ -783,8 +863,8 @@ fn datapath_agrees_with_the_model() {
     }
     let c = coverage.into_inner();
     eprintln!(
-        "{} packets over {TOPOLOGIES} topologies ({} using the source tries): {} delivered, drops {:?}",
-        c.total, c.tries, c.delivered, c.by_reason
+        "{} packets over {TOPOLOGIES} topologies, each on one host and in a fleet ({} using the source tries): {} delivered, {} tunnelled, drops {:?}",
+        c.total, c.tries, c.delivered, c.tunnelled, c.by_reason
     );
     assert!(c.total >= 100_000);
     assert!(
@@ -793,6 +873,16 @@ fn datapath_agrees_with_the_model() {
         c.delivered
     );
     assert!(c.tries > 0, "no topology used the source tries");
+    assert!(
+        c.tunnelled > c.total / 50,
+        "too few tunnelled packets ({}) to be a meaningful test",
+        c.tunnelled
+    );
+    assert!(
+        c.by_reason.contains_key("no-endpoint"),
+        "no-endpoint never exercised: {:?}",
+        c.by_reason
+    );
     assert!(
         c.by_reason.len() >= 5,
         "too few drop reasons exercised: {:?}",
