@@ -102,6 +102,20 @@ fn ip(ns: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// The endpoints peerd's discovery finds in namespace `ns` for `cidrs`.
+fn endpoints(ns: &str, cidrs: &[&str]) -> std::collections::BTreeSet<std::net::IpAddr> {
+    let cidrs: Vec<ipnet::IpNet> = cidrs.iter().map(|c| c.parse().unwrap()).collect();
+    let ns = ns.to_owned();
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async move {
+            let nl = peerd::netlink::Netlink::new().unwrap();
+            peerd::endpoints::observe(&nl, &ns, &cidrs).await.unwrap()
+        })
+}
+
 #[test]
 #[ignore = "needs root"]
 fn a_container_reaches_its_peer_and_nothing_else_across_restarts_and_detach() {
@@ -131,6 +145,13 @@ fn a_container_reaches_its_peer_and_nothing_else_across_restarts_and_detach() {
     // The VPC namespace forwards; the host's own setting is never touched.
     let fwd = ip(&env.netns("a"), &["route", "get", "10.71.0.5"]);
     assert!(fwd.contains("dev pw"), "{fwd}");
+    // Endpoint discovery (what cluster mode publishes) sees the container through its routes.
+    let found = endpoints(&env.netns("a"), &["10.71.0.0/16", "fd00:71::/48"]);
+    assert!(
+        found.contains(&"10.71.0.5".parse().unwrap())
+            && found.contains(&"fd00:71::5".parse().unwrap()),
+        "{found:?}"
+    );
 
     let reach = |env: &Env| {
         ping(&ctr.0, "10.71.0.5", "10.72.0.7", 3)
