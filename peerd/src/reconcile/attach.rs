@@ -495,11 +495,11 @@ async fn link_index(h: &Handle, name: &str) -> Result<u32, Error> {
         .index)
 }
 
-/// Sets sysctls (paths under /proc/sys/net) to "1" inside namespace `ns`.
-fn sysctls_on(ns: &str, paths: Vec<String>) -> Result<(), Error> {
+/// Sets sysctls (paths under /proc/sys/net, and their values) inside namespace `ns`.
+fn sysctls(ns: &str, values: Vec<(String, &'static str)>) -> Result<(), Error> {
     netns::run_in(ns, move || -> Result<(), Error> {
-        for p in paths {
-            netns::write_sysctl(&p, "1").map_err(netns::io("writing", Path::new(&p)))?;
+        for (p, v) in values {
+            netns::write_sysctl(&p, v).map_err(netns::io("writing", Path::new(&p)))?;
         }
         Ok(())
     })?
@@ -565,11 +565,11 @@ async fn add_route(
 
 async fn apply_one(nl: &Netlink, c: &Change) -> Result<(), Error> {
     match c {
-        Change::Forwarding { netns, .. } => sysctls_on(
+        Change::Forwarding { netns, .. } => sysctls(
             netns,
             vec![
-                "/proc/sys/net/ipv4/ip_forward".into(),
-                "/proc/sys/net/ipv6/conf/all/forwarding".into(),
+                ("/proc/sys/net/ipv4/ip_forward".into(), "1"),
+                ("/proc/sys/net/ipv6/conf/all/forwarding".into(), "1"),
             ],
         ),
         Change::CreateVeth {
@@ -594,9 +594,13 @@ async fn apply_one(nl: &Netlink, c: &Change) -> Result<(), Error> {
             let h = nl.ns(netns).await?;
             let index = link_index(&h, link).await?;
             set_up(&h, index, Some(ALIAS), link).await?;
-            sysctls_on(
+            // Proxy ARP answers at once (not after a random delay up to `proxy_delay`).
+            sysctls(
                 netns,
-                vec![format!("/proc/sys/net/ipv4/conf/{link}/proxy_arp")],
+                vec![
+                    (format!("/proc/sys/net/ipv4/conf/{link}/proxy_arp"), "1"),
+                    (format!("/proc/sys/net/ipv4/neigh/{link}/proxy_delay"), "0"),
+                ],
             )?;
             let gw6 = IpNet::new(IpAddr::V6(GATEWAY_V6), 64).expect("a /64");
             add_address(&h, index, gw6, netns).await
