@@ -200,10 +200,20 @@ fn a_container_reaches_its_peer_and_nothing_else_across_restarts_and_detach() {
         "10.71.0.5/24",
     ]);
     assert!(ok(&again, "attach again").contains("(no change)"));
+    let b_ns = env.netns("b");
+    let own_ns = format!("/proc/{}/ns/net", env.pid().unwrap());
     for (args, msg) in [
         (
             vec!["--netns", ctr.0.as_str(), "--address", "10.72.0.5/24"],
             "outside VPC a's CIDRs",
+        ),
+        (
+            vec!["--netns", b_ns.as_str(), "--address", "10.71.0.6/24"],
+            "is VPC b's namespace",
+        ),
+        (
+            vec!["--netns", own_ns.as_str(), "--address", "10.71.0.6/24"],
+            "the namespace peerd runs in",
         ),
         (
             vec!["--netns", "pdt-no-such-ns", "--address", "10.71.0.6/24"],
@@ -233,6 +243,24 @@ fn a_container_reaches_its_peer_and_nothing_else_across_restarts_and_detach() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown VPC"));
     assert_eq!(attachments(&env), 1, "{}", state(&env));
+    // A container whose interface name is taken: refused, and nothing is left of it.
+    let busy = Container::new();
+    sh(&[
+        "ip", "-n", &busy.0, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p",
+    ]);
+    let links_before = ip(&env.netns("a"), &["link"]);
+    let out = env.peerd(&[
+        "attach",
+        "--vpc",
+        "a",
+        "--netns",
+        &busy.0,
+        "--address",
+        "10.71.0.6/24",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert_eq!(attachments(&env), 1, "{}", state(&env));
+    assert_eq!(ip(&env.netns("a"), &["link"]), links_before);
 
     // Survives a daemon restart (killed: no chance to clean up), even with a route lost
     // while it was down; the restart of a converged host changes nothing else.
@@ -360,7 +388,10 @@ fn attachments_go_with_their_vpc() {
         (!netns_ok(&env.netns("a"))).then_some(())
     });
     assert_eq!(attachments(&env), 0, "{}", state(&env));
-    assert!(!ip(&ctr.0, &["link"]).contains("eth0"));
+    // The kernel destroys a deleted namespace (and the veth in it) asynchronously.
+    wait_for(LIMIT, "the container's end to go with the VPC", || {
+        (!ip(&ctr.0, &["link"]).contains("eth0")).then_some(())
+    });
     assert!(netns_ok(&ctr.0), "the container's namespace is not peerd's");
 }
 

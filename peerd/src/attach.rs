@@ -117,6 +117,12 @@ pub fn netns_path(netns: &str) -> PathBuf {
     }
 }
 
+/// The identity (device and inode) of the namespace file `p`, if it exists.
+fn ns_id(p: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()))
+}
+
 /// An interface name the kernel accepts.
 fn valid_ifname(n: &str) -> bool {
     !n.is_empty()
@@ -199,8 +205,24 @@ pub fn check(
     }
     if let Workload::Netns { netns, .. } = &a.workload {
         let p = netns_path(netns);
-        if !p.exists() {
+        let Some(id) = ns_id(&p) else {
             return Err(format!("network namespace {} does not exist", p.display()));
+        };
+        // Never the host's namespace (its default route would be replaced) nor a VPC's.
+        if ns_id(Path::new("/proc/self/ns/net")) == Some(id) {
+            return Err(format!(
+                "{} is the namespace peerd runs in, not a container's",
+                p.display()
+            ));
+        }
+        let vpc_ns =
+            |v: &crate::config::Vpc| netns::path(&format!("{}{}", cfg.daemon.netns_prefix, v.name));
+        if let Some(v) = cfg.vpcs.iter().find(|v| ns_id(&vpc_ns(v)) == Some(id)) {
+            return Err(format!(
+                "{} is VPC {}'s namespace, not a container's",
+                p.display(),
+                v.name
+            ));
         }
     }
     Ok(Attachment {
@@ -394,6 +416,16 @@ cidrs = ["10.2.0.0/16"]
             check(&cfg(), true, &none, &missing).unwrap_err(),
             "network namespace /nonexistent/pdt-ns does not exist"
         );
+        let host = Attachment {
+            workload: Workload::Netns {
+                netns: "/proc/self/ns/net".into(),
+                ifname: "eth0".into(),
+            },
+            ..missing
+        };
+        assert!(check(&cfg(), true, &none, &host)
+            .unwrap_err()
+            .contains("the namespace peerd runs in"));
     }
 
     #[test]
