@@ -251,10 +251,13 @@ pub async fn check_tap(nl: &crate::netlink::Netlink, w: &Workload) -> Result<(),
 #[group(required = true, multiple = false, id = "workload")]
 pub struct Target {
     /// The container's network namespace: a name (`/run/netns/NAME`) or a path
-    /// (`/proc/PID/ns/net`). Example: --netns web-1
+    /// (`/proc/PID/ns/net`).
+    ///
+    /// Example: --netns web-1
     #[arg(long, value_name = "NS")]
     pub netns: Option<String>,
     /// A tap device in the namespace peerd runs in, moved into the VPC namespace.
+    ///
     /// Example: --tap tap-vm1
     #[arg(long, value_name = "IF")]
     pub tap: Option<String>,
@@ -273,28 +276,35 @@ impl Target {
 /// `peerd attach` / `peerd detach`.
 #[derive(clap::Args, Debug)]
 pub struct AttachArgs {
-    /// The VPC. Example: --vpc web
+    /// The VPC.
+    ///
+    /// Example: --vpc web
     #[arg(long)]
     pub vpc: String,
     #[command(flatten)]
     pub target: Target,
     /// The interface name inside the container's namespace (with --netns).
+    ///
+    /// Example: --ifname eth1
     #[arg(long, default_value = "eth0", requires = "netns")]
     pub ifname: String,
     /// The workload's addresses, inside the VPC's CIDRs, with their prefix length.
+    ///
     /// Example: --address 10.1.0.5/24 --address fd00:1::5/64
     #[arg(long = "address", value_name = "CIDR", num_args = 1..)]
     pub addresses: Vec<IpNet>,
-    /// Control socket (default: from the configuration).
-    #[arg(long)]
+    /// Control socket of the running daemon (default: [daemon] socket of --config).
+    ///
+    /// Example: --socket /run/peerd/peerd.sock
+    #[arg(long, value_name = "PATH")]
     pub socket: Option<PathBuf>,
 }
 
-/// Runs `peerd attach` (`detach` false) or `peerd detach` against the daemon at `socket`.
-pub fn command(socket: &Path, args: AttachArgs, detach: bool) -> Result<(), String> {
-    use crate::control::{request, Request};
+/// The request of `peerd attach` (`detach` false) or `peerd detach`.
+pub fn request(args: AttachArgs, detach: bool) -> crate::control::Request {
+    use crate::control::Request;
     let workload = args.target.workload(args.ifname);
-    let req = if detach {
+    if detach {
         Request::Detach {
             vpc: args.vpc,
             workload,
@@ -310,8 +320,11 @@ pub fn command(socket: &Path, args: AttachArgs, detach: bool) -> Result<(), Stri
             },
             check: false,
         }
-    };
-    let r = request(socket, &req).map_err(|e| e.to_string())?;
+    }
+}
+
+/// Prints the daemon's answer `r` to `peerd attach` or `peerd detach`.
+pub fn print(r: &serde_json::Value, detach: bool) {
     let what = if detach { "detached" } else { "attached" };
     let changed = if r["changed"] == true {
         ""
@@ -319,7 +332,6 @@ pub fn command(socket: &Path, args: AttachArgs, detach: bool) -> Result<(), Stri
         " (no change)"
     };
     println!("{what} {}{changed}", r["link"].as_str().unwrap_or_default());
-    Ok(())
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 pub mod agent;
 pub mod api;
 pub mod attach;
+pub mod cli;
 pub mod cluster;
 pub mod cni;
 pub mod config;
@@ -20,9 +21,12 @@ pub mod lifecycle;
 pub mod metrics;
 pub mod netlink;
 pub mod netns;
+pub mod notify;
 pub mod reconcile;
 pub mod state;
 pub mod status;
 pub mod tables;
 pub mod teardown;
+#[cfg(test)]
+pub(crate) mod testing;
 pub mod watch;

@@ -38,10 +38,14 @@ use prometheus_client::{
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tracing::debug;
 
+use ipnet::IpNet;
+
 use crate::{
+    config::PeeringState,
     control::{AcceptBackoff, Admit, Slot, Slots},
     datapath::Counters,
-    status::Snapshot,
+    status::{CounterJson, MapUsage, Snapshot, Status},
+    tables::Tables,
 };
 
 type Labels = Vec<(String, String)>;
@@ -53,57 +57,110 @@ fn labels(pairs: &[(&str, &str)]) -> Labels {
         .collect()
 }
 
-/// The text of one scrape.
+/// The text of one scrape: one function per family group, each registering its own.
 pub fn render(snap: &Snapshot, counters: Option<&Counters>) -> String {
     let st = crate::status::status(snap, counters);
     let mut reg = Registry::default();
+    build(&mut reg);
+    peerings(&mut reg, &st);
+    vpcs(&mut reg, &st);
+    config_and_reconciles(&mut reg, snap, &st);
+    maps(&mut reg, &snap.maps);
+    backstop_and_flow_log(&mut reg, &st);
+    cluster(&mut reg, &st);
+    let mut out = String::new();
+    encode(&mut out, &reg).expect("encoding to a String cannot fail");
+    out
+}
 
+/// Two counter families under the same labels: packets and bytes.
+#[derive(Default)]
+struct Traffic {
+    packets: Family<Labels, Counter>,
+    bytes: Family<Labels, Counter>,
+}
+
+impl Traffic {
+    fn add(&self, l: &Labels, c: &CounterJson) {
+        self.packets.get_or_create(l).inc_by(c.packets);
+        self.bytes.get_or_create(l).inc_by(c.bytes);
+    }
+
+    /// Registers `{name}_packets` and `{name}_bytes`; `help` goes after "Packets"/"Bytes".
+    fn register(self, reg: &mut Registry, name: &str, help: &str) {
+        reg.register(
+            format!("{name}_packets"),
+            format!("Packets {help}"),
+            self.packets,
+        );
+        reg.register(format!("{name}_bytes"), format!("Bytes {help}"), self.bytes);
+    }
+}
+
+/// A counter family with no labels, set to `value`.
+fn counter(reg: &mut Registry, name: &str, help: &str, value: u64) {
+    let c = Counter::<u64>::default();
+    c.inc_by(value);
+    reg.register(name, help, c);
+}
+
+/// A gauge with no labels, set to `value`.
+fn gauge(reg: &mut Registry, name: &str, help: &str, value: i64) {
+    let g = Gauge::<i64>::default();
+    g.set(value);
+    reg.register(name, help, g);
+}
+
+fn build(reg: &mut Registry) {
     reg.register(
         "peerd_build",
         "peerd build information",
-        Info::new(labels(&[("version", env!("CARGO_PKG_VERSION"))])),
+        Info::new(labels(&[
+            ("version", env!("CARGO_PKG_VERSION")),
+            ("commit", env!("PEERD_GIT_COMMIT")),
+        ])),
     );
+}
 
-    let fwd_pkts = Family::<Labels, Counter>::default();
-    let fwd_bytes = Family::<Labels, Counter>::default();
+/// Peering state as a state set (every state of the lifecycle, 1 for the current one, so no
+/// series vanishes while the peering exists) and forwarded traffic per direction.
+fn peerings(reg: &mut Registry, st: &Status) {
+    let fwd = Traffic::default();
     let state = Family::<Labels, Gauge>::default();
     for p in &st.peerings {
-        let s = p.state.to_string();
-        state
-            .get_or_create(&labels(&[
-                ("peering", &p.id),
-                ("vpc_a", &p.vpcs[0]),
-                ("vpc_b", &p.vpcs[1]),
-                ("state", &s),
-            ]))
-            .set(1);
+        for s in PeeringState::ALL {
+            state
+                .get_or_create(&labels(&[
+                    ("peering", &p.id),
+                    ("vpc_a", &p.vpcs[0]),
+                    ("vpc_b", &p.vpcs[1]),
+                    ("state", &s.to_string()),
+                ]))
+                .set((p.state == s) as i64);
+        }
         for (dir, (from, to)) in [(&p.vpcs[0], &p.vpcs[1]), (&p.vpcs[1], &p.vpcs[0])]
             .into_iter()
             .enumerate()
         {
             let l = labels(&[("peering", &p.id), ("src_vpc", from), ("dst_vpc", to)]);
-            fwd_pkts.get_or_create(&l).inc_by(p.forwarded[dir].packets);
-            fwd_bytes.get_or_create(&l).inc_by(p.forwarded[dir].bytes);
+            fwd.add(&l, &p.forwarded[dir]);
         }
     }
     reg.register(
         "peerd_peering_state",
-        "Peering state (1 for the current state of each peering)",
+        "Peering state set: one series per peering and lifecycle state, 1 for its current state, 0 for the others",
         state,
     );
-    reg.register(
-        "peerd_forwarded_packets",
-        "Packets forwarded over a peering, by direction",
-        fwd_pkts,
+    fwd.register(
+        reg,
+        "peerd_forwarded",
+        "forwarded over a peering, by direction",
     );
-    reg.register(
-        "peerd_forwarded_bytes",
-        "Bytes forwarded over a peering, by direction",
-        fwd_bytes,
-    );
+}
 
-    let drop_pkts = Family::<Labels, Counter>::default();
-    let drop_bytes = Family::<Labels, Counter>::default();
+/// Readiness and drops by reason, per VPC (every reason, so rates work from the first drop).
+fn vpcs(reg: &mut Registry, st: &Status) {
+    let drops = Traffic::default();
     let ready = Family::<Labels, Gauge>::default();
     for v in &st.vpcs {
         ready
@@ -112,32 +169,27 @@ pub fn render(snap: &Snapshot, counters: Option<&Counters>) -> String {
         for reason in peerd_common::DropReason::ALL {
             let c = v.drops.get(reason.name()).cloned().unwrap_or_default();
             let l = labels(&[("vpc", &v.name), ("reason", reason.name())]);
-            drop_pkts.get_or_create(&l).inc_by(c.packets);
-            drop_bytes.get_or_create(&l).inc_by(c.bytes);
+            drops.add(&l, &c);
         }
     }
-    reg.register(
-        "peerd_dropped_packets",
-        "Packets from a VPC dropped by the datapath, by reason",
-        drop_pkts,
-    );
-    reg.register(
-        "peerd_dropped_bytes",
-        "Bytes from a VPC dropped by the datapath, by reason",
-        drop_bytes,
+    drops.register(
+        reg,
+        "peerd_dropped",
+        "from a VPC dropped by the datapath, by reason",
     );
     reg.register(
         "peerd_vpc_ready",
         "1 when the VPC's namespace, link and datapath are in place",
         ready,
     );
+}
 
-    let reconciles = Counter::<u64>::default();
-    reconciles.inc_by(snap.reconciles);
-    reg.register(
+fn config_and_reconciles(reg: &mut Registry, snap: &Snapshot, st: &Status) {
+    counter(
+        reg,
         "peerd_reconciles",
         "Reconciles run (startup, reloads, repairs, resyncs)",
-        reconciles,
+        snap.reconciles,
     );
     if let Some(h) = &snap.reconcile_seconds {
         reg.register(
@@ -146,58 +198,153 @@ pub fn render(snap: &Snapshot, counters: Option<&Counters>) -> String {
             h.clone(),
         );
     }
-    let gen = Gauge::<i64>::default();
-    gen.set(st.generation as i64);
-    reg.register(
+    gauge(
+        reg,
         "peerd_config_generation",
         "Generation of the configuration in force",
-        gen,
+        st.generation as i64,
     );
-    let ok = Gauge::<i64>::default();
-    ok.set(st.config_error.is_none() as i64);
-    reg.register(
+    gauge(
+        reg,
         "peerd_last_reload_success",
         "1 if the last configuration load succeeded",
-        ok,
+        st.config_error.is_none() as i64,
     );
-    let when = Gauge::<i64>::default();
-    when.set(snap.last_reload_unix as i64);
-    reg.register(
+    gauge(
+        reg,
         "peerd_last_reload_timestamp_seconds",
         "When the configuration was last loaded (Unix time)",
-        when,
+        snap.last_reload_unix as i64,
     );
+}
 
+/// Entries and capacity of every datapath map the daemon fills.
+fn maps(reg: &mut Registry, maps: &[MapUsage]) {
+    let entries = Family::<Labels, Gauge>::default();
+    let capacity = Family::<Labels, Gauge>::default();
+    for m in maps {
+        let l = labels(&[("map", m.name)]);
+        entries.get_or_create(&l).set(m.entries as i64);
+        capacity.get_or_create(&l).set(m.capacity as i64);
+    }
+    reg.register(
+        "peerd_map_entries",
+        "Entries in a datapath map, as the last reconcile wrote them",
+        entries,
+    );
+    reg.register(
+        "peerd_map_capacity",
+        "Entries a datapath map can hold (a full map refuses new VPCs, peerings or prefixes)",
+        capacity,
+    );
+}
+
+fn backstop_and_flow_log(reg: &mut Registry, st: &Status) {
     if let Some(b) = &st.backstop {
-        let packets = Counter::<u64>::default();
-        packets.inc_by(b.packets);
-        reg.register(
+        counter(
+            reg,
             "peerd_backstop_dropped_packets",
             "VPC packets that reached the host stack and were dropped by the backstop (non-zero: a datapath program was missing)",
-            packets,
+            b.packets,
         );
     }
-
     if let Some(f) = &st.flow_log {
-        let lost = Counter::<u64>::default();
-        lost.inc_by(f.lost_packets);
-        reg.register(
+        counter(
+            reg,
             "peerd_flow_log_lost_packets",
             "Packets whose flow could not be logged (flow map full)",
-            lost,
+            f.lost_packets,
         );
-        let written = Counter::<u64>::default();
-        written.inc_by(f.records_written);
-        reg.register(
+        counter(
+            reg,
             "peerd_flow_log_records",
             "Flow log records written",
-            written,
+            f.records_written,
         );
     }
+}
 
-    let mut out = String::new();
-    encode(&mut out, &reg).expect("encoding to a String cannot fail");
-    out
+/// Cluster mode: the etcd connection, the remote endpoints known, and the tunnel traffic per
+/// host of the fleet. Nothing on a single host.
+fn cluster(reg: &mut Registry, st: &Status) {
+    let Some(c) = &st.cluster else {
+        return;
+    };
+    gauge(
+        reg,
+        "peerd_cluster_connected",
+        "1 when etcd answers (the fleet view is current); 0: forwarding goes on as last known",
+        c.connected as i64,
+    );
+    gauge(
+        reg,
+        "peerd_cluster_registered",
+        "1 when this host's lease is alive (its record and endpoints are in etcd)",
+        c.registered as i64,
+    );
+    gauge(
+        reg,
+        "peerd_remote_endpoints",
+        "Workload addresses on other hosts this host knows",
+        c.remote_endpoints as i64,
+    );
+    gauge(
+        reg,
+        "peerd_local_endpoints",
+        "Workload addresses found on this host and published",
+        c.local_endpoints as i64,
+    );
+    let tunnel = Traffic::default();
+    for h in &c.hosts {
+        let Some(t) = &h.tunnel else { continue };
+        for (dir, n) in [("tx", &t.tx), ("rx", &t.rx)] {
+            let l = labels(&[("host", &h.name), ("direction", dir)]);
+            tunnel.add(&l, n);
+        }
+    }
+    tunnel.register(
+        reg,
+        "peerd_tunnel",
+        "sent to (tx) and received from (rx) another host through the VXLAN tunnel",
+    );
+}
+
+/// What the datapath maps hold for `t` (the desired tables the last reconcile wrote), with
+/// their sizes (`peerd_common`). The counter maps are arrays indexed by slot: their use is
+/// that of `PEERD_VPCS`, `PEERD_PEERINGS` and `PEERD_HOSTS`. The cluster maps are empty on a
+/// single host.
+pub fn map_usage(t: &Tables) -> Vec<MapUsage> {
+    use peerd_common::{maps as m, MAX_ENDPOINTS, MAX_HOSTS, MAX_PEERINGS, MAX_PREFIXES, MAX_VPCS};
+    /// (IPv4, IPv6) keys of a prefix table.
+    fn by_family<V>(table: &std::collections::BTreeMap<(u32, IpNet), V>) -> (usize, usize) {
+        let v4 = table.keys().filter(|(_, n)| n.addr().is_ipv4()).count();
+        (v4, table.len() - v4)
+    }
+    let (src4, src6) = by_family(&t.src);
+    let (routes4, routes6) = by_family(&t.routes);
+    let (allowed4, allowed6) = by_family(&t.allowed);
+    [
+        (m::IFACES, t.ifaces.len(), MAX_VPCS),
+        (m::VPCS, t.vpcs.len(), MAX_VPCS),
+        (m::PEERINGS, t.peerings.len(), MAX_PEERINGS),
+        (m::SRC_V4, src4, MAX_PREFIXES),
+        (m::SRC_V6, src6, MAX_PREFIXES),
+        (m::ROUTES_V4, routes4, MAX_PREFIXES),
+        (m::ROUTES_V6, routes6, MAX_PREFIXES),
+        (m::ENDPOINTS, t.endpoints.len(), MAX_ENDPOINTS),
+        (m::HOSTS, t.hosts.len(), MAX_HOSTS),
+        (m::UNDERLAY, t.hosts.len(), MAX_HOSTS),
+        (m::VNIS, t.vnis.len(), MAX_VPCS),
+        (m::ALLOWED_V4, allowed4, MAX_PREFIXES),
+        (m::ALLOWED_V6, allowed6, MAX_PREFIXES),
+    ]
+    .into_iter()
+    .map(|(name, entries, capacity)| MapUsage {
+        name,
+        entries: entries as u64,
+        capacity: capacity.into(),
+    })
+    .collect()
 }
 
 /// A new reconcile-duration histogram (0.5 ms .. ~16 s).
@@ -392,4 +539,4 @@ async fn respond(req: &Request<Incoming>, render: &Render) -> Response<Full<Byte
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -120,6 +120,17 @@ pub struct Snapshot {
     pub cluster: Option<ClusterStatus>,
     /// Cluster mode: (VPC slot, address) -> host slot of remote workloads, for explain.
     pub remote: BTreeMap<(u32, IpAddr), u32>,
+    /// Entries the datapath maps hold (as the last reconcile wrote them) and their sizes.
+    pub maps: Vec<MapUsage>,
+}
+
+/// One datapath map's use: `peerd_map_entries` / `peerd_map_capacity`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct MapUsage {
+    /// The pinned name (`peerd_common::maps`).
+    pub name: &'static str,
+    pub entries: u64,
+    pub capacity: u64,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -171,6 +182,8 @@ pub struct Status {
     pub flow_log: Option<FlowLogStatus>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cluster: Option<ClusterStatus>,
+    /// Entries and size of every datapath map the daemon fills.
+    pub maps: Vec<MapUsage>,
 }
 
 pub fn mode_name(m: DatapathMode) -> &'static str {
@@ -263,6 +276,7 @@ pub fn status(s: &Snapshot, counters: Option<&Counters>) -> Status {
             }
             c
         }),
+        maps: s.maps.clone(),
     }
 }
 

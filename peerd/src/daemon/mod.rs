@@ -90,6 +90,9 @@ pub struct Daemon {
     reconciles: u64,
     reconcile_seconds: prometheus_client::metrics::histogram::Histogram,
     last_reload_unix: u64,
+    /// Why the last load of the configuration (start or reload) failed, for `STATUS=`.
+    reload_error: Option<String>,
+    status_line: crate::notify::StatusLine,
     flow_log: Option<crate::flowlog::Writer>,
     flow_log_error: Option<String>,
     snapshot: watch::Sender<Arc<Snapshot>>,
@@ -143,6 +146,8 @@ impl Daemon {
             reconciles: 0,
             reconcile_seconds: crate::metrics::reconcile_histogram(),
             last_reload_unix: state::unix(SystemTime::now()),
+            reload_error: None,
+            status_line: crate::notify::StatusLine::default(),
             flow_log: None,
             flow_log_error: None,
             snapshot,
@@ -159,6 +164,7 @@ impl Daemon {
             d.cluster = Some(cl);
         }
         d.accept(loaded);
+        d.reload_error = d.config_error.clone();
         // In cluster mode nothing is reconciled before the fleet is known (the datapath keeps
         // what it holds meanwhile).
         d.reconcile(Scope::Full).await?;
@@ -180,7 +186,17 @@ impl Daemon {
 
     /// Re-reads the configuration. A broken file keeps its last good version in force (the
     /// other files' changes apply); a configuration with no usable main file changes nothing.
+    /// systemd hears `RELOADING=1` before and `READY=1` after, with the outcome in `STATUS=`.
     pub async fn reload(&mut self) -> Result<(), Error> {
+        crate::notify::reloading();
+        let r = self.load_and_apply().await;
+        self.reload_error = r.as_ref().err().map(|e| e.to_string());
+        self.publish();
+        crate::notify::ready();
+        r
+    }
+
+    async fn load_and_apply(&mut self) -> Result<(), Error> {
         self.last_reload_unix = state::unix(SystemTime::now());
         let loaded = match config::load_resilient(&self.config_path, &self.last_good) {
             Ok(l) => l,
@@ -551,7 +567,9 @@ impl Daemon {
                         .collect()
                 })
                 .unwrap_or_default(),
+            maps: crate::metrics::map_usage(&self.desired.tables),
         };
+        self.status_line.send(&snap, self.reload_error.as_deref());
         self.snapshot.send_replace(Arc::new(snap));
     }
 
@@ -685,7 +703,7 @@ impl Daemon {
         let mut flow_tick = tokio::time::interval(self.cfg.daemon.flow_log_interval);
         flow_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // systemd's watchdog: pinged from this loop, so a stuck owner task is noticed.
-        let watchdog = watchdog_interval();
+        let watchdog = crate::notify::watchdog_interval();
         let mut dog = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
         loop {
             let (wake, scope) = self.next_wake(resync_at);
@@ -740,9 +758,7 @@ impl Daemon {
                     }
                 }
                 _ = flow_tick.tick() => self.drain_flow_log(),
-                _ = dog.tick(), if watchdog.is_some() => {
-                    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
-                }
+                _ = dog.tick(), if watchdog.is_some() => crate::notify::watchdog(),
             }
             self.update_watch();
         }
@@ -866,16 +882,4 @@ async fn recv<T>(rx: &mut Option<mpsc::UnboundedReceiver<T>>) -> Option<T> {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
     }
-}
-
-/// Half of systemd's `WatchdogSec`, when the service has one: `WATCHDOG_USEC` is set and
-/// `WATCHDOG_PID`, when set, is this process (as sd_watchdog_enabled(3) decides).
-fn watchdog_interval() -> Option<Duration> {
-    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
-    if let Ok(pid) = std::env::var("WATCHDOG_PID") {
-        if pid.parse::<u32>().ok() != Some(std::process::id()) {
-            return None;
-        }
-    }
-    (usec > 0).then(|| Duration::from_micros(usec / 2))
 }
