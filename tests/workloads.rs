@@ -530,7 +530,8 @@ fn the_cni_plugin_adds_checks_and_deletes_a_container() {
     );
     assert!(ping(&ctr.0, "10.71.0.9", "10.72.0.7", 2));
 
-    // The container's namespace is gone before DEL (CNI_NETNS empty): found by its id.
+    // The container's namespace is gone before DEL (CNI_NETNS empty): DEL is fine, nothing
+    // is left of it.
     drop(ctr);
     let (_, rc) = cni("DEL", "ctr2", "", &delegated, &bin_path);
     assert_eq!(rc, 0);
@@ -541,4 +542,39 @@ fn the_cni_plugin_adds_checks_and_deletes_a_container() {
     env.stop();
     let (e, _) = cni("ADD", "ctr3", &path, &conf, "");
     assert_eq!(e["code"], 11, "{e}");
+}
+
+#[test]
+#[ignore = "needs root"]
+fn a_container_whose_namespace_is_gone_is_detached_and_frees_its_addresses() {
+    let Some(env) = setup() else { return };
+    let first = Container::new();
+    let attach = |ns: &str| {
+        env.peerd(&[
+            "attach",
+            "--vpc",
+            "a",
+            "--netns",
+            ns,
+            "--address",
+            "10.71.0.5/24",
+        ])
+    };
+    ok(&attach(&first.0), "attach");
+    // The container goes without a detach (its runtime crashed, say).
+    drop(first);
+    let second = Container::new();
+    let text = ok(&attach(&second.0), "attach the address again");
+    assert!(text.starts_with("attached pw"), "{text}");
+    let st = state(&env);
+    let all = st["attachments"].as_object().unwrap();
+    assert_eq!(all.len(), 1, "{st:#}");
+    assert!(
+        all.values()
+            .all(|a| a["workload"]["netns"]["netns"] == second.0.as_str()),
+        "{st:#}"
+    );
+    wait_for(LIMIT, "the new container to reach b", || {
+        ping(&second.0, "10.71.0.5", "10.72.0.7", 2).then_some(())
+    });
 }

@@ -37,6 +37,35 @@ pub struct Attachment {
     /// (its DEL finds the attachment by it when the namespace is gone).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
+    /// The inode of the container's namespace when it was attached: a namespace file that
+    /// now names another namespace (a reused `/proc/PID`) is not this workload's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ns_inode: Option<u64>,
+}
+
+/// Drops the attachments whose container namespace is gone (their links and routes went
+/// with it).
+pub fn prune(attached: &mut std::collections::BTreeMap<String, Attachment>) {
+    for key in gone(attached) {
+        tracing::info!(attachment = %key, "the workload's namespace is gone: detached");
+        attached.remove(&key);
+    }
+}
+
+/// The attachments whose container namespace is gone: its file missing, or naming another
+/// namespace.
+pub fn gone(attached: &std::collections::BTreeMap<String, Attachment>) -> Vec<String> {
+    attached
+        .iter()
+        .filter(|(_, a)| match &a.workload {
+            Workload::Netns { netns, .. } => match ns_id(&netns_path(netns)) {
+                None => true,
+                Some((_, ino)) => a.ns_inode.is_some_and(|i| i != ino),
+            },
+            Workload::Tap { .. } => false,
+        })
+        .map(|(k, _)| k.clone())
+        .collect()
 }
 
 /// What the control socket asks of the attachments.
@@ -203,6 +232,7 @@ pub fn check(
             a.workload, other.vpc
         ));
     }
+    let mut ns_inode = None;
     if let Workload::Netns { netns, .. } = &a.workload {
         let p = netns_path(netns);
         let Some(id) = ns_id(&p) else {
@@ -224,12 +254,14 @@ pub fn check(
                 v.name
             ));
         }
+        ns_inode = Some(id.1);
     }
     Ok(Attachment {
         vpc: a.vpc.clone(),
         workload: a.workload.clone(),
         addresses: addresses.into_iter().collect(),
         id: a.id.clone(),
+        ns_inode,
     })
 }
 
@@ -317,6 +349,7 @@ pub fn request(args: AttachArgs, detach: bool) -> crate::control::Request {
                 workload,
                 addresses: args.addresses,
                 id: None,
+                ns_inode: None,
             },
             check: false,
         }
@@ -361,6 +394,7 @@ cidrs = ["10.2.0.0/16"]
             },
             addresses: addrs.iter().map(|a| a.parse().unwrap()).collect(),
             id: None,
+            ns_inode: None,
         }
     }
 
@@ -423,6 +457,7 @@ cidrs = ["10.2.0.0/16"]
             },
             addresses: vec!["10.1.0.9/24".parse().unwrap()],
             id: None,
+            ns_inode: None,
         };
         assert_eq!(
             check(&cfg(), true, &none, &missing).unwrap_err(),
@@ -451,6 +486,7 @@ cidrs = ["10.2.0.0/16"]
             workload: ctr("/proc/42/ns/net"),
             addresses: vec!["10.1.0.5/24".parse().unwrap()],
             id: Some("c0ffee/eth0".into()),
+            ns_inode: None,
         };
         let key = a.workload.key("a");
         let have = [(key.clone(), a.clone())].into();
@@ -466,6 +502,34 @@ cidrs = ["10.2.0.0/16"]
         assert_ne!(detach(Some("other/eth0")).key(&have).1, key);
         assert_ne!(detach(None).key(&have).1, key);
         assert_eq!(Op::Check(a).key(&have).1, key);
+    }
+
+    #[test]
+    fn workloads_whose_namespace_is_gone_or_another_are_found() {
+        use std::os::unix::fs::MetadataExt as _;
+        let ino = std::fs::metadata("/proc/self/ns/net").unwrap().ino();
+        let ctr = |netns: &str, ns_inode: Option<u64>| Attachment {
+            vpc: "a".into(),
+            workload: Workload::Netns {
+                netns: netns.into(),
+                ifname: "eth0".into(),
+            },
+            addresses: vec!["10.1.0.5/24".parse().unwrap()],
+            id: None,
+            ns_inode,
+        };
+        let all = [
+            ("a/same".to_owned(), ctr("/proc/self/ns/net", Some(ino))),
+            ("a/old-state".to_owned(), ctr("/proc/self/ns/net", None)),
+            (
+                "a/reused".to_owned(),
+                ctr("/proc/self/ns/net", Some(ino + 1)),
+            ),
+            ("a/missing".to_owned(), ctr("/nonexistent/pdt", Some(ino))),
+            ("a/tap".to_owned(), tap("a", "t0", &["10.1.0.6/24"])),
+        ]
+        .into();
+        assert_eq!(gone(&all), ["a/missing", "a/reused"]);
     }
 
     #[test]
