@@ -154,6 +154,29 @@ fn a_container_reaches_its_peer_and_nothing_else_across_restarts_and_detach() {
     let fwd = ip(&env.netns("a"), &["route", "get", "10.71.0.5"]);
     assert!(fwd.contains("dev pw"), "{fwd}");
     assert_eq!(host_forwarding(), host_before);
+    // status lists it under its VPC.
+    let st = env.status();
+    let a = st["vpcs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "a")
+        .unwrap();
+    assert_eq!(
+        a["workloads"][0]["addresses"],
+        json!(["10.71.0.5/24", "fd00:71::5/64"]),
+        "{st:#}"
+    );
+    assert_eq!(
+        a["workloads"][0]["workload"],
+        format!("netns {} (eth0)", ctr.0)
+    );
+    assert!(a["workloads"][0]["error"].is_null());
+    let text = ok(&env.peerd(&["status"]), "status");
+    assert!(
+        text.contains(&format!("workload netns {} (eth0) on pw", ctr.0)),
+        "{text}"
+    );
     // Endpoint discovery (what cluster mode publishes) sees the container through its routes.
     let found = endpoints(&env.netns("a"), &["10.71.0.0/16", "fd00:71::/48"]);
     assert!(

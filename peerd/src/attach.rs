@@ -103,6 +103,24 @@ impl Op {
     }
 }
 
+/// What `status` shows of VPC `vpc`'s attachments, with the last reconcile's errors.
+pub fn views(
+    vpc: &str,
+    attached: &std::collections::BTreeMap<String, Attachment>,
+    errors: &std::collections::BTreeMap<String, String>,
+) -> Vec<crate::status::WorkloadView> {
+    attached
+        .iter()
+        .filter(|(_, a)| a.vpc == vpc)
+        .map(|(key, a)| crate::status::WorkloadView {
+            link: a.workload.vpc_link(vpc),
+            workload: a.workload.to_string(),
+            addresses: a.addresses.clone(),
+            error: errors.get(key).cloned(),
+        })
+        .collect()
+}
+
 /// Addresses, space-separated.
 pub fn list(addresses: &[IpNet]) -> String {
     let a: Vec<String> = addresses.iter().map(|a| a.to_string()).collect();

@@ -299,6 +299,24 @@ fn status(socket: &Path, json: bool, dot: bool) -> Result<(), Failure> {
         if let Some(e) = v["error"].as_str() {
             println!("{:<16} error: {e}", "");
         }
+        for w in v["workloads"].as_array().into_iter().flatten() {
+            let addrs: Vec<&str> = w["addresses"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|a| a.as_str())
+                .collect();
+            println!(
+                "{:<16} workload {} on {}: {}",
+                "",
+                text(&w["workload"]),
+                text(&w["link"]),
+                addrs.join(" ")
+            );
+            if let Some(e) = w["error"].as_str() {
+                println!("{:<16}   error: {e}", "");
+            }
+        }
     }
     println!(
         "\n{:<16} {:<22} {:<19} {:>6} {:>9} {:>10} {:>9} {:>10}  REASON",

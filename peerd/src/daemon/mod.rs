@@ -514,6 +514,11 @@ impl Daemon {
                     ready: error.is_none() && attached,
                     error,
                     hosts,
+                    workloads: crate::attach::views(
+                        &v.name,
+                        &self.state.attachments,
+                        &self.attach_errors,
+                    ),
                 })
             })
             .collect();
