@@ -270,6 +270,27 @@ Examples:
         #[command(flatten)]
         socket: SocketArg,
     },
+    /// Print a shell completion script (bash, zsh or fish) to stdout.
+    ///
+    /// The package installs all three; this is for a source install or a user's own shell.
+    #[command(after_help = crate::gen::COMPLETIONS_HELP)]
+    Completions {
+        /// The shell to write the script for.
+        ///
+        /// Example: bash
+        shell: crate::gen::Shell,
+    },
+    /// Write the man pages, one per command, into DIR (used to build the package).
+    #[command(
+        hide = true,
+        after_help = "Example:\n  peerd generate-man target/package-assets/man"
+    )]
+    GenerateMan {
+        /// Directory for peerd.8, peerd-run.8, ... (created if missing).
+        ///
+        /// Example: target/package-assets/man
+        dir: PathBuf,
+    },
 }
 
 /// What `apply` and cluster-mode `plan` take.

@@ -17,6 +17,7 @@ pub mod desired;
 pub mod endpoints;
 pub mod ethtool;
 pub mod flowlog;
+pub mod gen;
 pub mod lifecycle;
 pub mod metrics;
 pub mod netlink;

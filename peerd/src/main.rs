@@ -5,7 +5,7 @@ use std::{
     sync::Arc,
 };
 
-use clap::Parser as _;
+use clap::{CommandFactory as _, Parser as _};
 use peerd::{
     api::Api,
     cli::{exit, init_logging, Cli, Cmd, FleetArgs, DEFAULT_SOCKET},
@@ -99,6 +99,12 @@ fn main() -> ExitCode {
         Cmd::Teardown { socket } => teardown(&cli.config, socket.socket).map_err(Failure::from),
         Cmd::Attach(a) => attach(&cli.config, a, false),
         Cmd::Detach(a) => attach(&cli.config, a, true),
+        Cmd::Completions { shell } => {
+            peerd::gen::completions(shell, Cli::command()).map_err(Failure::from)
+        }
+        Cmd::GenerateMan { dir } => peerd::gen::man_pages(Cli::command(), &dir)
+            .map(|_| ())
+            .map_err(Failure::from),
     };
     match result {
         Ok(()) => ExitCode::from(exit::OK),
