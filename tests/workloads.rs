@@ -601,3 +601,76 @@ fn a_container_whose_namespace_is_gone_is_detached_and_frees_its_addresses() {
         ping(&second.0, "10.71.0.5", "10.72.0.7", 2).then_some(())
     });
 }
+
+/// A process in a network namespace of its own (`unshare --net`), as a container runtime
+/// makes them: the namespace lives as long as the process. Killed on drop.
+struct Process(std::process::Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+#[ignore = "needs root"]
+fn a_namespace_given_as_a_proc_path_works_and_goes_with_its_process() {
+    use std::os::unix::fs::MetadataExt as _;
+    let Some(env) = setup() else { return };
+    let mut proc = Process(
+        Command::new("unshare")
+            .args(["--net", "sleep", "120"])
+            .spawn()
+            .expect("unshare"),
+    );
+    let path = format!("/proc/{}/ns/net", proc.0.id());
+    let own = std::fs::metadata("/proc/self/ns/net").unwrap().ino();
+    // Until unshare has run, the path names the test's own namespace (peerd would refuse it).
+    wait_for(LIMIT, "the process to be in its own namespace", || {
+        let ino = std::fs::metadata(&path).ok()?.ino();
+        (ino != own).then_some(())
+    });
+    ok(
+        &env.peerd(&[
+            "attach",
+            "--vpc",
+            "a",
+            "--netns",
+            &path,
+            "--address",
+            "10.71.0.5/24",
+        ]),
+        "attach by path",
+    );
+    let ping_from_proc = || {
+        Command::new("nsenter")
+            .arg(format!("--net={path}"))
+            .args(["ping", "-q", "-n", "-c", "2", "-i", "0.05", "-W", "1"])
+            .args(["-I", "10.71.0.5", "10.72.0.7"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    wait_for(LIMIT, "the process's namespace to reach b", || {
+        ping_from_proc().then_some(())
+    });
+    // The process ends without a detach: its namespace goes, and the attachment with it.
+    let _ = proc.0.kill();
+    let _ = proc.0.wait();
+    let other = Container::new();
+    ok(
+        &env.peerd(&[
+            "attach",
+            "--vpc",
+            "a",
+            "--netns",
+            &other.0,
+            "--address",
+            "10.71.0.5/24",
+        ]),
+        "the address is free again",
+    );
+    assert_eq!(attachments(&env), 1, "{}", state(&env));
+}
