@@ -140,6 +140,16 @@ fn client_commands_exit_3_when_nothing_answers_on_the_socket() {
             vec![
                 "explain", "--from", "a", "--src", "10.1.0.1", "--dst", "10.2.0.1",
             ],
+            vec![
+                "attach",
+                "--vpc",
+                "a",
+                "--netns",
+                "c1",
+                "--address",
+                "10.1.0.5/24",
+            ],
+            vec!["detach", "--vpc", "a", "--tap", "t0"],
         ] {
             let mut args = args.clone();
             args.extend(["--config", &good, "--socket", s]);

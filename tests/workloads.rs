@@ -102,11 +102,33 @@ fn ip(ns: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// The endpoints peerd's discovery finds in namespace `ns` for `cidrs`.
+fn endpoints(ns: &str, cidrs: &[&str]) -> std::collections::BTreeSet<std::net::IpAddr> {
+    let cidrs: Vec<ipnet::IpNet> = cidrs.iter().map(|c| c.parse().unwrap()).collect();
+    let ns = ns.to_owned();
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async move {
+            let nl = peerd::netlink::Netlink::new().unwrap();
+            peerd::endpoints::observe(&nl, &ns, &cidrs).await.unwrap()
+        })
+}
+
 #[test]
 #[ignore = "needs root"]
 fn a_container_reaches_its_peer_and_nothing_else_across_restarts_and_detach() {
     let Some(mut env) = setup() else { return };
     let ctr = Container::new();
+    let host_forwarding = || {
+        [
+            "/proc/sys/net/ipv4/ip_forward",
+            "/proc/sys/net/ipv6/conf/all/forwarding",
+        ]
+        .map(|p| std::fs::read_to_string(p).unwrap())
+    };
+    let host_before = host_forwarding();
     let out = env.peerd(&[
         "attach",
         "--vpc",
@@ -131,13 +153,49 @@ fn a_container_reaches_its_peer_and_nothing_else_across_restarts_and_detach() {
     // The VPC namespace forwards; the host's own setting is never touched.
     let fwd = ip(&env.netns("a"), &["route", "get", "10.71.0.5"]);
     assert!(fwd.contains("dev pw"), "{fwd}");
+    assert_eq!(host_forwarding(), host_before);
+    // status lists it under its VPC.
+    let st = env.status();
+    let a = st["vpcs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "a")
+        .unwrap();
+    assert_eq!(
+        a["workloads"][0]["addresses"],
+        json!(["10.71.0.5/24", "fd00:71::5/64"]),
+        "{st:#}"
+    );
+    assert_eq!(
+        a["workloads"][0]["workload"],
+        format!("netns {} (eth0)", ctr.0)
+    );
+    assert!(a["workloads"][0]["error"].is_null());
+    let text = ok(&env.peerd(&["status"]), "status");
+    assert!(
+        text.contains(&format!("workload netns {} (eth0) on pw", ctr.0)),
+        "{text}"
+    );
+    // Endpoint discovery (what cluster mode publishes) sees the container through its routes.
+    let found = endpoints(&env.netns("a"), &["10.71.0.0/16", "fd00:71::/48"]);
+    assert!(
+        found.contains(&"10.71.0.5".parse().unwrap())
+            && found.contains(&"fd00:71::5".parse().unwrap()),
+        "{found:?}"
+    );
 
     let reach = |env: &Env| {
-        ping(&ctr.0, "10.71.0.5", "10.72.0.7", 3)
-            && ping(&ctr.0, "fd00:71::5", "fd00:72::7", 3)
-            && env.ping("b", "10.72.0.7", "10.71.0.5", 2)
+        [
+            ping(&ctr.0, "10.71.0.5", "10.72.0.7", 3),
+            ping(&ctr.0, "fd00:71::5", "fd00:72::7", 3),
+            env.ping("b", "10.72.0.7", "10.71.0.5", 2),
+        ]
     };
-    assert!(reach(&env), "container <-> b\n{}", env.log());
+    // The first packets wait for neighbour resolution on the new links: bounded retries.
+    wait_for(LIMIT, "the container and b to reach each other", || {
+        (reach(&env) == [true; 3]).then_some(())
+    });
     assert!(
         tcp_echo(&ctr.0, "10.71.0.5", &env.netns("b"), "10.72.0.7"),
         "tcp container -> b"
@@ -165,10 +223,20 @@ fn a_container_reaches_its_peer_and_nothing_else_across_restarts_and_detach() {
         "10.71.0.5/24",
     ]);
     assert!(ok(&again, "attach again").contains("(no change)"));
+    let b_ns = env.netns("b");
+    let own_ns = format!("/proc/{}/ns/net", env.pid().unwrap());
     for (args, msg) in [
         (
             vec!["--netns", ctr.0.as_str(), "--address", "10.72.0.5/24"],
             "outside VPC a's CIDRs",
+        ),
+        (
+            vec!["--netns", b_ns.as_str(), "--address", "10.71.0.6/24"],
+            "is VPC b's namespace",
+        ),
+        (
+            vec!["--netns", own_ns.as_str(), "--address", "10.71.0.6/24"],
+            "the namespace peerd runs in",
         ),
         (
             vec!["--netns", "pdt-no-such-ns", "--address", "10.71.0.6/24"],
@@ -198,6 +266,24 @@ fn a_container_reaches_its_peer_and_nothing_else_across_restarts_and_detach() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown VPC"));
     assert_eq!(attachments(&env), 1, "{}", state(&env));
+    // A container whose interface name is taken: refused, and nothing is left of it.
+    let busy = Container::new();
+    sh(&[
+        "ip", "-n", &busy.0, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p",
+    ]);
+    let links_before = ip(&env.netns("a"), &["link"]);
+    let out = env.peerd(&[
+        "attach",
+        "--vpc",
+        "a",
+        "--netns",
+        &busy.0,
+        "--address",
+        "10.71.0.6/24",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert_eq!(attachments(&env), 1, "{}", state(&env));
+    assert_eq!(ip(&env.netns("a"), &["link"]), links_before);
 
     // Survives a daemon restart (killed: no chance to clean up), even with a route lost
     // while it was down; the restart of a converged host changes nothing else.
@@ -205,9 +291,16 @@ fn a_container_reaches_its_peer_and_nothing_else_across_restarts_and_detach() {
     sh(&["ip", "-n", &env.netns("a"), "route", "del", "10.71.0.5/32"]);
     env.start();
     let st = env.status();
-    let actions = st["last_reconcile"]["actions"].to_string();
-    assert!(actions.contains("+ route 10.71.0.5/32 dev pw"), "{st:#}");
-    assert!(reach(&env), "after restart\n{}", env.log());
+    let actions = st["last_reconcile"]["actions"].as_array().unwrap();
+    assert_eq!(actions.len(), 1, "{st:#}");
+    assert!(
+        actions[0]
+            .as_str()
+            .unwrap()
+            .starts_with("+ route 10.71.0.5/32 dev pw"),
+        "{st:#}"
+    );
+    assert_eq!(reach(&env), [true; 3], "after restart");
 
     // New addresses replace the old ones.
     let out = env.peerd(&[
@@ -268,9 +361,11 @@ fn a_tap_is_moved_into_the_vpc_answers_its_peer_and_goes_back_on_detach() {
     env.add_gw_route("c", "10.71.0.0/16");
     assert!(!env.ping("c", "10.73.0.9", "10.71.0.6", 1));
 
-    // Restart: still there, still answering.
+    // Restart: still there, still answering; nothing to change on a converged host.
     env.stop();
     env.start();
+    let st = env.status();
+    assert_eq!(st["last_reconcile"]["actions"], json!([]), "{st:#}");
     assert!(env.ping("b", "10.72.0.7", "10.71.0.6", 2), "after restart");
 
     // Detach: back in the host namespace, down; no route left in the VPC namespace.
@@ -316,7 +411,10 @@ fn attachments_go_with_their_vpc() {
         (!netns_ok(&env.netns("a"))).then_some(())
     });
     assert_eq!(attachments(&env), 0, "{}", state(&env));
-    assert!(!ip(&ctr.0, &["link"]).contains("eth0"));
+    // The kernel destroys a deleted namespace (and the veth in it) asynchronously.
+    wait_for(LIMIT, "the container's end to go with the VPC", || {
+        (!ip(&ctr.0, &["link"]).contains("eth0")).then_some(())
+    });
     assert!(netns_ok(&ctr.0), "the container's namespace is not peerd's");
 }
 
@@ -455,7 +553,8 @@ fn the_cni_plugin_adds_checks_and_deletes_a_container() {
     );
     assert!(ping(&ctr.0, "10.71.0.9", "10.72.0.7", 2));
 
-    // The container's namespace is gone before DEL (CNI_NETNS empty): found by its id.
+    // The container's namespace is gone before DEL (CNI_NETNS empty): DEL is fine, nothing
+    // is left of it.
     drop(ctr);
     let (_, rc) = cni("DEL", "ctr2", "", &delegated, &bin_path);
     assert_eq!(rc, 0);
@@ -466,4 +565,112 @@ fn the_cni_plugin_adds_checks_and_deletes_a_container() {
     env.stop();
     let (e, _) = cni("ADD", "ctr3", &path, &conf, "");
     assert_eq!(e["code"], 11, "{e}");
+}
+
+#[test]
+#[ignore = "needs root"]
+fn a_container_whose_namespace_is_gone_is_detached_and_frees_its_addresses() {
+    let Some(env) = setup() else { return };
+    let first = Container::new();
+    let attach = |ns: &str| {
+        env.peerd(&[
+            "attach",
+            "--vpc",
+            "a",
+            "--netns",
+            ns,
+            "--address",
+            "10.71.0.5/24",
+        ])
+    };
+    ok(&attach(&first.0), "attach");
+    // The container goes without a detach (its runtime crashed, say).
+    drop(first);
+    let second = Container::new();
+    let text = ok(&attach(&second.0), "attach the address again");
+    assert!(text.starts_with("attached pw"), "{text}");
+    let st = state(&env);
+    let all = st["attachments"].as_object().unwrap();
+    assert_eq!(all.len(), 1, "{st:#}");
+    assert!(
+        all.values()
+            .all(|a| a["workload"]["netns"]["netns"] == second.0.as_str()),
+        "{st:#}"
+    );
+    wait_for(LIMIT, "the new container to reach b", || {
+        ping(&second.0, "10.71.0.5", "10.72.0.7", 2).then_some(())
+    });
+}
+
+/// A process in a network namespace of its own (`unshare --net`), as a container runtime
+/// makes them: the namespace lives as long as the process. Killed on drop.
+struct Process(std::process::Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+#[ignore = "needs root"]
+fn a_namespace_given_as_a_proc_path_works_and_goes_with_its_process() {
+    use std::os::unix::fs::MetadataExt as _;
+    let Some(env) = setup() else { return };
+    let mut proc = Process(
+        Command::new("unshare")
+            .args(["--net", "sleep", "120"])
+            .spawn()
+            .expect("unshare"),
+    );
+    let path = format!("/proc/{}/ns/net", proc.0.id());
+    let own = std::fs::metadata("/proc/self/ns/net").unwrap().ino();
+    // Until unshare has run, the path names the test's own namespace (peerd would refuse it).
+    wait_for(LIMIT, "the process to be in its own namespace", || {
+        let ino = std::fs::metadata(&path).ok()?.ino();
+        (ino != own).then_some(())
+    });
+    ok(
+        &env.peerd(&[
+            "attach",
+            "--vpc",
+            "a",
+            "--netns",
+            &path,
+            "--address",
+            "10.71.0.5/24",
+        ]),
+        "attach by path",
+    );
+    let ping_from_proc = || {
+        Command::new("nsenter")
+            .arg(format!("--net={path}"))
+            .args(["ping", "-q", "-n", "-c", "2", "-i", "0.05", "-W", "1"])
+            .args(["-I", "10.71.0.5", "10.72.0.7"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    wait_for(LIMIT, "the process's namespace to reach b", || {
+        ping_from_proc().then_some(())
+    });
+    // The process ends without a detach: its namespace goes, and the attachment with it.
+    let _ = proc.0.kill();
+    let _ = proc.0.wait();
+    let other = Container::new();
+    ok(
+        &env.peerd(&[
+            "attach",
+            "--vpc",
+            "a",
+            "--netns",
+            &other.0,
+            "--address",
+            "10.71.0.5/24",
+        ]),
+        "the address is free again",
+    );
+    assert_eq!(attachments(&env), 1, "{}", state(&env));
 }

@@ -37,6 +37,35 @@ pub struct Attachment {
     /// (its DEL finds the attachment by it when the namespace is gone).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
+    /// The inode of the container's namespace when it was attached: a namespace file that
+    /// now names another namespace (a reused `/proc/PID`) is not this workload's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ns_inode: Option<u64>,
+}
+
+/// Drops the attachments whose container namespace is gone (their links and routes went
+/// with it).
+pub fn prune(attached: &mut std::collections::BTreeMap<String, Attachment>) {
+    for key in gone(attached) {
+        tracing::info!(attachment = %key, "the workload's namespace is gone: detached");
+        attached.remove(&key);
+    }
+}
+
+/// The attachments whose container namespace is gone: its file missing, or naming another
+/// namespace.
+pub fn gone(attached: &std::collections::BTreeMap<String, Attachment>) -> Vec<String> {
+    attached
+        .iter()
+        .filter(|(_, a)| match &a.workload {
+            Workload::Netns { netns, .. } => match ns_id(&netns_path(netns)) {
+                None => true,
+                Some((_, ino)) => a.ns_inode.is_some_and(|i| i != ino),
+            },
+            Workload::Tap { .. } => false,
+        })
+        .map(|(k, _)| k.clone())
+        .collect()
 }
 
 /// What the control socket asks of the attachments.
@@ -72,6 +101,24 @@ impl Op {
             }
         }
     }
+}
+
+/// What `status` shows of VPC `vpc`'s attachments, with the last reconcile's errors.
+pub fn views(
+    vpc: &str,
+    attached: &std::collections::BTreeMap<String, Attachment>,
+    errors: &std::collections::BTreeMap<String, String>,
+) -> Vec<crate::status::WorkloadView> {
+    attached
+        .iter()
+        .filter(|(_, a)| a.vpc == vpc)
+        .map(|(key, a)| crate::status::WorkloadView {
+            link: a.workload.vpc_link(vpc),
+            workload: a.workload.to_string(),
+            addresses: a.addresses.clone(),
+            error: errors.get(key).cloned(),
+        })
+        .collect()
 }
 
 /// Addresses, space-separated.
@@ -115,6 +162,12 @@ pub fn netns_path(netns: &str) -> PathBuf {
     } else {
         netns::path(netns)
     }
+}
+
+/// The identity (device and inode) of the namespace file `p`, if it exists.
+fn ns_id(p: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()))
 }
 
 /// An interface name the kernel accepts.
@@ -197,17 +250,36 @@ pub fn check(
             a.workload, other.vpc
         ));
     }
+    let mut ns_inode = None;
     if let Workload::Netns { netns, .. } = &a.workload {
         let p = netns_path(netns);
-        if !p.exists() {
+        let Some(id) = ns_id(&p) else {
             return Err(format!("network namespace {} does not exist", p.display()));
+        };
+        // Never the host's namespace (its default route would be replaced) nor a VPC's.
+        if ns_id(Path::new("/proc/self/ns/net")) == Some(id) {
+            return Err(format!(
+                "{} is the namespace peerd runs in, not a container's",
+                p.display()
+            ));
         }
+        let vpc_ns =
+            |v: &crate::config::Vpc| netns::path(&format!("{}{}", cfg.daemon.netns_prefix, v.name));
+        if let Some(v) = cfg.vpcs.iter().find(|v| ns_id(&vpc_ns(v)) == Some(id)) {
+            return Err(format!(
+                "{} is VPC {}'s namespace, not a container's",
+                p.display(),
+                v.name
+            ));
+        }
+        ns_inode = Some(id.1);
     }
     Ok(Attachment {
         vpc: a.vpc.clone(),
         workload: a.workload.clone(),
         addresses: addresses.into_iter().collect(),
         id: a.id.clone(),
+        ns_inode,
     })
 }
 
@@ -278,11 +350,11 @@ pub struct AttachArgs {
     pub socket: Option<PathBuf>,
 }
 
-/// Runs `peerd attach` (`detach` false) or `peerd detach` against the daemon at `socket`.
-pub fn command(socket: &Path, args: AttachArgs, detach: bool) -> Result<(), String> {
-    use crate::control::{request, Request};
+/// The request of `peerd attach` (`detach` false) or `peerd detach`.
+pub fn request(args: AttachArgs, detach: bool) -> crate::control::Request {
+    use crate::control::Request;
     let workload = args.target.workload(args.ifname);
-    let req = if detach {
+    if detach {
         Request::Detach {
             vpc: args.vpc,
             workload,
@@ -295,11 +367,15 @@ pub fn command(socket: &Path, args: AttachArgs, detach: bool) -> Result<(), Stri
                 workload,
                 addresses: args.addresses,
                 id: None,
+                ns_inode: None,
             },
             check: false,
         }
-    };
-    let r = request(socket, &req).map_err(|e| e.to_string())?;
+    }
+}
+
+/// Prints the daemon's answer `r` to `peerd attach` or `peerd detach`.
+pub fn print(r: &serde_json::Value, detach: bool) {
     let what = if detach { "detached" } else { "attached" };
     let changed = if r["changed"] == true {
         ""
@@ -307,7 +383,6 @@ pub fn command(socket: &Path, args: AttachArgs, detach: bool) -> Result<(), Stri
         " (no change)"
     };
     println!("{what} {}{changed}", r["link"].as_str().unwrap_or_default());
-    Ok(())
 }
 
 #[cfg(test)]
@@ -337,6 +412,7 @@ cidrs = ["10.2.0.0/16"]
             },
             addresses: addrs.iter().map(|a| a.parse().unwrap()).collect(),
             id: None,
+            ns_inode: None,
         }
     }
 
@@ -399,11 +475,22 @@ cidrs = ["10.2.0.0/16"]
             },
             addresses: vec!["10.1.0.9/24".parse().unwrap()],
             id: None,
+            ns_inode: None,
         };
         assert_eq!(
             check(&cfg(), true, &none, &missing).unwrap_err(),
             "network namespace /nonexistent/pdt-ns does not exist"
         );
+        let host = Attachment {
+            workload: Workload::Netns {
+                netns: "/proc/self/ns/net".into(),
+                ifname: "eth0".into(),
+            },
+            ..missing
+        };
+        assert!(check(&cfg(), true, &none, &host)
+            .unwrap_err()
+            .contains("the namespace peerd runs in"));
     }
 
     #[test]
@@ -417,6 +504,7 @@ cidrs = ["10.2.0.0/16"]
             workload: ctr("/proc/42/ns/net"),
             addresses: vec!["10.1.0.5/24".parse().unwrap()],
             id: Some("c0ffee/eth0".into()),
+            ns_inode: None,
         };
         let key = a.workload.key("a");
         let have = [(key.clone(), a.clone())].into();
@@ -432,6 +520,34 @@ cidrs = ["10.2.0.0/16"]
         assert_ne!(detach(Some("other/eth0")).key(&have).1, key);
         assert_ne!(detach(None).key(&have).1, key);
         assert_eq!(Op::Check(a).key(&have).1, key);
+    }
+
+    #[test]
+    fn workloads_whose_namespace_is_gone_or_another_are_found() {
+        use std::os::unix::fs::MetadataExt as _;
+        let ino = std::fs::metadata("/proc/self/ns/net").unwrap().ino();
+        let ctr = |netns: &str, ns_inode: Option<u64>| Attachment {
+            vpc: "a".into(),
+            workload: Workload::Netns {
+                netns: netns.into(),
+                ifname: "eth0".into(),
+            },
+            addresses: vec!["10.1.0.5/24".parse().unwrap()],
+            id: None,
+            ns_inode,
+        };
+        let all = [
+            ("a/same".to_owned(), ctr("/proc/self/ns/net", Some(ino))),
+            ("a/old-state".to_owned(), ctr("/proc/self/ns/net", None)),
+            (
+                "a/reused".to_owned(),
+                ctr("/proc/self/ns/net", Some(ino + 1)),
+            ),
+            ("a/missing".to_owned(), ctr("/nonexistent/pdt", Some(ino))),
+            ("a/tap".to_owned(), tap("a", "t0", &["10.1.0.6/24"])),
+        ]
+        .into();
+        assert_eq!(gone(&all), ["a/missing", "a/reused"]);
     }
 
     #[test]

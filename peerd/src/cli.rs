@@ -39,7 +39,7 @@ macro_rules! exit_codes_text {
   0  success
   1  the configuration is invalid, or the command failed
   2  usage error (unknown subcommand or flag, missing or malformed argument)
-  3  peerd is not running: status, reload, explain and plan got no answer on the control socket"
+  3  peerd is not running: status, reload, explain, plan, attach and detach got no answer on the control socket"
     };
 }
 

@@ -261,6 +261,7 @@ fn add(env: &Env, conf: &NetConf, socket: &Path, stdin: &[u8]) -> Result<Value, 
                 workload: env.workload(),
                 addresses,
                 id: Some(env.id()),
+                ns_inode: None,
             },
             check: false,
         },
@@ -359,6 +360,7 @@ fn check(env: &Env, conf: &NetConf, socket: &Path, stdin: &[u8]) -> Result<(), E
         workload: env.workload(),
         addresses,
         id: Some(env.id()),
+        ns_inode: None,
     };
     ask(
         socket,

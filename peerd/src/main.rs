@@ -97,14 +97,8 @@ fn main() -> ExitCode {
             socket,
         } => explain(&sock(socket), Request::Explain { from, src, dst }, json),
         Cmd::Teardown { socket } => teardown(&cli.config, socket.socket).map_err(Failure::from),
-        Cmd::Attach(a) => {
-            let socket = socket_for(&cli.config, a.socket.clone());
-            peerd::attach::command(&socket, a, false).map_err(Failure::from)
-        }
-        Cmd::Detach(a) => {
-            let socket = socket_for(&cli.config, a.socket.clone());
-            peerd::attach::command(&socket, a, true).map_err(Failure::from)
-        }
+        Cmd::Attach(a) => attach(&cli.config, a, false),
+        Cmd::Detach(a) => attach(&cli.config, a, true),
         Cmd::Completions { shell } => {
             peerd::gen::completions(shell, Cli::command()).map_err(Failure::from)
         }
@@ -125,6 +119,14 @@ fn main() -> ExitCode {
             ExitCode::from(exit::NOT_RUNNING)
         }
     }
+}
+
+/// `peerd attach` (`detach` false) or `peerd detach`.
+fn attach(config: &Path, a: peerd::attach::AttachArgs, detach: bool) -> Result<(), Failure> {
+    let socket = socket_for(config, a.socket.clone());
+    let r = ask(&socket, &peerd::attach::request(a, detach))?;
+    peerd::attach::print(&r, detach);
+    Ok(())
 }
 
 fn print_json(v: &serde_json::Value) {
@@ -302,6 +304,24 @@ fn status(socket: &Path, json: bool, dot: bool) -> Result<(), Failure> {
         );
         if let Some(e) = v["error"].as_str() {
             println!("{:<16} error: {e}", "");
+        }
+        for w in v["workloads"].as_array().into_iter().flatten() {
+            let addrs: Vec<&str> = w["addresses"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|a| a.as_str())
+                .collect();
+            println!(
+                "{:<16} workload {} on {}: {}",
+                "",
+                text(&w["workload"]),
+                text(&w["link"]),
+                addrs.join(" ")
+            );
+            if let Some(e) = w["error"].as_str() {
+                println!("{:<16}   error: {e}", "");
+            }
         }
     }
     println!(

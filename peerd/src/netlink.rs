@@ -259,10 +259,17 @@ pub async fn routes_of_proto(
         {
             continue;
         }
-        let net = match route_dst(&r) {
-            Some(d) => ipnet::IpNet::new(d, r.header.destination_prefix_length).ok(),
-            None => None,
-        };
+        // A default route carries no destination attribute.
+        let dst = route_dst(&r).or(match r.header.address_family {
+            AddressFamily::Inet if r.header.destination_prefix_length == 0 => {
+                Some(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))
+            }
+            AddressFamily::Inet6 if r.header.destination_prefix_length == 0 => {
+                Some(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED))
+            }
+            _ => None,
+        });
+        let net = dst.and_then(|d| ipnet::IpNet::new(d, r.header.destination_prefix_length).ok());
         if let Some(net) = net {
             out.push((net, r));
         }

@@ -24,6 +24,21 @@ pub struct VpcView {
     pub error: Option<String>,
     /// Cluster mode: the hosts the VPC is present on.
     pub hosts: Vec<String>,
+    /// Attached workloads (`peerd attach`, the CNI plugin).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub workloads: Vec<WorkloadView>,
+}
+
+/// An attached workload of a VPC.
+#[derive(Clone, Debug, Serialize)]
+pub struct WorkloadView {
+    /// Its link in the VPC namespace.
+    pub link: String,
+    /// "netns NS (IFNAME)" or "tap IF".
+    pub workload: String,
+    pub addresses: Vec<ipnet::IpNet>,
+    /// Why the last reconcile could not set it up.
+    pub error: Option<String>,
 }
 
 /// A host of the fleet, as this host knows it.
@@ -151,6 +166,9 @@ pub struct VpcStatus {
     /// Cluster mode: the hosts the VPC is present on.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub hosts: Vec<String>,
+    /// Attached workloads (`peerd attach`, the CNI plugin).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub workloads: Vec<WorkloadView>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -229,6 +247,7 @@ pub fn status(s: &Snapshot, counters: Option<&Counters>) -> Status {
             error: v.error.clone(),
             drops: drops_of(counters, v.slot),
             hosts: v.hosts.clone(),
+            workloads: v.workloads.clone(),
         })
         .collect();
     let peerings = s

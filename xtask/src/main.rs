@@ -321,7 +321,7 @@ fn test(args: &[String]) -> Result<ExitCode> {
     println!("== pass 2 of 2: the namespace tests again, XDP datapath");
     let xdp = nextest(
         Some(("PEERD_TEST_DATAPATH", "xdp")),
-        Some("binary(peering) | binary(routing) | binary(operations) | binary(observability) | binary(failclosed) | binary(datapath_edges)"),
+        Some("binary(peering) | binary(routing) | binary(operations) | binary(observability) | binary(failclosed) | binary(datapath_edges) | binary(workloads)"),
     )?;
     let status = if tc.success() { xdp } else { tc };
     // Silent when clean, so the test runner's summary stays the last thing printed.

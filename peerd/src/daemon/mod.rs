@@ -299,6 +299,7 @@ impl Daemon {
         let mut wanted = desired::wanted(&self.cfg, &self.taken_links);
         wanted.hosts = hosts.iter().map(String::as_str).collect();
         let mut next = prev.assign(&wanted, now)?;
+        crate::attach::prune(&mut next.attachments);
         let (peerings, records) = match self.cluster.as_ref().and_then(|c| c.view.clone()) {
             // Fleet-wide states: from the records in etcd, as every host computes them.
             Some(view) => view.evaluate(self.cfg.vpcs.clone(), &self.cfg.daemon, now),
@@ -513,6 +514,11 @@ impl Daemon {
                     ready: error.is_none() && attached,
                     error,
                     hosts,
+                    workloads: crate::attach::views(
+                        &v.name,
+                        &self.state.attachments,
+                        &self.attach_errors,
+                    ),
                 })
             })
             .collect();
@@ -801,6 +807,8 @@ impl Daemon {
     /// leaves the state as it was.
     async fn attach(&mut self, op: crate::attach::Op) -> Result<serde_json::Value, String> {
         use crate::attach::Op;
+        // A gone workload's addresses are free for the next one.
+        crate::attach::prune(&mut self.state.attachments);
         let (vpc, key) = op.key(&self.state.attachments);
         let before = self.state.attachments.get(&key).cloned();
         let next = match &op {

@@ -338,6 +338,7 @@ pub(crate) fn vpc(name: &str, slot: u32, ready: bool) -> VpcView {
         ready,
         error: None,
         hosts: Vec::new(),
+        workloads: Vec::new(),
     }
 }
 

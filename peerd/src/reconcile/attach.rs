@@ -211,7 +211,9 @@ impl Change {
 impl fmt::Display for Change {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Change::Forwarding { netns, .. } => write!(f, "~ forwarding on in {netns}"),
+            Change::Forwarding { vpc, netns } => {
+                write!(f, "~ VPC {vpc}: forwarding on in {netns}")
+            }
             Change::CreateVeth {
                 netns,
                 link,
@@ -221,7 +223,7 @@ impl fmt::Display for Change {
             } => write!(f, "+ veth {link} in {netns} <-> {ifname} in {workload_ns}"),
             Change::TakeTap { netns, tap, .. } => write!(f, "+ tap {tap} moved into {netns}"),
             Change::SetupLink { netns, link, .. } => {
-                write!(f, "~ workload link {link} in {netns}: up, gateway")
+                write!(f, "~ link {link} in {netns}: up, gateway (workload)")
             }
             Change::SetupWorkload {
                 workload_ns,
@@ -230,7 +232,7 @@ impl fmt::Display for Change {
                 ..
             } => write!(
                 f,
-                "~ {ifname} in {workload_ns}: {}, default routes",
+                "~ container {workload_ns}: {ifname} {}, default routes",
                 crate::attach::list(addresses)
             ),
             Change::AddRoute {
@@ -495,11 +497,11 @@ async fn link_index(h: &Handle, name: &str) -> Result<u32, Error> {
         .index)
 }
 
-/// Sets sysctls (paths under /proc/sys/net) to "1" inside namespace `ns`.
-fn sysctls_on(ns: &str, paths: Vec<String>) -> Result<(), Error> {
+/// Sets sysctls (paths under /proc/sys/net, and their values) inside namespace `ns`.
+fn sysctls(ns: &str, values: Vec<(String, &'static str)>) -> Result<(), Error> {
     netns::run_in(ns, move || -> Result<(), Error> {
-        for p in paths {
-            netns::write_sysctl(&p, "1").map_err(netns::io("writing", Path::new(&p)))?;
+        for (p, v) in values {
+            netns::write_sysctl(&p, v).map_err(netns::io("writing", Path::new(&p)))?;
         }
         Ok(())
     })?
@@ -565,11 +567,11 @@ async fn add_route(
 
 async fn apply_one(nl: &Netlink, c: &Change) -> Result<(), Error> {
     match c {
-        Change::Forwarding { netns, .. } => sysctls_on(
+        Change::Forwarding { netns, .. } => sysctls(
             netns,
             vec![
-                "/proc/sys/net/ipv4/ip_forward".into(),
-                "/proc/sys/net/ipv6/conf/all/forwarding".into(),
+                ("/proc/sys/net/ipv4/ip_forward".into(), "1"),
+                ("/proc/sys/net/ipv6/conf/all/forwarding".into(), "1"),
             ],
         ),
         Change::CreateVeth {
@@ -594,9 +596,13 @@ async fn apply_one(nl: &Netlink, c: &Change) -> Result<(), Error> {
             let h = nl.ns(netns).await?;
             let index = link_index(&h, link).await?;
             set_up(&h, index, Some(ALIAS), link).await?;
-            sysctls_on(
+            // Proxy ARP answers at once (not after a random delay up to `proxy_delay`).
+            sysctls(
                 netns,
-                vec![format!("/proc/sys/net/ipv4/conf/{link}/proxy_arp")],
+                vec![
+                    (format!("/proc/sys/net/ipv4/conf/{link}/proxy_arp"), "1"),
+                    (format!("/proc/sys/net/ipv4/neigh/{link}/proxy_delay"), "0"),
+                ],
             )?;
             let gw6 = IpNet::new(IpAddr::V6(GATEWAY_V6), 64).expect("a /64");
             add_address(&h, index, gw6, netns).await
@@ -769,18 +775,51 @@ mod tests {
         assert_eq!(
             lines(&diff(&have, &want())),
             [
-                "~ forwarding on in vpc-a",
+                "~ VPC a: forwarding on in vpc-a",
                 "+ veth pw00000001 in vpc-a <-> eth0 in c1",
-                "~ workload link pw00000001 in vpc-a: up, gateway",
-                "~ eth0 in c1: 10.1.0.5/24 fd00:1::5/64, default routes",
+                "~ link pw00000001 in vpc-a: up, gateway (workload)",
+                "~ container c1: eth0 10.1.0.5/24 fd00:1::5/64, default routes",
                 "+ tap tap0 moved into vpc-a",
-                "~ workload link tap0 in vpc-a: up, gateway",
+                "~ link tap0 in vpc-a: up, gateway (workload)",
                 "+ route 10.1.0.5/32 dev pw00000001 in vpc-a",
                 "+ route 10.1.0.6/32 dev tap0 in vpc-a",
                 "+ route 169.254.1.1/32 dev peerd0 in vpc-a",
                 "+ route fd00:1::5/128 dev pw00000001 in vpc-a",
             ]
         );
+    }
+
+    #[test]
+    fn plan_json_classifies_every_line() {
+        let have = Have {
+            host_taps: ["tap0".to_owned()].into(),
+            ..Have::default()
+        };
+        let mut all = diff(&have, &want());
+        all.extend(diff(
+            &converged(),
+            &Want {
+                links: BTreeMap::new(),
+                ..want()
+            },
+        ));
+        for c in all {
+            let p = crate::cli::plan_change(&c.to_string());
+            let named = match &c {
+                Change::Forwarding { vpc, .. } => vpc.clone(),
+                Change::CreateVeth { link, .. } | Change::SetupLink { link, .. } => link.clone(),
+                Change::Remove { link, .. } => link.clone(),
+                Change::TakeTap { tap, .. } => tap.clone(),
+                Change::SetupWorkload { workload_ns, .. } => workload_ns.clone(),
+                Change::AddRoute { net, .. } | Change::DelRoute { net, .. } => net.to_string(),
+            };
+            assert_eq!(p.name.as_deref(), Some(named.as_str()), "{c}");
+            assert!(
+                ["vpc", "veth", "tap", "link", "container", "route"].contains(&p.resource.as_str()),
+                "{c}: {}",
+                p.resource
+            );
+        }
     }
 
     fn converged() -> Have {
@@ -846,7 +885,7 @@ mod tests {
         assert_eq!(
             lines(&diff(&have, &w)),
             [
-                "~ eth0 in c1: 10.1.0.7/24, default routes",
+                "~ container c1: eth0 10.1.0.7/24, default routes",
                 "+ route 10.1.0.6/32 dev tap0 in vpc-a",
                 "+ route 10.1.0.7/32 dev pw00000001 in vpc-a",
                 "- route 10.1.0.5/32 in vpc-a",

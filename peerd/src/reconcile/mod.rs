@@ -515,6 +515,11 @@ impl Reconciler {
         for c in links::diff_gone(inp.gone) {
             lines.push(c.to_string());
         }
+        for w in attach::Want::of(&inp.state.attachments, &want.vpcs).values() {
+            if let Ok(have) = attach::observe(&self.nl, &host_links, w).await {
+                lines.extend(attach::diff(&have, w).iter().map(|c| c.to_string()));
+            }
+        }
         let have = self
             .shadow
             .clone()
