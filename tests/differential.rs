@@ -665,7 +665,7 @@ fn check(
         let mut out = vec![0u8; frame.len() + 64];
         let before = match expect {
             Decision::Drop(r) => dp.drop_count(p.slot, r),
-            Decision::Deliver { .. } => 0,
+            Decision::Deliver { .. } | Decision::Tunnel { .. } => 0,
         };
         let res = dp
             .tc_program()

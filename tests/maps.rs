@@ -53,15 +53,15 @@ fn a_full_route_trie_never_blocks_a_disconnect() {
     assert!(done.failed.iter().all(|(_, e)| !e.is_empty()));
     let now = Contents::read(&dp).expect("read back");
     assert_eq!(
-        now.peerings.get(&7).map(|p| p.state),
+        now.t.peerings.get(&7).map(|p| p.state),
         Some(0),
         "the disconnect went through"
     );
-    assert_eq!(now.routes.len(), MAX_PREFIXES as usize);
+    assert_eq!(now.t.routes.len(), MAX_PREFIXES as usize);
     // Once the tenant's old routes go, the retried writes fit.
     let mut shrink = next.clone();
     shrink.routes = routes(1, 16, 0x4000_0000).collect();
     let done = maps::apply(&mut dp, maps::diff(&now, &Contents::of(&shrink)));
     assert!(done.failed.is_empty(), "{:?}", done.failed.first());
-    assert_eq!(Contents::read(&dp).unwrap().routes.len(), 16);
+    assert_eq!(Contents::read(&dp).unwrap().t.routes.len(), 16);
 }

@@ -11,7 +11,9 @@ use peerd::{
     datapath::Datapath,
     tables::{decide, Decision, Tables},
 };
-use peerd_common::{DropReason, PeeringInfo, RouteTarget, VpcInfo, PEERING_ACTIVE, VPC_PRESENT};
+use peerd_common::{
+    DropReason, PeeringInfo, RouteTarget, VpcInfo, PEERING_ACTIVE, VPC_PRESENT, VPC_REMOTE,
+};
 
 const TC_ACT_SHOT: u32 = 2;
 const TC_ACT_REDIRECT: u32 = 7;
@@ -46,6 +48,7 @@ fn topology() -> Tables {
                 flags: VPC_PRESENT,
                 ns_mac: NS_MAC[v as usize],
                 gw_mac: GW[v as usize],
+                vni: 0,
             },
         );
         t.src
@@ -620,4 +623,127 @@ fn a_flow_whose_verdict_changes_within_a_window_is_logged_under_each_verdict() {
         ],
         "{flows:?}"
     );
+}
+
+/// Cluster mode, sending side: VPC 1 (here and on host slot 1) peered with VPC 2 (here and
+/// on host slot 1) and with VPC 4 (only on host slot 2, over an IPv6 underlay). Each
+/// packet's verdict agrees with the model: delivered here, tunnelled to the endpoint's host
+/// (counted per host), or dropped as no-endpoint.
+fn cluster_topology(vxlan_ifindex: u32) -> Tables {
+    let mut t = topology();
+    for (v, vni) in [(1, 10), (2, 20)] {
+        let i = t.vpcs.get_mut(&v).unwrap();
+        i.flags |= VPC_REMOTE;
+        i.vni = vni;
+    }
+    t.vpcs.insert(
+        4,
+        VpcInfo {
+            flags: VPC_REMOTE,
+            vni: 40,
+            ..VpcInfo::default()
+        },
+    );
+    t.src.insert(
+        (4, "10.4.0.0/16".parse().unwrap()),
+        peerd_common::TABLE_NONE,
+    );
+    t.peerings.insert(
+        3,
+        PeeringInfo {
+            state: PEERING_ACTIVE,
+            vpc_a: 4,
+            vpc_b: 1,
+            _pad: 0,
+        },
+    );
+    t.routes.insert(
+        (1, "10.4.0.0/16".parse().unwrap()),
+        RouteTarget {
+            peering: 3,
+            dst_vpc: 4,
+            ..Default::default()
+        },
+    );
+    t.hosts.insert(1, ip("192.0.2.1"));
+    t.hosts.insert(2, ip("2001:db8:ff::2"));
+    for (v, a, host) in [
+        (2, "10.2.0.7", 0),
+        (2, "10.2.0.8", 1),
+        (4, "10.4.0.5", 2),
+        (1, "10.1.0.9", 1),
+        (1, "10.1.0.5", 0),
+        // An endpoint on a host slot the datapath does not know (left the fleet).
+        (2, "10.2.0.9", 3),
+    ] {
+        t.endpoints.insert((v, ip(a)), host);
+    }
+    t.vxlan_ifindex = vxlan_ifindex;
+    t
+}
+
+#[test]
+#[ignore = "needs root"]
+fn cluster_sending_side_tunnels_to_the_endpoints_host_and_agrees_with_the_model() {
+    let t = cluster_topology(1);
+    let mut h = Harness::new(&t);
+    let cases = [
+        (1, "10.1.0.5", "10.2.0.7"),
+        (1, "10.1.0.5", "10.2.0.8"),
+        (1, "10.1.0.5", "10.2.0.99"),
+        (1, "10.1.0.5", "10.2.0.9"),
+        (1, "10.1.0.5", "10.4.0.5"),
+        (1, "10.1.0.5", "10.1.0.9"),
+        (1, "10.1.0.5", "10.1.0.10"),
+        (2, "10.2.0.7", "10.1.0.5"),
+        (2, "10.2.0.7", "10.1.0.9"),
+        (1, "10.1.0.5", "10.3.0.1"),
+    ];
+    let mut tunnelled = 0;
+    for (vpc, src, dst) in cases {
+        let expect = decide(&t, vpc, ip(src), ip(dst), 64);
+        let f = frame(ip(src), ip(dst), 64);
+        match expect {
+            Decision::Drop(r) => h.expect_drop(vpc, &f, r),
+            Decision::Deliver { dst_vpc, .. } => {
+                let r = h.run(100 + vpc, &f);
+                assert_eq!(r.verdict, TC_ACT_REDIRECT, "{src} -> {dst}");
+                assert_eq!(r.out[0..6], NS_MAC[dst_vpc as usize], "{src} -> {dst}");
+            }
+            Decision::Tunnel { host, vni, .. } => {
+                tunnelled += 1;
+                let before = h.dp.counters().host(host).0.packets;
+                let r = h.run(100 + vpc, &f);
+                assert_eq!(r.verdict, TC_ACT_REDIRECT, "{src} -> {dst} (vni {vni})");
+                assert_eq!(
+                    h.dp.counters().host(host).0.packets,
+                    before + 1,
+                    "{src} -> {dst}: counted as sent to host slot {host}"
+                );
+            }
+        }
+    }
+    assert_eq!(tunnelled, 4, "the cases cover tunnels to both hosts");
+    assert_eq!(
+        decide(&t, 1, ip("10.1.0.5"), ip("10.2.0.99"), 64),
+        Decision::Drop(DropReason::NoEndpoint)
+    );
+    assert_eq!(
+        decide(&t, 1, ip("10.1.0.5"), ip("10.4.0.5"), 64),
+        Decision::Tunnel {
+            dst_vpc: 4,
+            peering: 3,
+            host: 2,
+            vni: 40
+        }
+    );
+    // Without the VXLAN device, nothing goes to another host.
+    let t = cluster_topology(0);
+    let mut h = Harness::new(&t);
+    let f = frame(ip("10.1.0.5"), ip("10.2.0.8"), 64);
+    assert_eq!(
+        decide(&t, 1, ip("10.1.0.5"), ip("10.2.0.8"), 64),
+        Decision::Drop(DropReason::DestinationUnavailable)
+    );
+    h.expect_drop(1, &f, DropReason::DestinationUnavailable);
 }

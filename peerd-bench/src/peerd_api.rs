@@ -202,6 +202,7 @@ impl Tables {
                     flags: VPC_PRESENT,
                     ns_mac: [2, 1, 0, 0, 0, v as u8],
                     gw_mac: [2, 2, 0, 0, 0, v as u8],
+                    vni: 0,
                 },
             );
             t.src.insert((v, cidr4(v)), v);
@@ -267,6 +268,7 @@ impl Tables {
                     flags: VPC_PRESENT,
                     ns_mac: h.ns_mac,
                     gw_mac: h.host_mac,
+                    vni: 0,
                 },
             );
         }

@@ -33,10 +33,22 @@ pub enum DropReason {
     /// The packet arrived on an interface that belongs to no VPC (counted in slot 0), or an
     /// ARP request arrived on the link of a VPC slot that is not in use (counted there).
     UnknownInterface = 9,
+    /// Cluster mode: the destination VPC is present on other hosts, and its address is an
+    /// endpoint on none (no workload there, or its host left the fleet).
+    NoEndpoint = 10,
+    /// Cluster mode, receiving: the outer source is not a host of the fleet (counted in slot 0).
+    UnknownHost = 11,
+    /// Cluster mode, receiving: the VNI names no VPC present here (counted in slot 0).
+    UnknownVni = 12,
+    /// Cluster mode, receiving: the inner destination is not an endpoint of the VPC here.
+    NotLocalEndpoint = 13,
+    /// Cluster mode, receiving: the inner source is neither in the destination VPC's CIDRs nor
+    /// in the CIDRs of a VPC it has an active peering with.
+    NotAllowedSource = 14,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 10] = [
+    pub const ALL: [DropReason; 15] = [
         DropReason::Malformed,
         DropReason::NotUnicast,
         DropReason::UnsupportedProtocol,
@@ -47,6 +59,11 @@ impl DropReason {
         DropReason::TtlExceeded,
         DropReason::DestinationUnavailable,
         DropReason::UnknownInterface,
+        DropReason::NoEndpoint,
+        DropReason::UnknownHost,
+        DropReason::UnknownVni,
+        DropReason::NotLocalEndpoint,
+        DropReason::NotAllowedSource,
     ];
 
     /// The name operators see (status, metrics, explain).
@@ -62,6 +79,11 @@ impl DropReason {
             DropReason::TtlExceeded => "ttl-exceeded",
             DropReason::DestinationUnavailable => "destination-unavailable",
             DropReason::UnknownInterface => "unknown-interface",
+            DropReason::NoEndpoint => "no-endpoint",
+            DropReason::UnknownHost => "unknown-host",
+            DropReason::UnknownVni => "unknown-vni",
+            DropReason::NotLocalEndpoint => "not-local-endpoint",
+            DropReason::NotAllowedSource => "not-allowed-source",
         }
     }
 
@@ -72,6 +94,7 @@ impl DropReason {
 
 /// Counter slots reserved per VPC in [`DROPS`](map names) (room for new reasons).
 pub const DROP_SLOTS: u32 = 16;
+const _: () = assert!(DropReason::ALL.len() as u32 <= DROP_SLOTS);
 /// VPC slots. Slot 0 is reserved for packets from interfaces that belong to no VPC.
 pub const MAX_VPCS: u32 = 4096;
 /// Peering slots. Slot 0 is never used.
@@ -80,6 +103,10 @@ pub const MAX_PEERINGS: u32 = 16384;
 pub const MAX_TABLES: u32 = 65536;
 /// Entries per LPM trie (addresses of VPCs and subnets; routes).
 pub const MAX_PREFIXES: u32 = 262_144;
+/// Host slots (cluster mode). Slot 0 is this host.
+pub const MAX_HOSTS: u32 = 1024;
+/// Workload addresses of the fleet one host knows (cluster mode).
+pub const MAX_ENDPOINTS: u32 = 262_144;
 /// Table id meaning "this source has no route table" (explicit VPC without `main`).
 pub const TABLE_NONE: u32 = u32::MAX;
 
@@ -106,6 +133,20 @@ pub mod maps {
     pub const FLOWS: &str = "PEERD_FLOWS";
     pub const FLOW_LOST: &str = "PEERD_FLOW_LOST";
     pub const FLOW_BUDGET: &str = "PEERD_FLOW_BUDGET";
+    /// Cluster mode: (VPC slot, address) -> host slot of the workload (0: this host).
+    pub const ENDPOINTS: &str = "PEERD_ENDPOINTS";
+    /// Cluster mode: host slot -> underlay address.
+    pub const HOSTS: &str = "PEERD_HOSTS";
+    /// Cluster mode: underlay address -> host slot (the receiving side's outer source check).
+    pub const UNDERLAY: &str = "PEERD_UNDERLAY";
+    /// Cluster mode: VNI -> slot of the VPC present here.
+    pub const VNIS: &str = "PEERD_VNIS";
+    /// Cluster mode: (VPC slot, source prefix) -> peering slot: sources on other hosts that
+    /// may reach a VPC present here besides its own.
+    pub const ALLOWED_V4: &str = "PEERD_ALLOWED_V4";
+    pub const ALLOWED_V6: &str = "PEERD_ALLOWED_V6";
+    /// Cluster mode: packets and bytes through the tunnel per host slot (`host_index`).
+    pub const HOST_COUNTERS: &str = "PEERD_HOST_COUNTERS";
 
     /// Every map peerd pins (teardown removes these and nothing else).
     pub const ALL: &[&str] = &[
@@ -122,16 +163,26 @@ pub mod maps {
         FLOWS,
         FLOW_LOST,
         FLOW_BUDGET,
+        ENDPOINTS,
+        HOSTS,
+        UNDERLAY,
+        VNIS,
+        ALLOWED_V4,
+        ALLOWED_V6,
+        HOST_COUNTERS,
     ];
 }
 
 /// `PEERD_CONFIG` entries.
-pub const CONFIG_ENTRIES: u32 = 2;
+pub const CONFIG_ENTRIES: u32 = 3;
 /// `PEERD_CONFIG[CONFIG_FLAGS]`: bits, the runtime switches of the datapath.
 pub const CONFIG_FLAGS: u32 = 0;
 /// `PEERD_CONFIG[CONFIG_FLOW_WINDOW]`: the flow log's window number, bumped by the daemon at
 /// every drain; a per-VPC flow budget from an older window counts as unused.
 pub const CONFIG_FLOW_WINDOW: u32 = 1;
+/// `PEERD_CONFIG[CONFIG_VXLAN_IFINDEX]`: cluster mode: the VXLAN device tunnelled packets are
+/// redirected to (0: none).
+pub const CONFIG_VXLAN_IFINDEX: u32 = 2;
 /// Bit of `PEERD_CONFIG[CONFIG_FLAGS]`: aggregate flows for the flow log.
 pub const CONFIG_FLOW_LOG: u32 = 1;
 /// Flows aggregated between two drains of the flow log; beyond this, packets' flows are lost
@@ -233,7 +284,9 @@ pub struct IfaceInfo {
     /// `PEERD_SRC_V4` / `PEERD_SRC_V6`.
     pub n_src4: u32,
     pub n_src6: u32,
-    pub _pad: u32,
+    /// The VPC's flags (`VPC_REMOTE`), so the sending side knows without a lookup whether
+    /// a destination in its own CIDRs may be on another host.
+    pub flags: u32,
     /// The VPC's source prefixes, longest first (so the first match is the longest).
     pub src4: [SrcV4; IFACE_SRC4],
     pub src6: [SrcV6; IFACE_SRC6],
@@ -273,8 +326,35 @@ pub struct VpcInfo {
     pub ns_mac: [u8; 6],
     /// MAC of the gateway as the VPC sees it (the host-side veth).
     pub gw_mac: [u8; 6],
+    /// Cluster mode: the VPC's fleet-wide id (the VXLAN VNI), 0 on a single host.
+    pub vni: u32,
 }
+/// The VPC has a link here (`host_ifindex`, MACs).
 pub const VPC_PRESENT: u32 = 1;
+/// Cluster mode: the VPC is present on other hosts too; its addresses are looked up in
+/// `PEERD_ENDPOINTS`.
+pub const VPC_REMOTE: u32 = 2;
+
+/// `PEERD_ENDPOINTS` key.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Hash, PartialOrd, Ord)]
+pub struct EndpointKey {
+    pub vpc: u32,
+    /// 4 or 6.
+    pub family: u32,
+    /// IPv4 addresses use the first 4 bytes.
+    pub addr: [u8; 16],
+}
+
+/// An underlay address: `PEERD_HOSTS` value and `PEERD_UNDERLAY` key.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Hash, PartialOrd, Ord)]
+pub struct Underlay {
+    /// 4 or 6 (0: no host in this slot).
+    pub family: u32,
+    /// IPv4 addresses use the first 4 bytes.
+    pub addr: [u8; 16],
+}
 
 /// `PEERD_PEERINGS` value, indexed by peering slot.
 #[repr(C)]
@@ -342,6 +422,14 @@ pub const fn drop_index(vpc: u32, reason: DropReason) -> u32 {
     vpc * DROP_SLOTS + reason as u32
 }
 
+/// Index into `PEERD_HOST_COUNTERS`: direction 0 is sent to the host, 1 received from it.
+#[inline(always)]
+pub const fn host_index(host: u32, dir: u32) -> u32 {
+    host * 2 + dir
+}
+pub const HOST_TX: u32 = 0;
+pub const HOST_RX: u32 = 1;
+
 /// Index into `PEERD_FWD`: direction 0 is from the peering's `vpc_a`.
 #[inline(always)]
 pub const fn fwd_index(peering: u32, dir: u32) -> u32 {
@@ -357,7 +445,9 @@ macro_rules! assert_layout {
 assert_layout!(IfaceInfo, 136, 4);
 assert_layout!(SrcV4, 12, 4);
 assert_layout!(SrcV6, 36, 4);
-assert_layout!(VpcInfo, 20, 4);
+assert_layout!(VpcInfo, 24, 4);
+assert_layout!(EndpointKey, 24, 4);
+assert_layout!(Underlay, 20, 4);
 assert_layout!(PeeringInfo, 16, 4);
 assert_layout!(RouteTarget, 16, 4);
 assert_layout!(SrcInfo, 4, 4);
@@ -383,4 +473,6 @@ mod user {
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for FlowValue {}
     unsafe impl aya::Pod for FlowBudget {}
+    unsafe impl aya::Pod for EndpointKey {}
+    unsafe impl aya::Pod for Underlay {}
 }

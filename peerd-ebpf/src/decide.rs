@@ -4,8 +4,8 @@
 //! already rewritten: TTL / hop limit decremented, MACs set), reply out of the same link (ARP
 //! for the gateway), or drop (already counted by reason).
 use peerd_common::{
-    fwd_index, DropReason, FlowKey, IfaceInfo, RouteTarget, IFACE_SRC4, IFACE_SRC6, IFACE_SRC_TRIE,
-    PEERING_ACTIVE, ROUTE_INSIDE_DST, TABLE_NONE, VPC_PRESENT,
+    fwd_index, DropReason, FlowKey, IfaceInfo, RouteTarget, VpcInfo, IFACE_SRC4, IFACE_SRC6,
+    IFACE_SRC_TRIE, PEERING_ACTIVE, ROUTE_INSIDE_DST, TABLE_NONE, VPC_PRESENT, VPC_REMOTE,
 };
 
 use crate::{
@@ -21,6 +21,9 @@ const IPPROTO_UDP: u8 = 17;
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Action {
     Deliver,
+    /// Cluster mode: encapsulate to host `host` with VNI `vni`, out of the VXLAN device
+    /// (`ifindex`).
+    Tunnel,
     Reply,
     Drop,
 }
@@ -37,6 +40,9 @@ pub struct Verdict {
     pub ifindex: u32,
     pub fwd_slot: u32,
     pub dst_vpc: u32,
+    /// Cluster mode: the host slot the packet goes to (`Tunnel`) or came from (receiving).
+    pub host: u32,
+    pub vni: u32,
 }
 
 impl Verdict {
@@ -46,6 +52,8 @@ impl Verdict {
         ifindex: 0,
         fwd_slot: 0,
         dst_vpc: 0,
+        host: 0,
+        vni: 0,
     };
 
     pub fn dropped(reason: DropReason) -> Verdict {
@@ -55,13 +63,15 @@ impl Verdict {
             ifindex: 0,
             fwd_slot: 0,
             dst_vpc: 0,
+            host: 0,
+            vni: 0,
         }
     }
 }
 
 /// Counts a drop and returns the verdict.
 #[inline(always)]
-fn drop(vpc: u32, reason: DropReason, len: u32) -> Verdict {
+pub fn drop(vpc: u32, reason: DropReason, len: u32) -> Verdict {
     count_drop(vpc, reason, len);
     Verdict::dropped(reason)
 }
@@ -153,14 +163,42 @@ fn choose(
 /// Rewrites the MACs for delivery into `dst_vpc` and returns the verdict; drops when the
 /// destination VPC's slot is not in use (nowhere to deliver). This is the last check: the
 /// caller hands a `Deliver` verdict to the kernel and counts it as forwarded.
+///
+/// Cluster mode: when the destination VPC is present on other hosts too (`VPC_REMOTE`),
+/// `locate` finds the destination address's host: this one (0) delivers here, another host
+/// gets the packet through the tunnel, none drops it (`NoEndpoint`).
 #[inline(always)]
-fn deliver(eth: *mut EthHdr, src_vpc: u32, dst_vpc: u32, fwd_slot: u32, len: u32) -> Verdict {
+fn deliver(
+    eth: *mut EthHdr,
+    src_vpc: u32,
+    dst_vpc: u32,
+    fwd_slot: u32,
+    len: u32,
+    locate: impl FnOnce(u32) -> Option<u32>,
+) -> Verdict {
     let Some(d) = maps::VPCS.get(dst_vpc) else {
         return drop(src_vpc, DropReason::DestinationUnavailable, len);
     };
-    if d.flags & VPC_PRESENT == 0 {
-        return drop(src_vpc, DropReason::DestinationUnavailable, len);
+    if d.flags != VPC_PRESENT {
+        // Only cluster mode's VPCs, and slots not in use, take this branch.
+        if d.flags & VPC_REMOTE == 0 {
+            return drop(src_vpc, DropReason::DestinationUnavailable, len);
+        }
+        match locate(dst_vpc) {
+            None => return drop(src_vpc, DropReason::NoEndpoint, len),
+            Some(0) if d.flags & VPC_PRESENT == 0 => {
+                return drop(src_vpc, DropReason::DestinationUnavailable, len)
+            }
+            Some(0) => {}
+            Some(host) => return tunnel(src_vpc, dst_vpc, d.vni, host, fwd_slot, len),
+        }
     }
+    local(eth, d, dst_vpc, fwd_slot)
+}
+
+/// The delivery into `dst_vpc`'s link here (`d`, in use): MACs rewritten.
+#[inline(always)]
+pub fn local(eth: *mut EthHdr, d: &VpcInfo, dst_vpc: u32, fwd_slot: u32) -> Verdict {
     // SAFETY: `eth` was bounds-checked by the caller. Byte by byte: a slice copy would become
     // a memmove call, which BPF cannot link.
     unsafe {
@@ -176,7 +214,61 @@ fn deliver(eth: *mut EthHdr, src_vpc: u32, dst_vpc: u32, fwd_slot: u32, len: u32
         ifindex: d.host_ifindex,
         fwd_slot,
         dst_vpc,
+        host: 0,
+        vni: 0,
     }
+}
+
+/// Cluster mode: the packet goes to host slot `host` through the VXLAN device, if there is
+/// one and the host is known (else `DestinationUnavailable` / `NoEndpoint`).
+#[inline(always)]
+fn tunnel(src_vpc: u32, dst_vpc: u32, vni: u32, host: u32, fwd_slot: u32, len: u32) -> Verdict {
+    let ifindex = maps::vxlan_ifindex();
+    if ifindex == 0 {
+        return drop(src_vpc, DropReason::DestinationUnavailable, len);
+    }
+    if maps::HOSTS.get(host).is_none_or(|h| h.family == 0) {
+        return drop(src_vpc, DropReason::NoEndpoint, len);
+    }
+    Verdict {
+        action: Action::Tunnel,
+        reason: DropReason::Malformed,
+        ifindex,
+        fwd_slot,
+        dst_vpc,
+        host,
+        vni,
+    }
+}
+
+/// Cluster mode, a destination in the sending VPC's own CIDRs (`in_own`) when the VPC is
+/// present on other hosts: the host the address is on (`Some(0)`: here, or no such VPC
+/// presence elsewhere: the decision goes on as on one host), or the drop when it is nowhere.
+#[inline(always)]
+fn same_vpc(
+    iface: &IfaceInfo,
+    in_own: impl FnOnce() -> bool,
+    locate: impl FnOnce(u32) -> Option<u32>,
+    len: u32,
+) -> Result<u32, Verdict> {
+    if iface.flags & VPC_REMOTE == 0 || !in_own() {
+        return Ok(0);
+    }
+    match locate(iface.vpc) {
+        Some(h) => Ok(h),
+        None => Err(drop(iface.vpc, DropReason::NoEndpoint, len)),
+    }
+}
+
+/// IPv4 address as the 16 bytes of an endpoint key.
+#[inline(always)]
+pub fn addr16(a: [u8; 4]) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    out[0] = a[0];
+    out[1] = a[1];
+    out[2] = a[2];
+    out[3] = a[3];
+    out
 }
 
 /// The route table for an IPv4 source in the link's VPC (longest matching source prefix); None
@@ -239,46 +331,113 @@ fn ports(data: usize, data_end: usize, l4: usize) -> (u16, u16) {
     }
 }
 
+/// The IPv4 header after the Ethernet header, if well-formed (version, IHL, total length
+/// within the frame, header checksum), with its IHL.
 #[inline(always)]
-fn ipv4(data: usize, data_end: usize, iface: &IfaceInfo, len: u32) -> Verdict {
-    let vpc = iface.vpc;
-    let Some(ip) = ptr_at::<Ipv4Hdr>(data, data_end, ETH_LEN) else {
-        return drop(vpc, DropReason::Malformed, len);
-    };
-    // SAFETY: bounds-checked by ptr_at.
+pub fn ipv4_hdr(data: usize, data_end: usize, len: u32) -> Option<(&'static mut Ipv4Hdr, u32)> {
+    let ip = ptr_at::<Ipv4Hdr>(data, data_end, ETH_LEN)?;
+    // SAFETY: bounds-checked by ptr_at; the packet outlives the program's use of it.
     let h = unsafe { &mut *ip };
     let ihl = (h.ver_ihl & 0x0f) as u32;
     if h.ver_ihl >> 4 != 4 || ihl < 5 {
-        return drop(vpc, DropReason::Malformed, len);
+        return None;
     }
     let tot_len = u16::from_be_bytes(h.tot_len) as u32;
     if tot_len < ihl * 4 || tot_len + ETH_LEN as u32 > len {
-        return drop(vpc, DropReason::Malformed, len);
+        return None;
     }
     if !ipv4_checksum_ok(data, data_end, ihl) {
-        return drop(vpc, DropReason::Malformed, len);
+        return None;
     }
-    let (src, dst, proto, frag) = (h.src, h.dst, h.proto, h.frag);
-    let v = ipv4_route(data, h, iface, src, dst, len);
+    Some((h, ihl))
+}
+
+/// The IPv6 header after the Ethernet header, if well-formed (version, payload length within
+/// the frame).
+#[inline(always)]
+pub fn ipv6_hdr(data: usize, data_end: usize, len: u32) -> Option<&'static mut Ipv6Hdr> {
+    let ip = ptr_at::<Ipv6Hdr>(data, data_end, ETH_LEN)?;
+    // SAFETY: bounds-checked by ptr_at; the packet outlives the program's use of it.
+    let h = unsafe { &mut *ip };
+    if h.ver_tc_flow[0] >> 4 != 6 {
+        return None;
+    }
+    let payload = u16::from_be_bytes(h.payload_len) as u32;
+    if payload == 0 || payload + 40 + ETH_LEN as u32 > len {
+        return None;
+    }
+    Some(h)
+}
+
+/// Records an IPv4 packet's flow (call only when the flow log is on).
+#[inline(always)]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the header fields, already loaded"
+)]
+pub fn flow_v4(
+    vpc: u32,
+    data: usize,
+    data_end: usize,
+    ihl: u32,
+    (src, dst, proto, frag): ([u8; 4], [u8; 4], u8, [u8; 2]),
+    v: &Verdict,
+    len: u32,
+) {
+    let mut key = FlowKey {
+        src_vpc: vpc,
+        family: 4,
+        proto,
+        ..FlowKey::default()
+    };
+    for i in 0..4 {
+        key.src[i] = src[i];
+        key.dst[i] = dst[i];
+    }
+    // Ports from the first fragment of TCP and UDP.
+    let first_fragment = u16::from_be_bytes(frag) & 0x1fff == 0;
+    if first_fragment && (proto == IPPROTO_TCP || proto == IPPROTO_UDP) {
+        let l4 = ETH_LEN + ((ihl as usize) & 0x0f) * 4;
+        (key.src_port, key.dst_port) = ports(data, data_end, l4);
+    }
+    flow::record(&mut key, v, len);
+}
+
+/// Records an IPv6 packet's flow (call only when the flow log is on).
+#[inline(always)]
+pub fn flow_v6(
+    vpc: u32,
+    data: usize,
+    data_end: usize,
+    (src, dst, proto): ([u8; 16], [u8; 16], u8),
+    v: &Verdict,
+    len: u32,
+) {
+    let mut key = FlowKey {
+        src_vpc: vpc,
+        family: 6,
+        proto,
+        src,
+        dst,
+        ..FlowKey::default()
+    };
+    if proto == IPPROTO_TCP || proto == IPPROTO_UDP {
+        (key.src_port, key.dst_port) = ports(data, data_end, ETH_LEN + 40);
+    }
+    flow::record(&mut key, v, len);
+}
+
+#[inline(always)]
+fn ipv4(data: usize, data_end: usize, iface: &IfaceInfo, len: u32) -> Verdict {
+    let vpc = iface.vpc;
+    let Some((h, ihl)) = ipv4_hdr(data, data_end, len) else {
+        return drop(vpc, DropReason::Malformed, len);
+    };
+    let fields = (h.src, h.dst, h.proto, h.frag);
+    let v = ipv4_route(data, h, iface, fields.0, fields.1, len);
     // The flow key only when the flow log is on: building it is a good part of the cost.
     if flow::enabled() {
-        let mut key = FlowKey {
-            src_vpc: vpc,
-            family: 4,
-            proto,
-            ..FlowKey::default()
-        };
-        for i in 0..4 {
-            key.src[i] = src[i];
-            key.dst[i] = dst[i];
-        }
-        // Ports from the first fragment of TCP and UDP.
-        let first_fragment = u16::from_be_bytes(frag) & 0x1fff == 0;
-        if first_fragment && (proto == IPPROTO_TCP || proto == IPPROTO_UDP) {
-            let l4 = ETH_LEN + ((ihl as usize) & 0x0f) * 4;
-            (key.src_port, key.dst_port) = ports(data, data_end, l4);
-        }
-        flow::record(&mut key, &v, len);
+        flow_v4(vpc, data, data_end, ihl, fields, &v, len);
     }
     v
 }
@@ -296,16 +455,29 @@ fn ipv4_route(
     if dst[0] & 0xf0 == 0xe0 || dst == [255, 255, 255, 255] {
         return drop(vpc, DropReason::NotUnicast, len);
     }
-    let chosen = choose(
-        vpc,
-        src_table_v4(iface, src),
-        |table| maps::route_v4(table, dst),
-        |dst_vpc| maps::src_v4(dst_vpc, dst).is_some(),
-        len,
-    );
-    let (peering, dir, dst_vpc) = match chosen {
-        Ok(c) => c,
-        Err(v) => return v,
+    let locate = |v: u32| maps::endpoint(v, 4, addr16(dst));
+    let src_table = src_table_v4(iface, src);
+    let host = if src_table.is_some() {
+        match same_vpc(iface, || src_table_v4(iface, dst).is_some(), locate, len) {
+            Ok(h) => h,
+            Err(v) => return v,
+        }
+    } else {
+        0
+    };
+    let (fwd_slot, dst_vpc) = if host != 0 {
+        (0, vpc)
+    } else {
+        match choose(
+            vpc,
+            src_table,
+            |table| maps::route_v4(table, dst),
+            |dst_vpc| maps::src_v4(dst_vpc, dst).is_some(),
+            len,
+        ) {
+            Ok((peering, dir, dst_vpc)) => (fwd_index(peering, dir), dst_vpc),
+            Err(v) => return v,
+        }
     };
     if h.ttl <= 1 {
         return drop(vpc, DropReason::TtlExceeded, len);
@@ -315,13 +487,18 @@ fn ipv4_route(
     check += (check >= 0xffff) as u32;
     h.check = (check as u16).to_be_bytes();
     h.ttl -= 1;
-    deliver(
-        data as *mut EthHdr,
-        vpc,
-        dst_vpc,
-        fwd_index(peering, dir),
-        len,
-    )
+    if host != 0 {
+        return same_vpc_tunnel(vpc, host, len);
+    }
+    deliver(data as *mut EthHdr, vpc, dst_vpc, fwd_slot, len, locate)
+}
+
+/// The tunnel to another host's part of the sending VPC (forwards counted in `PEERD_FWD`
+/// slot 0, which no peering uses).
+#[inline(always)]
+fn same_vpc_tunnel(vpc: u32, host: u32, len: u32) -> Verdict {
+    let vni = maps::VPCS.get(vpc).map(|v| v.vni).unwrap_or(0);
+    tunnel(vpc, vpc, vni, host, 0, len)
 }
 
 /// Verifies the IPv4 header checksum over `ihl` 32-bit words (bounded loop).
@@ -362,33 +539,13 @@ fn ipv4_checksum_ok(data: usize, data_end: usize, ihl: u32) -> bool {
 #[inline(always)]
 fn ipv6(data: usize, data_end: usize, iface: &IfaceInfo, len: u32) -> Verdict {
     let vpc = iface.vpc;
-    let Some(ip) = ptr_at::<Ipv6Hdr>(data, data_end, ETH_LEN) else {
+    let Some(h) = ipv6_hdr(data, data_end, len) else {
         return drop(vpc, DropReason::Malformed, len);
     };
-    // SAFETY: bounds-checked by ptr_at.
-    let h = unsafe { &mut *ip };
-    if h.ver_tc_flow[0] >> 4 != 6 {
-        return drop(vpc, DropReason::Malformed, len);
-    }
-    let payload = u16::from_be_bytes(h.payload_len) as u32;
-    if payload == 0 || payload + 40 + ETH_LEN as u32 > len {
-        return drop(vpc, DropReason::Malformed, len);
-    }
-    let (src, dst, proto) = (h.src, h.dst, h.next_hdr);
-    let v = ipv6_route(data, h, iface, src, dst, len);
+    let fields = (h.src, h.dst, h.next_hdr);
+    let v = ipv6_route(data, h, iface, fields.0, fields.1, len);
     if flow::enabled() {
-        let mut key = FlowKey {
-            src_vpc: vpc,
-            family: 6,
-            proto,
-            src,
-            dst,
-            ..FlowKey::default()
-        };
-        if proto == IPPROTO_TCP || proto == IPPROTO_UDP {
-            (key.src_port, key.dst_port) = ports(data, data_end, ETH_LEN + 40);
-        }
-        flow::record(&mut key, &v, len);
+        flow_v6(vpc, data, data_end, fields, &v, len);
     }
     v
 }
@@ -407,26 +564,36 @@ fn ipv6_route(
     if dst[0] == 0xff || (dst[0] == 0xfe && dst[1] & 0xc0 == 0x80) {
         return drop(vpc, DropReason::NotUnicast, len);
     }
-    let chosen = choose(
-        vpc,
-        src_table_v6(iface, &src),
-        |table| maps::route_v6(table, dst),
-        |dst_vpc| maps::src_v6(dst_vpc, dst).is_some(),
-        len,
-    );
-    let (peering, dir, dst_vpc) = match chosen {
-        Ok(c) => c,
-        Err(v) => return v,
+    let locate = |v: u32| maps::endpoint(v, 6, dst);
+    let src_table = src_table_v6(iface, &src);
+    let host = if src_table.is_some() {
+        match same_vpc(iface, || src_table_v6(iface, &dst).is_some(), locate, len) {
+            Ok(h) => h,
+            Err(v) => return v,
+        }
+    } else {
+        0
+    };
+    let (fwd_slot, dst_vpc) = if host != 0 {
+        (0, vpc)
+    } else {
+        match choose(
+            vpc,
+            src_table,
+            |table| maps::route_v6(table, dst),
+            |dst_vpc| maps::src_v6(dst_vpc, dst).is_some(),
+            len,
+        ) {
+            Ok((peering, dir, dst_vpc)) => (fwd_index(peering, dir), dst_vpc),
+            Err(v) => return v,
+        }
     };
     if h.hop_limit <= 1 {
         return drop(vpc, DropReason::TtlExceeded, len);
     }
     h.hop_limit -= 1;
-    deliver(
-        data as *mut EthHdr,
-        vpc,
-        dst_vpc,
-        fwd_index(peering, dir),
-        len,
-    )
+    if host != 0 {
+        return same_vpc_tunnel(vpc, host, len);
+    }
+    deliver(data as *mut EthHdr, vpc, dst_vpc, fwd_slot, len, locate)
 }

@@ -34,7 +34,7 @@ pub fn record(key: &mut FlowKey, verdict: &Verdict, len: u32) {
     // SAFETY: helper without preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
     let (verdict, dst_vpc, peering) = match verdict.action {
-        Action::Deliver => (FLOW_ACCEPT, verdict.dst_vpc, verdict.fwd_slot / 2),
+        Action::Deliver | Action::Tunnel => (FLOW_ACCEPT, verdict.dst_vpc, verdict.fwd_slot / 2),
         Action::Drop => (FLOW_REJECT_BASE + verdict.reason as u32, 0, 0),
         Action::Reply => return,
     };

@@ -4,9 +4,10 @@ use aya_ebpf::{
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, PerCpuArray, PerCpuHashMap},
 };
 use peerd_common::{
-    drop_index, Counter, DropReason, FlowBudget, FlowKey, FlowValue, IfaceInfo, KeyV4, KeyV6,
-    PeeringInfo, RouteTarget, SrcInfo, VpcInfo, CONFIG_ENTRIES, CONFIG_FLAGS, CONFIG_FLOW_WINDOW,
-    DROP_SLOTS, MAX_FLOWS, MAX_PEERINGS, MAX_PREFIXES, MAX_VPCS,
+    drop_index, host_index, Counter, DropReason, EndpointKey, FlowBudget, FlowKey, FlowValue,
+    IfaceInfo, KeyV4, KeyV6, PeeringInfo, RouteTarget, SrcInfo, Underlay, VpcInfo, CONFIG_ENTRIES,
+    CONFIG_FLAGS, CONFIG_FLOW_WINDOW, CONFIG_VXLAN_IFINDEX, DROP_SLOTS, MAX_ENDPOINTS, MAX_FLOWS,
+    MAX_HOSTS, MAX_PEERINGS, MAX_PREFIXES, MAX_VPCS,
 };
 
 #[map(name = "PEERD_IFACES")]
@@ -51,6 +52,28 @@ pub static FLOW_LOST: PerCpuArray<Counter> = PerCpuArray::pinned(1, 0);
 #[map(name = "PEERD_FLOW_BUDGET")]
 pub static FLOW_BUDGET: Array<FlowBudget> = Array::pinned(MAX_VPCS, 0);
 
+/// Cluster mode: where each workload address of a VPC present on other hosts is.
+#[map(name = "PEERD_ENDPOINTS")]
+pub static ENDPOINTS: HashMap<EndpointKey, u32> = HashMap::pinned(MAX_ENDPOINTS, 0);
+
+#[map(name = "PEERD_HOSTS")]
+pub static HOSTS: Array<Underlay> = Array::pinned(MAX_HOSTS, 0);
+
+#[map(name = "PEERD_UNDERLAY")]
+pub static UNDERLAY: HashMap<Underlay, u32> = HashMap::pinned(MAX_HOSTS, 0);
+
+#[map(name = "PEERD_VNIS")]
+pub static VNIS: HashMap<u32, u32> = HashMap::pinned(MAX_VPCS, 0);
+
+#[map(name = "PEERD_ALLOWED_V4")]
+pub static ALLOWED_V4: LpmTrie<KeyV4, u32> = LpmTrie::pinned(MAX_PREFIXES, 0);
+
+#[map(name = "PEERD_ALLOWED_V6")]
+pub static ALLOWED_V6: LpmTrie<KeyV6, u32> = LpmTrie::pinned(MAX_PREFIXES, 0);
+
+#[map(name = "PEERD_HOST_COUNTERS")]
+pub static HOST_COUNTERS: PerCpuArray<Counter> = PerCpuArray::pinned(MAX_HOSTS * 2, 0);
+
 #[inline(always)]
 pub fn config() -> u32 {
     CONFIG.get(CONFIG_FLAGS).copied().unwrap_or(0)
@@ -60,6 +83,51 @@ pub fn config() -> u32 {
 #[inline(always)]
 pub fn flow_window() -> u32 {
     CONFIG.get(CONFIG_FLOW_WINDOW).copied().unwrap_or(0)
+}
+
+/// Cluster mode: the VXLAN device (0: none).
+#[inline(always)]
+pub fn vxlan_ifindex() -> u32 {
+    CONFIG.get(CONFIG_VXLAN_IFINDEX).copied().unwrap_or(0)
+}
+
+/// Packets sent to (`HOST_TX`) or received from (`HOST_RX`) a host through the tunnel.
+#[inline(always)]
+pub fn count_host(host: u32, dir: u32, len: u32) {
+    bump(&HOST_COUNTERS, host_index(host, dir), len);
+}
+
+/// The host slot of workload `addr` (IPv4 in the first 4 bytes) of VPC `vpc`.
+#[inline(always)]
+pub fn endpoint(vpc: u32, family: u32, addr: [u8; 16]) -> Option<u32> {
+    // SAFETY: map lookup result is valid for the program's run.
+    unsafe { ENDPOINTS.get(&EndpointKey { vpc, family, addr }) }.copied()
+}
+
+#[inline(always)]
+pub fn allowed_v4(vpc: u32, addr: [u8; 4]) -> Option<u32> {
+    ALLOWED_V4
+        .get(Key::new(
+            64,
+            KeyV4 {
+                id: vpc.to_be_bytes(),
+                addr,
+            },
+        ))
+        .copied()
+}
+
+#[inline(always)]
+pub fn allowed_v6(vpc: u32, addr: [u8; 16]) -> Option<u32> {
+    ALLOWED_V6
+        .get(Key::new(
+            160,
+            KeyV6 {
+                id: vpc.to_be_bytes(),
+                addr,
+            },
+        ))
+        .copied()
 }
 
 #[inline(always)]

@@ -16,8 +16,9 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use peerd_common::{
-    maps as names, Counter, DropReason, FlowKey, FlowValue, IfaceInfo, KeyV4, KeyV6, PeeringInfo,
-    RouteTarget, SrcInfo, VpcInfo, CONFIG_FLAGS, CONFIG_FLOW_LOG, CONFIG_FLOW_WINDOW, DROP_SLOTS,
+    maps as names, Counter, DropReason, EndpointKey, FlowKey, FlowValue, IfaceInfo, KeyV4, KeyV6,
+    PeeringInfo, RouteTarget, SrcInfo, Underlay, VpcInfo, CONFIG_FLAGS, CONFIG_FLOW_LOG,
+    CONFIG_FLOW_WINDOW, DROP_SLOTS, HOST_RX, HOST_TX,
 };
 use tracing::{info, warn};
 
@@ -27,6 +28,8 @@ use crate::tables::Tables;
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/peerd"));
 pub const TC_PROGRAM: &str = "peerd_tc";
 pub const XDP_PROGRAM: &str = "peerd_xdp";
+/// Cluster mode: on the VXLAN device's ingress.
+pub const VXLAN_RX_PROGRAM: &str = "peerd_vxlan_rx";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -131,8 +134,14 @@ pub struct Datapath {
     pub(crate) src_v6: LpmTrie<MapData, KeyV6, SrcInfo>,
     pub(crate) routes_v4: LpmTrie<MapData, KeyV4, RouteTarget>,
     pub(crate) routes_v6: LpmTrie<MapData, KeyV6, RouteTarget>,
+    pub(crate) endpoints: HashMap<MapData, EndpointKey, u32>,
+    pub(crate) hosts: Array<MapData, Underlay>,
+    pub(crate) underlay: HashMap<MapData, Underlay, u32>,
+    pub(crate) vnis: HashMap<MapData, u32, u32>,
+    pub(crate) allowed_v4: LpmTrie<MapData, KeyV4, u32>,
+    pub(crate) allowed_v6: LpmTrie<MapData, KeyV6, u32>,
     counters: Counters,
-    config: Array<MapData, u32>,
+    pub(crate) config: Array<MapData, u32>,
     flows: PerCpuHashMap<MapData, FlowKey, FlowValue>,
     flow_lost: PerCpuArray<MapData, Counter>,
 }
@@ -202,10 +211,10 @@ impl Datapath {
                 path: pin_dir.into(),
                 source: Box::new(source),
             })?;
-        {
+        for name in [TC_PROGRAM, VXLAN_RX_PROGRAM] {
             let prog: &mut SchedClassifier = ebpf
-                .program_mut(TC_PROGRAM)
-                .ok_or(Error::MissingProgram(TC_PROGRAM))?
+                .program_mut(name)
+                .ok_or(Error::MissingProgram(name))?
                 .try_into()
                 .map_err(|source| Error::Program {
                     op: "type",
@@ -215,6 +224,8 @@ impl Datapath {
                 op: "load",
                 source: Box::new(source),
             })?;
+        }
+        {
             let xdp: &mut Xdp = ebpf
                 .program_mut(XDP_PROGRAM)
                 .ok_or(Error::MissingProgram(XDP_PROGRAM))?
@@ -236,9 +247,16 @@ impl Datapath {
             src_v6: take!(ebpf, names::SRC_V6),
             routes_v4: take!(ebpf, names::ROUTES_V4),
             routes_v6: take!(ebpf, names::ROUTES_V6),
+            endpoints: take!(ebpf, names::ENDPOINTS),
+            hosts: take!(ebpf, names::HOSTS),
+            underlay: take!(ebpf, names::UNDERLAY),
+            vnis: take!(ebpf, names::VNIS),
+            allowed_v4: take!(ebpf, names::ALLOWED_V4),
+            allowed_v6: take!(ebpf, names::ALLOWED_V6),
             counters: Counters {
                 drops: take!(ebpf, names::DROPS),
                 fwd: take!(ebpf, names::FWD),
+                hosts: take!(ebpf, names::HOST_COUNTERS),
             },
             config: take!(ebpf, names::CONFIG),
             flows: take!(ebpf, names::FLOWS),
@@ -256,6 +274,13 @@ impl Datapath {
     pub fn tc_program(&mut self) -> &mut SchedClassifier {
         self.ebpf
             .program_mut(TC_PROGRAM)
+            .and_then(|p| p.try_into().ok())
+            .expect("loaded in Datapath::load")
+    }
+
+    pub fn vxlan_rx_program(&mut self) -> &mut SchedClassifier {
+        self.ebpf
+            .program_mut(VXLAN_RX_PROGRAM)
             .and_then(|p| p.try_into().ok())
             .expect("loaded in Datapath::load")
     }
@@ -371,6 +396,8 @@ impl Datapath {
 pub struct Counters {
     drops: PerCpuArray<MapData, Counter>,
     fwd: PerCpuArray<MapData, Counter>,
+    /// Cluster mode: per host slot, sent and received through the tunnel.
+    hosts: PerCpuArray<MapData, Counter>,
 }
 
 fn sum(values: &PerCpuValues<Counter>) -> Counter {
@@ -394,6 +421,7 @@ impl Counters {
         Ok(Counters {
             drops: open(names::DROPS)?,
             fwd: open(names::FWD)?,
+            hosts: open(names::HOST_COUNTERS)?,
         })
     }
 
@@ -419,6 +447,17 @@ impl Counters {
             .get(&peerd_common::fwd_index(peering, dir), 0)
             .map(|v| sum(&v))
             .unwrap_or_default()
+    }
+
+    /// Cluster mode: (sent to, received from) host slot `host` through the tunnel.
+    pub fn host(&self, host: u32) -> (Counter, Counter) {
+        let read = |dir| {
+            self.hosts
+                .get(&peerd_common::host_index(host, dir), 0)
+                .map(|v| sum(&v))
+                .unwrap_or_default()
+        };
+        (read(HOST_TX), read(HOST_RX))
     }
 
     /// Zeroes the counters of a VPC slot (a new VPC got it): counters reset only when their

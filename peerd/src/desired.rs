@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use ipnet::IpNet;
 use peerd_common::{
     PeeringInfo, RouteTarget, VpcInfo, PEERING_ACTIVE, ROUTE_INSIDE_DST, TABLE_NONE, VPC_PRESENT,
+    VPC_REMOTE,
 };
 
 use crate::{
@@ -36,6 +37,16 @@ pub struct Facts {
     pub attached: BTreeSet<(String, u32)>,
     /// Host links that still have a pinned XDP link (while switching XDP -> TC).
     pub xdp_links: BTreeSet<String>,
+    /// Cluster mode: the VXLAN device (peerd's, in collect_md mode), if it exists.
+    pub vxlan: Option<VxlanFacts>,
+}
+
+/// What is known of the host's VXLAN device.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VxlanFacts {
+    pub ifindex: u32,
+    /// The receive program is attached to it (it may be up).
+    pub rx_attached: bool,
 }
 
 /// One VPC as the host should have it.
@@ -290,6 +301,7 @@ pub fn desired(inp: &Inputs<'_>) -> Desired {
                     flags: VPC_PRESENT,
                     ns_mac: l.ns_mac,
                     gw_mac: l.host_mac,
+                    vni: 0,
                 },
             );
             d.programs.insert(host_if.clone(), l.host_ifindex);
@@ -318,9 +330,44 @@ pub fn desired(inp: &Inputs<'_>) -> Desired {
         );
     }
     if let Some(f) = &inp.fleet {
-        d.cluster = Some(cluster(inp, f, &d));
+        let c = cluster(inp, f, &d);
+        cluster_tables(&mut d.tables, &c, inp.facts.vxlan);
+        d.cluster = Some(c);
     }
     d
+}
+
+/// The datapath's part of cluster mode: VNIs and `VPC_REMOTE` on the VPCs (a VPC that is only
+/// on other hosts gets a slot entry without a link), the endpoints, hosts, VNIs and allowed
+/// sources, and the VXLAN device once it exists.
+fn cluster_tables(t: &mut Tables, c: &ClusterWant, vxlan: Option<VxlanFacts>) {
+    for (&slot, &vni) in &c.vpc_vni {
+        let remote = c.remote.contains(&slot);
+        match t.vpcs.get_mut(&slot) {
+            Some(v) => {
+                v.vni = vni;
+                if remote {
+                    v.flags |= VPC_REMOTE;
+                }
+            }
+            None if remote => {
+                t.vpcs.insert(
+                    slot,
+                    VpcInfo {
+                        flags: VPC_REMOTE,
+                        vni,
+                        ..VpcInfo::default()
+                    },
+                );
+            }
+            None => {}
+        }
+    }
+    t.endpoints = c.endpoints.clone();
+    t.hosts = c.hosts.clone();
+    t.vnis = c.vnis.clone();
+    t.allowed = c.allowed.clone();
+    t.vxlan_ifindex = vxlan.map_or(0, |v| v.ifindex);
 }
 
 /// A VPC's link MTU: as configured, and in cluster mode at most what the underlay carries
@@ -491,19 +538,23 @@ mod tests {
         (cfg, p, st)
     }
 
+    fn on_one_host(cfg: &Config, p: &[Peering], st: &State, facts: &Facts) -> Desired {
+        desired(&Inputs {
+            config: cfg,
+            peerings: p,
+            slots: st,
+            facts,
+            fleet: None,
+        })
+    }
+
     const AB: &str = "[[vpc]]\nname = \"a\"\ncidrs = [\"10.0.0.0/16\"]\n[[vpc.peering]]\nid = \"pcx-ab\"\npeer = \"b\"\n[[vpc]]\nname = \"b\"\ncidrs = [\"10.1.0.0/16\"]\n[[vpc.peering]]\nid = \"pcx-ab\"\npeer = \"a\"\n";
 
     #[test]
     fn links_without_facts_get_no_entries_and_stay_down_until_attached() {
         let (cfg, p, st) = setup(AB);
         let mut facts = Facts::default();
-        let d = desired(&Inputs {
-            config: &cfg,
-            peerings: &p,
-            slots: &st,
-            facts: &facts,
-            fleet: None,
-        });
+        let d = on_one_host(&cfg, &p, &st, &facts);
         assert!(d.tables.ifaces.is_empty() && d.tables.vpcs.is_empty());
         assert_eq!(d.tables.routes.len(), 2, "routes need no facts");
         assert!(!d.vpcs["a"].up);
@@ -515,35 +566,14 @@ mod tests {
                 ..Default::default()
             },
         );
-        let d = desired(&Inputs {
-            config: &cfg,
-            peerings: &p,
-            slots: &st,
-            facts: &facts,
-            fleet: None,
-        });
+        let d = on_one_host(&cfg, &p, &st, &facts);
         assert_eq!(d.tables.ifaces.get(&7), Some(&st.vpcs["a"]));
         assert_eq!(d.programs.get(&a_if), Some(&7));
         assert!(!d.vpcs["a"].up, "not up before the program is attached");
         facts.attached.insert((a_if, 7));
-        let d2 = desired(&Inputs {
-            config: &cfg,
-            peerings: &p,
-            slots: &st,
-            facts: &facts,
-            fleet: None,
-        });
+        let d2 = on_one_host(&cfg, &p, &st, &facts);
         assert!(d2.vpcs["a"].up);
         // Pure: the same inputs, the same output.
-        assert_eq!(
-            d2,
-            desired(&Inputs {
-                config: &cfg,
-                peerings: &p,
-                slots: &st,
-                facts: &facts,
-                fleet: None,
-            })
-        );
+        assert_eq!(d2, on_one_host(&cfg, &p, &st, &facts));
     }
 }

@@ -5,6 +5,7 @@
 //! reconciler per resource) — driven by [`daemon`], the one task that owns mutable state.
 pub mod agent;
 pub mod api;
+pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod control;
@@ -18,6 +19,7 @@ pub mod lifecycle;
 pub mod metrics;
 pub mod netlink;
 pub mod netns;
+pub mod notify;
 pub mod reconcile;
 pub mod state;
 pub mod status;

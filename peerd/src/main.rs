@@ -1,14 +1,14 @@
 //! `peerd`: the daemon and its command line (SPEC §6).
 use std::{
-    io::IsTerminal as _,
     path::{Path, PathBuf},
     process::ExitCode,
     sync::Arc,
 };
 
-use clap::{Parser, Subcommand};
+use clap::Parser as _;
 use peerd::{
     api::Api,
+    cli::{exit, init_logging, Cli, Cmd, FleetArgs, DEFAULT_SOCKET},
     config::{self, Config},
     control::{self, Request},
     daemon::{Daemon, Msg},
@@ -19,124 +19,38 @@ use peerd::{
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-const DEFAULT_CONFIG: &str = "/etc/peerd/peerd.toml";
-const DEFAULT_SOCKET: &str = "/run/peerd/peerd.sock";
-
-#[derive(Parser)]
-#[command(
-    name = "peerd",
-    version,
-    about = "VPC peering for Linux hypervisor hosts"
-)]
-struct Cli {
-    /// Configuration file.
-    #[arg(long, global = true, default_value = DEFAULT_CONFIG)]
-    config: PathBuf,
-    #[command(subcommand)]
-    cmd: Cmd,
+/// Why a command failed, and so its exit code (`peerd::cli::exit`).
+enum Failure {
+    /// Exit 1, with this message on stderr (empty: already printed, e.g. as JSON).
+    Failed(String),
+    /// Exit 3: nothing answers on this control socket.
+    NotRunning(PathBuf),
 }
 
-#[derive(Subcommand)]
-enum Cmd {
-    /// Run the daemon in the foreground.
-    Run,
-    /// Validate the configuration; exit 1 with file:line:col messages.
-    Check,
-    /// Ask the running daemon for its state.
-    Status {
-        #[arg(long)]
-        json: bool,
-        /// Graphviz of VPCs and peerings, coloured by state.
-        #[arg(long, conflicts_with = "json")]
-        dot: bool,
-        /// Control socket (default: from the configuration).
-        #[arg(long)]
-        socket: Option<PathBuf>,
-    },
-    /// What applying --config would change (namespaces, links, routes, peering states) compared
-    /// with what the daemon has in force, changing nothing. --config may be a staged file.
-    /// With FILEs, --delete or --etcd (cluster mode): what `peerd apply` would change fleet-wide.
-    Plan {
-        #[arg(long)]
-        socket: Option<PathBuf>,
-        #[command(flatten)]
-        fleet: FleetArgs,
-    },
-    /// Cluster mode: validate [[vpc]] files against the VPCs in etcd and write them in one
-    /// transaction (etcd from --config's [cluster], or --etcd).
-    Apply {
-        #[command(flatten)]
-        fleet: FleetArgs,
-    },
-    /// Make the running daemon re-read its configuration (same as SIGHUP).
-    Reload {
-        #[arg(long)]
-        socket: Option<PathBuf>,
-    },
-    /// What the datapath does with a packet from VPC --from, and why.
-    Explain {
-        #[arg(long)]
-        from: String,
-        #[arg(long)]
-        src: std::net::IpAddr,
-        #[arg(long)]
-        dst: std::net::IpAddr,
-        #[arg(long)]
-        json: bool,
-        #[arg(long)]
-        socket: Option<PathBuf>,
-    },
-    /// Remove everything peerd created: namespaces, links, pins, state.
-    Teardown {
-        #[arg(long)]
-        socket: Option<PathBuf>,
-    },
-}
-
-/// What `apply` and cluster-mode `plan` take.
-#[derive(clap::Args)]
-struct FleetArgs {
-    /// Files of [[vpc]] tables.
-    files: Vec<PathBuf>,
-    /// Remove this VPC from the fleet (its peers' peerings become disconnected).
-    #[arg(long, value_name = "VPC")]
-    delete: Vec<String>,
-    /// etcd endpoint(s), instead of the [cluster] of --config.
-    #[arg(long, value_name = "URL", value_delimiter = ',')]
-    etcd: Vec<String>,
-    /// Key prefix in etcd (default: [cluster] key_prefix, or "/peerd/" with --etcd).
-    #[arg(long)]
-    key_prefix: Option<String>,
-}
-
-impl FleetArgs {
-    fn is_empty(&self) -> bool {
-        self.files.is_empty() && self.delete.is_empty() && self.etcd.is_empty()
+impl From<String> for Failure {
+    fn from(e: String) -> Self {
+        Failure::Failed(e)
     }
+}
 
-    fn run(&self, config: &Path, plan: bool) -> Result<(), String> {
-        let t = peerd::cluster::cli::target(config, &self.etcd, self.key_prefix.as_deref())?;
-        if plan {
-            peerd::cluster::cli::plan_command(&t, &self.files, &self.delete)
-        } else {
-            peerd::cluster::cli::apply_command(&t, &self.files, &self.delete)
+/// A request to the daemon; no answer on the socket is [`Failure::NotRunning`].
+fn ask(socket: &Path, req: &Request) -> Result<serde_json::Value, Failure> {
+    control::request(socket, req).map_err(|e| match e {
+        control::Error::Connect { path, source }
+            if source.kind() != std::io::ErrorKind::PermissionDenied =>
+        {
+            Failure::NotRunning(path)
         }
-    }
+        e => Failure::Failed(e.to_string()),
+    })
 }
 
-fn init_logging() {
-    use tracing_subscriber::{fmt, EnvFilter};
-    let filter = EnvFilter::try_from_env("PEERD_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    // Under systemd (JOURNAL_STREAM set) journald adds timestamps; skip ours and colours.
-    let journald = std::env::var_os("JOURNAL_STREAM").is_some();
-    let b = fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(!journald && std::io::stderr().is_terminal());
-    if journald {
-        b.without_time().init();
+fn fleet_run(fleet: &FleetArgs, config: &Path, plan: bool) -> Result<(), String> {
+    let t = peerd::cluster::cli::target(config, &fleet.etcd, fleet.key_prefix.as_deref())?;
+    if plan {
+        peerd::cluster::cli::plan_command(&t, &fleet.files, &fleet.delete)
     } else {
-        b.init();
+        peerd::cluster::cli::apply_command(&t, &fleet.files, &fleet.delete)
     }
 }
 
@@ -159,20 +73,21 @@ fn socket_for(cfg_path: &Path, explicit: Option<PathBuf>) -> PathBuf {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    init_logging(cli.log_format);
+    let sock = |s: peerd::cli::SocketArg| socket_for(&cli.config, s.socket);
     let result = match cli.cmd {
-        Cmd::Run => run(&cli.config),
-        Cmd::Check => check(&cli.config),
-        Cmd::Status { json, dot, socket } => status(&socket_for(&cli.config, socket), json, dot),
-        Cmd::Plan { socket, fleet } if fleet.is_empty() => {
-            plan(&socket_for(&cli.config, socket), &cli.config)
-        }
-        Cmd::Plan { fleet, .. } => fleet.run(&cli.config, true),
-        Cmd::Apply { fleet } => fleet.run(&cli.config, false),
+        Cmd::Run => run(&cli.config).map_err(Failure::from),
+        Cmd::Check { json } => check(&cli.config, json),
+        Cmd::Status { json, dot, socket } => status(&sock(socket), json, dot),
+        Cmd::Plan {
+            json,
+            socket,
+            fleet,
+        } if fleet.is_empty() => plan(&sock(socket), &cli.config, json),
+        Cmd::Plan { json, fleet, .. } => fleet_plan(&fleet, &cli.config, json),
+        Cmd::Apply { fleet } => fleet_run(&fleet, &cli.config, false).map_err(Failure::from),
         Cmd::Reload { socket } => {
-            control::request(&socket_for(&cli.config, socket), &Request::Reload)
-                .map(|_| println!("reloaded"))
-                .map_err(|e| e.to_string())
+            ask(&sock(socket), &Request::Reload).map(|_| println!("reloaded"))
         }
         Cmd::Explain {
             from,
@@ -180,25 +95,61 @@ fn main() -> ExitCode {
             dst,
             json,
             socket,
-        } => explain(
-            &socket_for(&cli.config, socket),
-            Request::Explain { from, src, dst },
-            json,
-        ),
-        Cmd::Teardown { socket } => teardown(&cli.config, socket),
+        } => explain(&sock(socket), Request::Explain { from, src, dst }, json),
+        Cmd::Teardown { socket } => teardown(&cli.config, socket.socket).map_err(Failure::from),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("{e}");
-            ExitCode::FAILURE
+        Ok(()) => ExitCode::from(exit::OK),
+        Err(Failure::Failed(e)) => {
+            if !e.is_empty() {
+                eprintln!("{e}");
+            }
+            ExitCode::from(exit::FAILED)
+        }
+        Err(Failure::NotRunning(socket)) => {
+            eprintln!("peerd is not running (no answer on {})", socket.display());
+            ExitCode::from(exit::NOT_RUNNING)
         }
     }
 }
 
-fn check(path: &Path) -> Result<(), String> {
-    let cfg = Config::load(path).map_err(|e| e.to_string())?;
+fn print_json(v: &serde_json::Value) {
+    println!("{}", serde_json::to_string_pretty(v).expect("json"));
+}
+
+/// Loads `path` strictly; invalid: the errors (as JSON with `json`), exit 1.
+fn load_checked(path: &Path, json: bool) -> Result<Config, Failure> {
+    Config::load(path).map_err(|e| {
+        if json {
+            print_json(&peerd::cli::invalid_json(path, &e));
+            Failure::Failed(String::new())
+        } else {
+            Failure::Failed(e.to_string())
+        }
+    })
+}
+
+fn check(path: &Path, json: bool) -> Result<(), Failure> {
+    let cfg = load_checked(path, json)?;
     let peerings = config::evaluate_peerings(&cfg, &|_| None);
+    if json {
+        let vpcs: Vec<&str> = cfg.vpcs.iter().map(|v| v.name.as_str()).collect();
+        let peerings: Vec<serde_json::Value> = peerings
+            .iter()
+            .map(|p| {
+                serde_json::json!({
+                    "id": p.id.to_string(),
+                    "vpcs": [p.vpcs[0].to_string(), p.vpcs[1].to_string()],
+                    "state": p.state.to_string(),
+                    "reason": p.reason.as_ref().map(|r| r.to_string()),
+                })
+            })
+            .collect();
+        print_json(&serde_json::json!({
+            "ok": true, "file": path, "errors": [], "vpcs": vpcs, "peerings": peerings,
+        }));
+        return Ok(());
+    }
     println!(
         "{}: ok, {} VPCs, {} peerings",
         path.display(),
@@ -212,6 +163,30 @@ fn check(path: &Path) -> Result<(), String> {
             p.id, p.vpcs[0], p.vpcs[1], p.state
         );
     }
+    Ok(())
+}
+
+/// Cluster-mode `plan`: what `apply` would change fleet-wide.
+fn fleet_plan(fleet: &FleetArgs, config: &Path, json: bool) -> Result<(), Failure> {
+    if !json {
+        return fleet_run(fleet, config, true).map_err(Failure::from);
+    }
+    let t = peerd::cluster::cli::target(config, &fleet.etcd, fleet.key_prefix.as_deref())?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("starting runtime: {e}"))?;
+    let now = state::unix(std::time::SystemTime::now());
+    let lines = rt
+        .block_on(peerd::cluster::plan(
+            &t.etcd,
+            &fleet.files,
+            &fleet.delete,
+            &t.quotas,
+            now,
+        ))
+        .map_err(|e| e.to_string())?;
+    print_json(&peerd::cli::plan_json(&lines));
     Ok(())
 }
 
@@ -241,10 +216,10 @@ fn age(since: Option<u64>) -> String {
     }
 }
 
-fn status(socket: &Path, json: bool, dot: bool) -> Result<(), String> {
-    let s = control::request(socket, &Request::Status).map_err(|e| e.to_string())?;
+fn status(socket: &Path, json: bool, dot: bool) -> Result<(), Failure> {
+    let s = ask(socket, &Request::Status)?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&s).expect("json"));
+        print_json(&s);
         return Ok(());
     }
     let vpcs = s["vpcs"].as_array().cloned().unwrap_or_default();
@@ -355,13 +330,18 @@ fn status(socket: &Path, json: bool, dot: bool) -> Result<(), String> {
 }
 
 /// Plans `config` (which may be a staged copy, e.g. peerd.toml.new) against what is in force.
-fn plan(socket: &Path, config: &Path) -> Result<(), String> {
+/// An invalid `config` is reported as `check` does, before asking the daemon.
+fn plan(socket: &Path, config: &Path, json: bool) -> Result<(), Failure> {
+    load_checked(config, json)?;
     let path = config
         .canonicalize()
         .map_err(|e| format!("{}: {e}", config.display()))?;
-    let v = control::request(socket, &Request::Plan { config: Some(path) })
-        .map_err(|e| e.to_string())?;
+    let v = ask(socket, &Request::Plan { config: Some(path) })?;
     let lines: Vec<String> = serde_json::from_value(v).map_err(|e| e.to_string())?;
+    if json {
+        print_json(&peerd::cli::plan_json(&lines));
+        return Ok(());
+    }
     if lines.is_empty() {
         println!("no changes");
     }
@@ -371,10 +351,10 @@ fn plan(socket: &Path, config: &Path) -> Result<(), String> {
     Ok(())
 }
 
-fn explain(socket: &Path, req: Request, json: bool) -> Result<(), String> {
-    let v = control::request(socket, &req).map_err(|e| e.to_string())?;
+fn explain(socket: &Path, req: Request, json: bool) -> Result<(), Failure> {
+    let v = ask(socket, &req)?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&v).expect("json"));
+        print_json(&v);
         return Ok(());
     }
     let e: Explanation = serde_json::from_value(v).map_err(|e| e.to_string())?;
@@ -393,7 +373,12 @@ fn explain(socket: &Path, req: Request, json: bool) -> Result<(), String> {
         _ => println!("  route:       none matches"),
     }
     match (e.verdict.as_str(), &e.to, &e.reason) {
-        ("deliver", Some(to), _) => println!("  verdict:     DELIVER into VPC {to}"),
+        ("deliver", Some(to), _) => match &e.host {
+            Some(h) => {
+                println!("  verdict:     DELIVER into VPC {to} on host {h} (through the tunnel)")
+            }
+            None => println!("  verdict:     DELIVER into VPC {to}"),
+        },
         (_, _, Some(r)) => println!("  verdict:     DROP ({r})"),
         _ => println!("  verdict:     {}", e.verdict),
     }
@@ -557,7 +542,7 @@ async fn run_async(path: &Path) -> Result<(), String> {
         }
     }
 
-    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+    peerd::notify::ready();
     info!(socket = %socket.display(), "peerd ready");
     loop {
         tokio::select! {
@@ -569,7 +554,7 @@ async fn run_async(path: &Path) -> Result<(), String> {
             _ = int.recv() => break,
         }
     }
-    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    peerd::notify::stopping();
     let _ = msg_tx.send(Msg::Stop).await;
     let _ = tokio::task::spawn_blocking(move || owner.join()).await;
     let _ = std::fs::remove_file(&socket);

@@ -38,10 +38,14 @@ use prometheus_client::{
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tracing::debug;
 
+use ipnet::IpNet;
+
 use crate::{
+    config::PeeringState,
     control::{AcceptBackoff, Admit, Slot, Slots},
     datapath::Counters,
-    status::Snapshot,
+    status::{MapUsage, Snapshot, Status},
+    tables::Tables,
 };
 
 type Labels = Vec<(String, String)>;
@@ -53,30 +57,63 @@ fn labels(pairs: &[(&str, &str)]) -> Labels {
         .collect()
 }
 
-/// The text of one scrape.
+/// The text of one scrape: one function per family group, each registering its own.
 pub fn render(snap: &Snapshot, counters: Option<&Counters>) -> String {
     let st = crate::status::status(snap, counters);
     let mut reg = Registry::default();
+    build(&mut reg);
+    peerings(&mut reg, &st);
+    vpcs(&mut reg, &st);
+    config_and_reconciles(&mut reg, snap, &st);
+    maps(&mut reg, &snap.maps);
+    backstop_and_flow_log(&mut reg, &st);
+    let mut out = String::new();
+    encode(&mut out, &reg).expect("encoding to a String cannot fail");
+    out
+}
 
+/// A counter family with no labels, set to `value`.
+fn counter(reg: &mut Registry, name: &str, help: &str, value: u64) {
+    let c = Counter::<u64>::default();
+    c.inc_by(value);
+    reg.register(name, help, c);
+}
+
+/// A gauge with no labels, set to `value`.
+fn gauge(reg: &mut Registry, name: &str, help: &str, value: i64) {
+    let g = Gauge::<i64>::default();
+    g.set(value);
+    reg.register(name, help, g);
+}
+
+fn build(reg: &mut Registry) {
     reg.register(
         "peerd_build",
         "peerd build information",
-        Info::new(labels(&[("version", env!("CARGO_PKG_VERSION"))])),
+        Info::new(labels(&[
+            ("version", env!("CARGO_PKG_VERSION")),
+            ("commit", env!("PEERD_GIT_COMMIT")),
+        ])),
     );
+}
 
+/// Peering state as a state set (every state of the lifecycle, 1 for the current one, so no
+/// series vanishes while the peering exists) and forwarded traffic per direction.
+fn peerings(reg: &mut Registry, st: &Status) {
     let fwd_pkts = Family::<Labels, Counter>::default();
     let fwd_bytes = Family::<Labels, Counter>::default();
     let state = Family::<Labels, Gauge>::default();
     for p in &st.peerings {
-        let s = p.state.to_string();
-        state
-            .get_or_create(&labels(&[
-                ("peering", &p.id),
-                ("vpc_a", &p.vpcs[0]),
-                ("vpc_b", &p.vpcs[1]),
-                ("state", &s),
-            ]))
-            .set(1);
+        for s in PeeringState::ALL {
+            state
+                .get_or_create(&labels(&[
+                    ("peering", &p.id),
+                    ("vpc_a", &p.vpcs[0]),
+                    ("vpc_b", &p.vpcs[1]),
+                    ("state", &s.to_string()),
+                ]))
+                .set((p.state == s) as i64);
+        }
         for (dir, (from, to)) in [(&p.vpcs[0], &p.vpcs[1]), (&p.vpcs[1], &p.vpcs[0])]
             .into_iter()
             .enumerate()
@@ -88,7 +125,7 @@ pub fn render(snap: &Snapshot, counters: Option<&Counters>) -> String {
     }
     reg.register(
         "peerd_peering_state",
-        "Peering state (1 for the current state of each peering)",
+        "Peering state set: one series per peering and lifecycle state, 1 for its current state, 0 for the others",
         state,
     );
     reg.register(
@@ -101,7 +138,10 @@ pub fn render(snap: &Snapshot, counters: Option<&Counters>) -> String {
         "Bytes forwarded over a peering, by direction",
         fwd_bytes,
     );
+}
 
+/// Readiness and drops by reason, per VPC (every reason, so rates work from the first drop).
+fn vpcs(reg: &mut Registry, st: &Status) {
     let drop_pkts = Family::<Labels, Counter>::default();
     let drop_bytes = Family::<Labels, Counter>::default();
     let ready = Family::<Labels, Gauge>::default();
@@ -131,13 +171,14 @@ pub fn render(snap: &Snapshot, counters: Option<&Counters>) -> String {
         "1 when the VPC's namespace, link and datapath are in place",
         ready,
     );
+}
 
-    let reconciles = Counter::<u64>::default();
-    reconciles.inc_by(snap.reconciles);
-    reg.register(
+fn config_and_reconciles(reg: &mut Registry, snap: &Snapshot, st: &Status) {
+    counter(
+        reg,
         "peerd_reconciles",
         "Reconciles run (startup, reloads, repairs, resyncs)",
-        reconciles,
+        snap.reconciles,
     );
     if let Some(h) = &snap.reconcile_seconds {
         reg.register(
@@ -146,58 +187,108 @@ pub fn render(snap: &Snapshot, counters: Option<&Counters>) -> String {
             h.clone(),
         );
     }
-    let gen = Gauge::<i64>::default();
-    gen.set(st.generation as i64);
-    reg.register(
+    gauge(
+        reg,
         "peerd_config_generation",
         "Generation of the configuration in force",
-        gen,
+        st.generation as i64,
     );
-    let ok = Gauge::<i64>::default();
-    ok.set(st.config_error.is_none() as i64);
-    reg.register(
+    gauge(
+        reg,
         "peerd_last_reload_success",
         "1 if the last configuration load succeeded",
-        ok,
+        st.config_error.is_none() as i64,
     );
-    let when = Gauge::<i64>::default();
-    when.set(snap.last_reload_unix as i64);
-    reg.register(
+    gauge(
+        reg,
         "peerd_last_reload_timestamp_seconds",
         "When the configuration was last loaded (Unix time)",
-        when,
+        snap.last_reload_unix as i64,
     );
+}
 
+/// Entries and capacity of every datapath map the daemon fills.
+fn maps(reg: &mut Registry, maps: &[MapUsage]) {
+    let entries = Family::<Labels, Gauge>::default();
+    let capacity = Family::<Labels, Gauge>::default();
+    for m in maps {
+        let l = labels(&[("map", m.name)]);
+        entries.get_or_create(&l).set(m.entries as i64);
+        capacity.get_or_create(&l).set(m.capacity as i64);
+    }
+    reg.register(
+        "peerd_map_entries",
+        "Entries in a datapath map, as the last reconcile wrote them",
+        entries,
+    );
+    reg.register(
+        "peerd_map_capacity",
+        "Entries a datapath map can hold (a full map refuses new VPCs, peerings or prefixes)",
+        capacity,
+    );
+}
+
+fn backstop_and_flow_log(reg: &mut Registry, st: &Status) {
     if let Some(b) = &st.backstop {
-        let packets = Counter::<u64>::default();
-        packets.inc_by(b.packets);
-        reg.register(
+        counter(
+            reg,
             "peerd_backstop_dropped_packets",
             "VPC packets that reached the host stack and were dropped by the backstop (non-zero: a datapath program was missing)",
-            packets,
+            b.packets,
         );
     }
-
     if let Some(f) = &st.flow_log {
-        let lost = Counter::<u64>::default();
-        lost.inc_by(f.lost_packets);
-        reg.register(
+        counter(
+            reg,
             "peerd_flow_log_lost_packets",
             "Packets whose flow could not be logged (flow map full)",
-            lost,
+            f.lost_packets,
         );
-        let written = Counter::<u64>::default();
-        written.inc_by(f.records_written);
-        reg.register(
+        counter(
+            reg,
             "peerd_flow_log_records",
             "Flow log records written",
-            written,
+            f.records_written,
         );
     }
+}
 
-    let mut out = String::new();
-    encode(&mut out, &reg).expect("encoding to a String cannot fail");
-    out
+/// What the datapath maps hold for `t` (the desired tables the last reconcile wrote), with
+/// their sizes (`peerd_common`). The counter maps are arrays indexed by slot: their use is
+/// that of `PEERD_VPCS`, `PEERD_PEERINGS` and `PEERD_HOSTS`. The cluster maps are empty on a
+/// single host.
+pub fn map_usage(t: &Tables) -> Vec<MapUsage> {
+    use peerd_common::{maps as m, MAX_ENDPOINTS, MAX_HOSTS, MAX_PEERINGS, MAX_PREFIXES, MAX_VPCS};
+    /// (IPv4, IPv6) keys of a prefix table.
+    fn by_family<V>(table: &std::collections::BTreeMap<(u32, IpNet), V>) -> (usize, usize) {
+        let v4 = table.keys().filter(|(_, n)| n.addr().is_ipv4()).count();
+        (v4, table.len() - v4)
+    }
+    let (src4, src6) = by_family(&t.src);
+    let (routes4, routes6) = by_family(&t.routes);
+    let (allowed4, allowed6) = by_family(&t.allowed);
+    [
+        (m::IFACES, t.ifaces.len(), MAX_VPCS),
+        (m::VPCS, t.vpcs.len(), MAX_VPCS),
+        (m::PEERINGS, t.peerings.len(), MAX_PEERINGS),
+        (m::SRC_V4, src4, MAX_PREFIXES),
+        (m::SRC_V6, src6, MAX_PREFIXES),
+        (m::ROUTES_V4, routes4, MAX_PREFIXES),
+        (m::ROUTES_V6, routes6, MAX_PREFIXES),
+        (m::ENDPOINTS, t.endpoints.len(), MAX_ENDPOINTS),
+        (m::HOSTS, t.hosts.len(), MAX_HOSTS),
+        (m::UNDERLAY, t.hosts.len(), MAX_HOSTS),
+        (m::VNIS, t.vnis.len(), MAX_VPCS),
+        (m::ALLOWED_V4, allowed4, MAX_PREFIXES),
+        (m::ALLOWED_V6, allowed6, MAX_PREFIXES),
+    ]
+    .into_iter()
+    .map(|(name, entries, capacity)| MapUsage {
+        name,
+        entries: entries as u64,
+        capacity: capacity.into(),
+    })
+    .collect()
 }
 
 /// A new reconcile-duration histogram (0.5 ms .. ~16 s).
@@ -392,4 +483,4 @@ async fn respond(req: &Request<Incoming>, render: &Render) -> Response<Full<Byte
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

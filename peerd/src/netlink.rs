@@ -10,7 +10,7 @@ use std::{collections::HashMap, net::IpAddr, os::fd::IntoRawFd as _};
 use futures::TryStreamExt as _;
 use netlink_packet_route::{
     link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage},
-    neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage},
+    neighbour::{NeighbourAddress, NeighbourAttribute},
     route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol},
     AddressFamily,
 };
@@ -52,6 +52,31 @@ pub struct Netlink {
     by_ns: std::sync::Mutex<HashMap<String, (u64, Handle)>>,
 }
 
+/// A route netlink socket bound in namespace `name` (created on a short thread that entered
+/// it), joined to multicast `groups`.
+async fn ns_socket(name: &str, groups: &[u32]) -> Result<TokioSocket, Error> {
+    let label = name.to_owned();
+    let groups = groups.to_vec();
+    let fd = tokio::task::spawn_blocking(move || {
+        netns::run_in(&label, || -> std::io::Result<i32> {
+            let mut s = netlink_sys::Socket::new(NETLINK_ROUTE)?;
+            s.bind_auto()?;
+            for g in groups {
+                s.add_membership(g)?;
+            }
+            Ok(s.into_raw_fd())
+        })
+    })
+    .await
+    .map_err(|_| netns::Error::Thread(name.to_owned()))??
+    .map_err(|source| Error::Socket {
+        ns: name.to_owned(),
+        source,
+    })?;
+    // SAFETY: `fd` is the netlink socket just created for us and owned by nobody else.
+    Ok(unsafe { <TokioSocket as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+}
+
 fn connect(sock: TokioSocket) -> Handle {
     let (conn, handle, _) = rtnetlink::from_socket(sock);
     tokio::spawn(conn);
@@ -87,23 +112,7 @@ impl Netlink {
                 return Ok(h.clone());
             }
         }
-        let label = name.to_owned();
-        let fd = tokio::task::spawn_blocking(move || {
-            netns::run_in(&label, || -> std::io::Result<i32> {
-                let mut s = netlink_sys::Socket::new(NETLINK_ROUTE)?;
-                s.bind_auto()?;
-                Ok(s.into_raw_fd())
-            })
-        })
-        .await
-        .map_err(|_| netns::Error::Thread(name.to_owned()))??
-        .map_err(|source| Error::Socket {
-            ns: name.to_owned(),
-            source,
-        })?;
-        // SAFETY: `fd` is the netlink socket just created for us and owned by nobody else.
-        let sock = unsafe { <TokioSocket as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-        let h = connect(sock);
+        let h = connect(ns_socket(name, &[]).await?);
         self.cache().insert(name.to_owned(), (ino, h.clone()));
         Ok(h)
     }
@@ -137,14 +146,11 @@ pub async fn get_link(h: &Handle, name: &str) -> Result<Option<LinkMessage>, Err
 
 /// Every link of a namespace, by name.
 pub async fn dump_links(h: &Handle, ns: &str) -> Result<HashMap<String, LinkMessage>, Error> {
-    let mut out = HashMap::new();
-    let mut s = h.link().get().execute();
-    while let Some(l) = s.try_next().await.map_err(failed("listing links in", ns))? {
-        if let Some(n) = name_of(&l) {
-            out.insert(n.to_owned(), l);
-        }
-    }
-    Ok(out)
+    let links = dump(h.link().get().execute(), "listing links in", ns).await?;
+    Ok(links
+        .into_iter()
+        .filter_map(|l| Some((name_of(&l)?.to_owned(), l)))
+        .collect())
 }
 
 pub fn name_of(l: &LinkMessage) -> Option<&str> {
@@ -208,14 +214,9 @@ pub async fn permanent_neighbours(
     ifindex: u32,
     ns: &str,
 ) -> Result<Vec<(IpAddr, Vec<u8>)>, Error> {
+    let neighbours = dump(h.neighbours().get().execute(), "listing neighbours in", ns).await?;
     let mut out = Vec::new();
-    let mut s = h.neighbours().get().execute();
-    while let Some(n) = s
-        .try_next()
-        .await
-        .map_err(failed("listing neighbours in", ns))?
-    {
-        let n: NeighbourMessage = n;
+    for n in neighbours {
         if n.header.ifindex != ifindex
             || n.header.state != netlink_packet_route::neighbour::NeighbourState::Permanent
         {
@@ -244,35 +245,50 @@ pub async fn routes_of_proto(
     ns: &str,
 ) -> Result<Vec<(ipnet::IpNet, RouteMessage)>, Error> {
     let mut out = Vec::new();
-    for family in [AddressFamily::Inet, AddressFamily::Inet6] {
-        let mut q = RouteMessageBuilder::<IpAddr>::new().build();
-        q.header.address_family = family;
-        let mut s = h.route().get(q).execute();
-        while let Some(r) = s
-            .try_next()
-            .await
-            .map_err(failed("listing routes in", ns))?
+    for r in dump_routes(h, ns).await? {
+        if u8::from(r.header.protocol) != proto && r.header.protocol != RouteProtocol::Other(proto)
         {
-            if u8::from(r.header.protocol) != proto
-                && r.header.protocol != RouteProtocol::Other(proto)
-            {
-                continue;
-            }
-            let dst = r.attributes.iter().find_map(|a| match a {
-                RouteAttribute::Destination(RouteAddress::Inet(a)) => Some(IpAddr::V4(*a)),
-                RouteAttribute::Destination(RouteAddress::Inet6(a)) => Some(IpAddr::V6(*a)),
-                _ => None,
-            });
-            let net = match dst {
-                Some(d) => ipnet::IpNet::new(d, r.header.destination_prefix_length).ok(),
-                None => None,
-            };
-            if let Some(net) = net {
-                out.push((net, r));
-            }
+            continue;
+        }
+        let net = match route_dst(&r) {
+            Some(d) => ipnet::IpNet::new(d, r.header.destination_prefix_length).ok(),
+            None => None,
+        };
+        if let Some(net) = net {
+            out.push((net, r));
         }
     }
     Ok(out)
+}
+
+/// Every route of the main table in a namespace, both families.
+async fn dump_routes(h: &Handle, ns: &str) -> Result<Vec<RouteMessage>, Error> {
+    let mut out = Vec::new();
+    for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+        let mut q = RouteMessageBuilder::<IpAddr>::new().build();
+        q.header.address_family = family;
+        let routes = dump(h.route().get(q).execute(), "listing routes in", ns).await?;
+        out.extend(routes);
+    }
+    Ok(out)
+}
+
+/// Every message of a netlink dump in namespace `ns`; `what` says what it lists in the error.
+async fn dump<T>(
+    s: impl futures::TryStream<Ok = T, Error = rtnetlink::Error>,
+    what: &'static str,
+    ns: &str,
+) -> Result<Vec<T>, Error> {
+    s.try_collect().await.map_err(failed(what, ns))
+}
+
+/// The destination address of a route, if it has one.
+fn route_dst(r: &RouteMessage) -> Option<IpAddr> {
+    r.attributes.iter().find_map(|a| match a {
+        RouteAttribute::Destination(RouteAddress::Inet(a)) => Some(IpAddr::V4(*a)),
+        RouteAttribute::Destination(RouteAddress::Inet6(a)) => Some(IpAddr::V6(*a)),
+        _ => None,
+    })
 }
 
 /// Groups a namespace's event socket joins: addresses and routes of both families.
@@ -290,25 +306,7 @@ impl Netlink {
         &self,
         name: &str,
     ) -> Result<futures::channel::mpsc::UnboundedReceiver<()>, Error> {
-        let label = name.to_owned();
-        let fd = tokio::task::spawn_blocking(move || {
-            netns::run_in(&label, || -> std::io::Result<i32> {
-                let mut s = netlink_sys::Socket::new(NETLINK_ROUTE)?;
-                s.bind_auto()?;
-                for g in EVENT_GROUPS {
-                    s.add_membership(g)?;
-                }
-                Ok(s.into_raw_fd())
-            })
-        })
-        .await
-        .map_err(|_| netns::Error::Thread(name.to_owned()))??
-        .map_err(|source| Error::Socket {
-            ns: name.to_owned(),
-            source,
-        })?;
-        // SAFETY: `fd` is the netlink socket just created for us and owned by nobody else.
-        let sock = unsafe { <TokioSocket as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        let sock = ns_socket(name, &EVENT_GROUPS).await?;
         let (conn, _handle, mut messages) = rtnetlink::from_socket(sock);
         tokio::spawn(conn);
         let (tx, rx) = futures::channel::mpsc::unbounded();
@@ -327,13 +325,9 @@ impl Netlink {
 /// Every address configured in a namespace.
 pub async fn addresses(h: &Handle, ns: &str) -> Result<Vec<IpAddr>, Error> {
     use netlink_packet_route::address::AddressAttribute;
+    let addresses = dump(h.address().get().execute(), "listing addresses in", ns).await?;
     let mut out = Vec::new();
-    let mut s = h.address().get().execute();
-    while let Some(a) = s
-        .try_next()
-        .await
-        .map_err(failed("listing addresses in", ns))?
-    {
+    for a in addresses {
         // IPv4 reports the local address as Local (Address is the peer on point-to-point).
         let local = a
             .attributes
@@ -362,38 +356,24 @@ pub async fn host_routes(
     except_proto: u8,
 ) -> Result<Vec<IpAddr>, Error> {
     let mut out = Vec::new();
-    for family in [AddressFamily::Inet, AddressFamily::Inet6] {
-        let mut q = RouteMessageBuilder::<IpAddr>::new().build();
-        q.header.address_family = family;
-        let mut s = h.route().get(q).execute();
-        while let Some(r) = s
-            .try_next()
-            .await
-            .map_err(failed("listing routes in", ns))?
-        {
-            let host = r.header.destination_prefix_length
-                == if family == AddressFamily::Inet {
-                    32
-                } else {
-                    128
-                };
-            if !host || u8::from(r.header.protocol) == except_proto {
-                continue;
-            }
-            let oif = r.attributes.iter().find_map(|a| match a {
-                RouteAttribute::Oif(i) => Some(*i),
-                _ => None,
-            });
-            if oif == Some(except_ifindex) || oif.is_none() {
-                continue;
-            }
-            let dst = r.attributes.iter().find_map(|a| match a {
-                RouteAttribute::Destination(RouteAddress::Inet(a)) => Some(IpAddr::V4(*a)),
-                RouteAttribute::Destination(RouteAddress::Inet6(a)) => Some(IpAddr::V6(*a)),
-                _ => None,
-            });
-            out.extend(dst);
+    for r in dump_routes(h, ns).await? {
+        let host = r.header.destination_prefix_length
+            == if r.header.address_family == AddressFamily::Inet {
+                32
+            } else {
+                128
+            };
+        if !host || u8::from(r.header.protocol) == except_proto {
+            continue;
         }
+        let oif = r.attributes.iter().find_map(|a| match a {
+            RouteAttribute::Oif(i) => Some(*i),
+            _ => None,
+        });
+        if oif == Some(except_ifindex) || oif.is_none() {
+            continue;
+        }
+        out.extend(route_dst(&r));
     }
     Ok(out)
 }

@@ -35,6 +35,16 @@ pub struct HostView {
     /// Slot in this host's datapath (0: this host).
     #[serde(skip)]
     pub slot: u32,
+    /// Packets and bytes sent to and received from this host through the tunnel (read when
+    /// the status is asked for; none for this host).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tunnel: Option<TunnelCounters>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TunnelCounters {
+    pub tx: CounterJson,
+    pub rx: CounterJson,
 }
 
 /// Cluster mode (SPEC §7).
@@ -110,6 +120,17 @@ pub struct Snapshot {
     pub cluster: Option<ClusterStatus>,
     /// Cluster mode: (VPC slot, address) -> host slot of remote workloads, for explain.
     pub remote: BTreeMap<(u32, IpAddr), u32>,
+    /// Entries the datapath maps hold (as the last reconcile wrote them) and their sizes.
+    pub maps: Vec<MapUsage>,
+}
+
+/// One datapath map's use: `peerd_map_entries` / `peerd_map_capacity`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct MapUsage {
+    /// The pinned name (`peerd_common::maps`).
+    pub name: &'static str,
+    pub entries: u64,
+    pub capacity: u64,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -161,6 +182,8 @@ pub struct Status {
     pub flow_log: Option<FlowLogStatus>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cluster: Option<ClusterStatus>,
+    /// Entries and size of every datapath map the daemon fills.
+    pub maps: Vec<MapUsage>,
 }
 
 pub fn mode_name(m: DatapathMode) -> &'static str {
@@ -241,7 +264,19 @@ pub fn status(s: &Snapshot, counters: Option<&Counters>) -> Status {
             .map(|(packets, bytes)| CounterJson { packets, bytes }),
         last_reconcile: s.last_reconcile.clone(),
         flow_log: s.flow_log.clone(),
-        cluster: s.cluster.clone(),
+        cluster: s.cluster.clone().map(|mut c| {
+            for h in c.hosts.iter_mut().filter(|h| h.slot != 0) {
+                h.tunnel = counters.map(|k| {
+                    let (tx, rx) = k.host(h.slot);
+                    TunnelCounters {
+                        tx: counter(tx),
+                        rx: counter(rx),
+                    }
+                });
+            }
+            c
+        }),
+        maps: s.maps.clone(),
     }
 }
 
@@ -259,6 +294,10 @@ pub struct Explanation {
     pub peering: Option<String>,
     pub peering_state: Option<PeeringState>,
     pub to: Option<String>,
+    /// Cluster mode: the host the packet goes to through the tunnel (the destination is a
+    /// workload there).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
 }
 
 pub fn explain(s: &Snapshot, from: &str, src: IpAddr, dst: IpAddr) -> Result<Explanation, String> {
@@ -275,9 +314,18 @@ pub fn explain(s: &Snapshot, from: &str, src: IpAddr, dst: IpAddr) -> Result<Exp
         .as_ref()
         .and_then(|id| s.peerings.iter().find(|p| &p.id == id))
         .map(|p| p.state);
-    let (verdict, reason, to) = match tr.decision {
-        Decision::Deliver { dst_vpc, .. } => ("deliver", None, s.names.vpcs.get(&dst_vpc).cloned()),
-        Decision::Drop(r) => ("drop", Some(r.name().to_owned()), None),
+    let vpc_name = |slot| s.names.vpcs.get(&slot).cloned();
+    let (verdict, reason, to, host) = match tr.decision {
+        Decision::Deliver { dst_vpc, .. } => ("deliver", None, vpc_name(dst_vpc), None),
+        Decision::Tunnel { dst_vpc, host, .. } => {
+            let name = s
+                .cluster
+                .as_ref()
+                .and_then(|c| c.hosts.iter().find(|h| h.slot == host))
+                .map_or_else(|| format!("host slot {host}"), |h| h.name.clone());
+            ("deliver", None, vpc_name(dst_vpc), Some(name))
+        }
+        Decision::Drop(r) => ("drop", Some(r.name().to_owned()), None, None),
     };
     Ok(Explanation {
         from: from.to_owned(),
@@ -293,5 +341,6 @@ pub fn explain(s: &Snapshot, from: &str, src: IpAddr, dst: IpAddr) -> Result<Exp
         peering,
         peering_state,
         to,
+        host,
     })
 }

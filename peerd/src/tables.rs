@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, net::IpAddr};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use peerd_common::{
     DropReason, IfaceInfo, PeeringInfo, RouteTarget, SrcV4, SrcV6, VpcInfo, IFACE_SRC_TRIE,
-    PEERING_ACTIVE, TABLE_NONE, VPC_PRESENT,
+    PEERING_ACTIVE, TABLE_NONE, VPC_PRESENT, VPC_REMOTE,
 };
 
 /// Everything the datapath's maps should hold.
@@ -22,6 +22,18 @@ pub struct Tables {
     pub src: BTreeMap<(u32, IpNet), u32>,
     /// (table, destination) -> target.
     pub routes: BTreeMap<(u32, IpNet), RouteTarget>,
+    /// Cluster mode: (VPC slot, workload address) -> host slot (0: this host), for VPCs
+    /// present on other hosts (`VPC_REMOTE`) and for the VPCs present here (receiving side).
+    pub endpoints: BTreeMap<(u32, IpAddr), u32>,
+    /// Cluster mode: host slot -> underlay address (other hosts of the fleet).
+    pub hosts: BTreeMap<u32, IpAddr>,
+    /// Cluster mode: VNI -> slot of a VPC present here.
+    pub vnis: BTreeMap<u32, u32>,
+    /// Cluster mode: (slot of a VPC present here, source prefix) -> peering slot: sources on
+    /// other hosts that may reach it besides its own CIDRs.
+    pub allowed: BTreeMap<(u32, IpNet), u32>,
+    /// Cluster mode: the VXLAN device tunnelled packets go out of (0: none).
+    pub vxlan_ifindex: u32,
 }
 
 impl Tables {
@@ -48,8 +60,10 @@ impl Tables {
             .iter()
             .map(|(&ifindex, &vpc)| {
                 let (v4, v6) = by_vpc.get(&vpc).unwrap_or(&none);
+                let flags = self.vpcs.get(&vpc).map_or(0, |v| v.flags & VPC_REMOTE);
                 let mut info = IfaceInfo {
                     vpc,
+                    flags,
                     ..Default::default()
                 };
                 info.n_src4 = inline(v4, &mut info.src4, |n, table| SrcV4 {
@@ -88,6 +102,14 @@ pub enum Decision {
         peering: u32,
         table: u32,
         route: IpNet,
+    },
+    /// Cluster mode: to host slot `host` through the tunnel, with the destination VPC's VNI
+    /// (`peering` 0 for the sending VPC's own addresses on another host).
+    Tunnel {
+        dst_vpc: u32,
+        peering: u32,
+        host: u32,
+        vni: u32,
     },
     Drop(DropReason),
 }
@@ -149,6 +171,21 @@ pub fn trace(t: &Tables, src_vpc: u32, src: IpAddr, dst: IpAddr, ttl: u8) -> Tra
     let Some((_, &table)) = lpm(&t.src, src_vpc, src) else {
         return drop(tr, DropReason::SpoofedSource);
     };
+    // Cluster mode: the sending VPC's own address on another host goes through the tunnel.
+    let src_info = t.vpcs.get(&src_vpc).copied().unwrap_or_default();
+    if src_info.flags & VPC_REMOTE != 0 && lpm(&t.src, src_vpc, dst).is_some() {
+        match t.endpoints.get(&(src_vpc, dst)) {
+            None => return drop(tr, DropReason::NoEndpoint),
+            Some(0) => {}
+            Some(&host) => {
+                if ttl <= 1 {
+                    return drop(tr, DropReason::TtlExceeded);
+                }
+                tr.decision = tunnel(t, src_vpc, 0, host, src_info.vni);
+                return tr;
+            }
+        }
+    }
     if table == TABLE_NONE {
         return drop(tr, DropReason::NoRoute);
     }
@@ -171,17 +208,83 @@ pub fn trace(t: &Tables, src_vpc: u32, src: IpAddr, dst: IpAddr, ttl: u8) -> Tra
     if ttl <= 1 {
         return drop(tr, DropReason::TtlExceeded);
     }
-    match t.vpcs.get(&target.dst_vpc) {
-        Some(v) if v.flags & VPC_PRESENT != 0 => {
-            tr.decision = Decision::Deliver {
-                dst_vpc: target.dst_vpc,
-                peering: target.peering,
-                table,
-                route,
-            };
-            tr
+    let deliver = Decision::Deliver {
+        dst_vpc: target.dst_vpc,
+        peering: target.peering,
+        table,
+        route,
+    };
+    tr.decision = match t.vpcs.get(&target.dst_vpc) {
+        None => Decision::Drop(DropReason::DestinationUnavailable),
+        Some(v) if v.flags & VPC_REMOTE == 0 => match v.flags & VPC_PRESENT {
+            0 => Decision::Drop(DropReason::DestinationUnavailable),
+            _ => deliver,
+        },
+        // Cluster mode: the destination VPC is on other hosts too: where is the address?
+        Some(v) => match t.endpoints.get(&(target.dst_vpc, dst)) {
+            None => Decision::Drop(DropReason::NoEndpoint),
+            Some(0) if v.flags & VPC_PRESENT == 0 => {
+                Decision::Drop(DropReason::DestinationUnavailable)
+            }
+            Some(0) => deliver,
+            Some(&host) => tunnel(t, target.dst_vpc, target.peering, host, v.vni),
+        },
+    };
+    tr
+}
+
+/// The tunnel to `host`, or the drop when there is no VXLAN device or the host is unknown.
+fn tunnel(t: &Tables, dst_vpc: u32, peering: u32, host: u32, vni: u32) -> Decision {
+    if t.vxlan_ifindex == 0 {
+        Decision::Drop(DropReason::DestinationUnavailable)
+    } else if !t.hosts.contains_key(&host) {
+        Decision::Drop(DropReason::NoEndpoint)
+    } else {
+        Decision::Tunnel {
+            dst_vpc,
+            peering,
+            host,
+            vni,
         }
-        _ => drop(tr, DropReason::DestinationUnavailable),
+    }
+}
+
+/// Cluster mode, the receiving side (SPEC §7): the decision for a well-formed frame that came
+/// through the tunnel from underlay address `outer` with VNI `vni`. A delivery's `peering` is 0
+/// for the VPC's own traffic from another host; `table` and `route` are unused (0, default).
+pub fn receive(t: &Tables, outer: IpAddr, vni: u32, src: IpAddr, dst: IpAddr) -> Decision {
+    let Some(_host) = t.hosts.iter().find(|(_, a)| **a == outer).map(|(s, _)| *s) else {
+        return Decision::Drop(DropReason::UnknownHost);
+    };
+    let Some(&vpc) = t.vnis.get(&vni) else {
+        return Decision::Drop(DropReason::UnknownVni);
+    };
+    if src.is_ipv4() != dst.is_ipv4() {
+        return Decision::Drop(DropReason::Malformed);
+    }
+    if !is_forwardable_unicast(dst) {
+        return Decision::Drop(DropReason::NotUnicast);
+    }
+    if t.endpoints.get(&(vpc, dst)) != Some(&0) {
+        return Decision::Drop(DropReason::NotLocalEndpoint);
+    }
+    let peering = if lpm(&t.src, vpc, src).is_some() {
+        0
+    } else {
+        let p = lpm(&t.allowed, vpc, src).and_then(|(_, p)| Some((*p, t.peerings.get(p)?)));
+        match p {
+            Some((p, i)) if i.state == PEERING_ACTIVE && (i.vpc_a == vpc || i.vpc_b == vpc) => p,
+            _ => return Decision::Drop(DropReason::NotAllowedSource),
+        }
+    };
+    match t.vpcs.get(&vpc) {
+        Some(v) if v.flags & VPC_PRESENT != 0 => Decision::Deliver {
+            dst_vpc: vpc,
+            peering,
+            table: 0,
+            route: IpNet::default(),
+        },
+        _ => Decision::Drop(DropReason::DestinationUnavailable),
     }
 }
 

@@ -1,5 +1,6 @@
 //! `peerd teardown`: removes what peerd created and nothing else — its VPC links, the
-//! namespaces it created (recorded in the state), its backstop table, the pins it made (its
+//! namespaces it created (recorded in the state), its VXLAN device (cluster mode), its
+//! backstop table, the pins it made (its
 //! maps by name, its program links) and its state files.
 use std::{
     collections::BTreeMap,
@@ -10,7 +11,7 @@ use std::{
 use crate::{
     config::Config,
     netlink::{self, Netlink},
-    reconcile::{backstop, links, programs},
+    reconcile::{backstop, links, programs, vxlan},
     state::{self, Removal, State},
 };
 
@@ -77,6 +78,15 @@ pub async fn teardown(cfg: &Config, st: &State) -> Result<Vec<String>, Error> {
         let errs: Vec<String> = report.errors.into_values().collect();
         return Err(Error::Failed(errs.join("; ")));
     }
+    // Cluster mode: the VXLAN device, when it is peerd's (collect_md on the configured port).
+    if let Some(c) = &cfg.daemon.cluster {
+        let have = vxlan::observe(&nl, c.vxlan_port).await?;
+        let r = vxlan::apply(&nl, vxlan::diff(&have, None, links::Pass::Build)).await;
+        done.extend(r.actions);
+        if let Some(e) = r.errors.into_values().next() {
+            return Err(Error::Failed(e));
+        }
+    }
     let table = backstop::table_name(prefix);
     if backstop::observe(&table).is_ok_and(|h| h.complete || !h.links.is_empty()) {
         let r = backstop::apply(vec![backstop::Change::Delete { table }]);
@@ -85,25 +95,18 @@ pub async fn teardown(cfg: &Config, st: &State) -> Result<Vec<String>, Error> {
     // Pins: peerd's program links and maps by name, then the directories if empty.
     let link_dir = pin_dir.join("links");
     let map_dir = pin_dir.join("maps");
+    let maps = peerd_common::maps::ALL
+        .iter()
+        .map(|n| map_dir.join(n))
+        .filter(|p| p.exists());
     let mut removed = 0;
-    for p in programs::own_pins(&link_dir) {
+    for p in programs::own_pins(&link_dir).into_iter().chain(maps) {
         fs::remove_file(&p).map_err(|source| Error::Io {
             op: "unpinning",
             path: p.clone(),
             source,
         })?;
         removed += 1;
-    }
-    for name in peerd_common::maps::ALL {
-        let p = map_dir.join(name);
-        if p.exists() {
-            fs::remove_file(&p).map_err(|source| Error::Io {
-                op: "unpinning",
-                path: p.clone(),
-                source,
-            })?;
-            removed += 1;
-        }
     }
     for d in [&link_dir, &map_dir, pin_dir] {
         // Only empty: anything else in there is not peerd's.

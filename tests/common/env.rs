@@ -280,12 +280,13 @@ impl Env {
     }
 
     /// An operator's own route inside a VPC namespace, towards peerd's gateway (used to push
-    /// traffic peerd has no route for, to see the datapath drop it).
+    /// traffic peerd has no route for, to see the datapath drop it). Replaces a route peerd
+    /// may already have there.
     pub fn add_gw_route(&self, vpc: &str, dst: &str) {
         let ns = self.netns(vpc);
         if dst.contains(':') {
             sh(&[
-                "ip", "-n", &ns, "-6", "route", "add", dst, "via", "fe80::1", "dev", "peerd0",
+                "ip", "-n", &ns, "-6", "route", "replace", dst, "via", "fe80::1", "dev", "peerd0",
             ]);
         } else {
             sh(&[
@@ -293,7 +294,7 @@ impl Env {
                 "-n",
                 &ns,
                 "route",
-                "add",
+                "replace",
                 dst,
                 "via",
                 "169.254.1.1",

@@ -326,17 +326,7 @@ async fn register(inner: &Inner) -> Result<i64, Error> {
     put_host(inner, lease).await?;
     // Endpoints: every VPC with a wanted set, and those of VPCs not placed here any more.
     let me = lock(&inner.host).clone();
-    let prefix = format!("{}endpoints/", c.keys.root());
-    let mut kv = c.client.kv_client();
-    let resp = c
-        .call(
-            || format!("get {prefix}*"),
-            kv.get(
-                prefix.clone(),
-                Some(GetOptions::new().with_prefix().with_keys_only()),
-            ),
-        )
-        .await?;
+    let resp = keys_under(c, format!("{}endpoints/", c.keys.root())).await?;
     let mut stale = Vec::new();
     for item in resp.kvs() {
         if let Ok(key) = item.key_str() {
@@ -384,17 +374,7 @@ async fn sync_endpoints(inner: &Inner, vpc: &str, lease: i64) -> Result<(), Erro
     let c = &inner.conn;
     let me = lock(&inner.host).name.clone();
     let want = lock(&inner.endpoints).get(vpc).cloned().unwrap_or_default();
-    let prefix = c.keys.endpoints_of(vpc);
-    let mut kv = c.client.kv_client();
-    let resp = c
-        .call(
-            || format!("get {prefix}*"),
-            kv.get(
-                prefix.clone(),
-                Some(GetOptions::new().with_prefix().with_keys_only()),
-            ),
-        )
-        .await?;
+    let resp = keys_under(c, c.keys.endpoints_of(vpc)).await?;
     let mut have: BTreeMap<IpAddr, i64> = BTreeMap::new();
     let mut ops = Vec::new();
     for item in resp.kvs() {
@@ -422,6 +402,19 @@ async fn sync_endpoints(inner: &Inner, vpc: &str, lease: i64) -> Result<(), Erro
 }
 
 /// Runs `ops` in transactions of at most [`MAX_TXN_OPS`].
+/// The keys (without values) under `prefix`.
+async fn keys_under(c: &Conn, prefix: String) -> Result<etcd_client::GetResponse, Error> {
+    let mut kv = c.client.kv_client();
+    c.call(
+        || format!("get {prefix}*"),
+        kv.get(
+            prefix.clone(),
+            Some(GetOptions::new().with_prefix().with_keys_only()),
+        ),
+    )
+    .await
+}
+
 async fn write_ops(c: &Conn, ops: Vec<TxnOp>, what: &str) -> Result<(), Error> {
     let n = ops.len();
     let mut ops = ops.into_iter().peekable();

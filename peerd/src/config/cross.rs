@@ -194,24 +194,27 @@ pub(crate) fn cross_check(vpcs: &[Entry<'_>], cap: &Capacity) -> Vec<(Diagnostic
         add[1] += declarers * mine[1];
         for fam in 0..2 {
             src[fam] += own[fam];
-            if src[fam] > cap.prefixes {
-                over.push((
-                    SRC_MAP[fam],
-                    format!(
-                        "at most {} {} source prefixes (CIDRs and subnets) in all VPCs (map {})",
-                        cap.prefixes, FAMILY[fam], SRC_MAP[fam]
-                    ),
-                ));
-            }
             routes[fam] += add[fam];
-            if routes[fam] > cap.prefixes {
-                over.push((
+            let limits = [
+                (
+                    src[fam],
+                    SRC_MAP[fam],
+                    "source prefixes (CIDRs and subnets) in all VPCs",
+                    "",
+                ),
+                (
+                    routes[fam],
                     ROUTE_MAP[fam],
-                    format!(
-                        "at most {} {} routes in all route tables (map {}; automatic routing counts every CIDR of every declared peer)",
-                        cap.prefixes, FAMILY[fam], ROUTE_MAP[fam]
-                    ),
-                ));
+                    "routes in all route tables",
+                    "; automatic routing counts every CIDR of every declared peer",
+                ),
+            ];
+            for (n, map, what, why) in limits {
+                if n > cap.prefixes {
+                    let fam = FAMILY[fam];
+                    let limit = format!("at most {} {fam} {what} (map {map}{why})", cap.prefixes);
+                    over.push((map, limit));
+                }
             }
         }
         for (what, limit) in over {

@@ -17,6 +17,18 @@ pub enum PeeringState {
     Disconnected,
 }
 
+impl PeeringState {
+    /// Every state of the lifecycle (metrics export each as a 0/1 series).
+    pub const ALL: [PeeringState; 6] = [
+        PeeringState::PendingAcceptance,
+        PeeringState::Active,
+        PeeringState::Failed,
+        PeeringState::Rejected,
+        PeeringState::Expired,
+        PeeringState::Disconnected,
+    ];
+}
+
 impl fmt::Display for PeeringState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {

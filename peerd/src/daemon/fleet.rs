@@ -93,6 +93,15 @@ impl Cluster {
         }
     }
 
+    /// The VXLAN device's UDP port and MTU (the underlay's less the encapsulation).
+    pub fn vxlan(&self) -> (u16, u32) {
+        let overhead = desired::vxlan_overhead(self.cfg.underlay.is_ipv6());
+        (
+            self.cfg.vxlan_port,
+            self.underlay_mtu.saturating_sub(overhead),
+        )
+    }
+
     /// What `desired` needs of the fleet, when a view is known.
     pub fn fleet(&self) -> Option<desired::Fleet<'_>> {
         Some(desired::Fleet {

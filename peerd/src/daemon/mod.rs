@@ -84,6 +84,9 @@ pub struct Daemon {
     reconciles: u64,
     reconcile_seconds: prometheus_client::metrics::histogram::Histogram,
     last_reload_unix: u64,
+    /// Why the last load of the configuration (start or reload) failed, for `STATUS=`.
+    reload_error: Option<String>,
+    status_line: crate::notify::StatusLine,
     flow_log: Option<crate::flowlog::Writer>,
     flow_log_error: Option<String>,
     snapshot: watch::Sender<Arc<Snapshot>>,
@@ -135,6 +138,8 @@ impl Daemon {
             reconciles: 0,
             reconcile_seconds: crate::metrics::reconcile_histogram(),
             last_reload_unix: state::unix(SystemTime::now()),
+            reload_error: None,
+            status_line: crate::notify::StatusLine::default(),
             flow_log: None,
             flow_log_error: None,
             snapshot,
@@ -150,6 +155,7 @@ impl Daemon {
             d.cluster = Some(cl);
         }
         d.accept(loaded);
+        d.reload_error = d.config_error.clone();
         // In cluster mode nothing is reconciled before the fleet is known (the datapath keeps
         // what it holds meanwhile).
         d.reconcile(Scope::Full).await?;
@@ -171,7 +177,17 @@ impl Daemon {
 
     /// Re-reads the configuration. A broken file keeps its last good version in force (the
     /// other files' changes apply); a configuration with no usable main file changes nothing.
+    /// systemd hears `RELOADING=1` before and `READY=1` after, with the outcome in `STATUS=`.
     pub async fn reload(&mut self) -> Result<(), Error> {
+        crate::notify::reloading();
+        let r = self.load_and_apply().await;
+        self.reload_error = r.as_ref().err().map(|e| e.to_string());
+        self.publish();
+        crate::notify::ready();
+        r
+    }
+
+    async fn load_and_apply(&mut self) -> Result<(), Error> {
         self.last_reload_unix = state::unix(SystemTime::now());
         let loaded = match config::load_resilient(&self.config_path, &self.last_good) {
             Ok(l) => l,
@@ -345,6 +361,7 @@ impl Daemon {
                     new_vpc_slots: &new_vpc_slots,
                     new_peering_slots: &new_peering_slots,
                     fleet: self.cluster.as_ref().and_then(|c| c.fleet()),
+                    vxlan: self.cluster.as_ref().map(|c| c.vxlan()),
                 },
                 scope,
             )
@@ -540,7 +557,9 @@ impl Daemon {
                         .collect()
                 })
                 .unwrap_or_default(),
+            maps: crate::metrics::map_usage(&self.desired.tables),
         };
+        self.status_line.send(&snap, self.reload_error.as_deref());
         self.snapshot.send_replace(Arc::new(snap));
     }
 
@@ -556,6 +575,7 @@ impl Daemon {
                 underlay: h.underlay,
                 vpcs: h.vpcs.clone(),
                 slot: slot_of(&h.name),
+                tunnel: None,
             })
             .collect();
         let mut notes = c.errors.clone();
@@ -597,6 +617,7 @@ impl Daemon {
                 new_vpc_slots: &[],
                 new_peering_slots: &[],
                 fleet: None,
+                vxlan: self.cluster.as_ref().map(|c| c.vxlan()),
             })
             .await;
         for p in &peerings {
@@ -672,7 +693,7 @@ impl Daemon {
         let mut flow_tick = tokio::time::interval(self.cfg.daemon.flow_log_interval);
         flow_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // systemd's watchdog: pinged from this loop, so a stuck owner task is noticed.
-        let watchdog = watchdog_interval();
+        let watchdog = crate::notify::watchdog_interval();
         let mut dog = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
         loop {
             let (wake, scope) = self.next_wake(resync_at);
@@ -712,7 +733,7 @@ impl Daemon {
                         warn!(error = %e, "reconcile failed");
                     }
                 }
-                Some(m) = recv(&mut from_agent) => self.from_agent(m).await,
+                Some(m) = recv(&mut from_agent) => self.on_agent(m).await,
                 Some(_) = recv(&mut ns_events) => {
                     // Coalesce a burst (an address and its route arrive together).
                     tokio::time::sleep(Duration::from_millis(20)).await;
@@ -724,9 +745,7 @@ impl Daemon {
                     }
                 }
                 _ = flow_tick.tick() => self.drain_flow_log(),
-                _ = dog.tick(), if watchdog.is_some() => {
-                    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
-                }
+                _ = dog.tick(), if watchdog.is_some() => crate::notify::watchdog(),
             }
             self.update_watch();
         }
@@ -735,7 +754,7 @@ impl Daemon {
     }
 
     /// A message of the fleet agent.
-    async fn from_agent(&mut self, m: crate::agent::FromAgent) {
+    async fn on_agent(&mut self, m: crate::agent::FromAgent) {
         use crate::agent::FromAgent;
         let Some(cl) = &mut self.cluster else { return };
         match m {
@@ -784,16 +803,4 @@ async fn recv<T>(rx: &mut Option<mpsc::UnboundedReceiver<T>>) -> Option<T> {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
     }
-}
-
-/// Half of systemd's `WatchdogSec`, when the service has one: `WATCHDOG_USEC` is set and
-/// `WATCHDOG_PID`, when set, is this process (as sd_watchdog_enabled(3) decides).
-fn watchdog_interval() -> Option<Duration> {
-    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
-    if let Ok(pid) = std::env::var("WATCHDOG_PID") {
-        if pid.parse::<u32>().ok() != Some(std::process::id()) {
-            return None;
-        }
-    }
-    (usec > 0).then(|| Duration::from_micros(usec / 2))
 }

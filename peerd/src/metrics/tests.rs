@@ -1,5 +1,7 @@
-//! The metrics HTTP server against a fake `render`: no daemon involved.
+//! The metrics HTTP server against a fake `render`, and `render` of a snapshot: no daemon
+//! involved.
 use std::{
+    collections::BTreeMap,
     io::{Read as _, Write as _},
     net::{SocketAddr, TcpStream},
     sync::atomic::AtomicUsize,
@@ -9,6 +11,7 @@ use std::{
 use tokio::{runtime::Runtime, sync::Semaphore};
 
 use super::*;
+use crate::status::{PeeringView, VpcView};
 
 const TEXT: &str = "# TYPE peerd_test counter\npeerd_test_total 7\n# EOF\n";
 
@@ -169,43 +172,38 @@ fn keep_alive_ends_after_the_request_limit() {
     assert!(r.to_ascii_lowercase().contains("connection: close"), "{r}");
 }
 
-#[test]
-fn an_idle_keep_alive_connection_closes_after_the_header_timeout() {
+/// Sends `request` to a server with a 300 ms header timeout and reads until it closes: what
+/// came back, the server (for its counts), and that the close came after the timeout (and well
+/// before ten of them).
+fn closed_after_the_header_timeout(request: &[u8]) -> (String, Server) {
     let timeout = Duration::from_millis(300);
     let srv = Server::start(Limits {
         header_read_timeout: timeout,
         ..Limits::default()
     });
     let mut s = srv.connect();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        .unwrap();
+    s.write_all(request).unwrap();
     let start = Instant::now();
     let r = read_all(&mut s);
     let took = start.elapsed();
-    assert_eq!(r.matches("HTTP/1.1 200 OK").count(), 1, "{r}");
     assert!(
         took >= timeout && took < timeout * 10,
         "closed after {took:?}"
     );
+    (r, srv)
+}
+
+#[test]
+fn an_idle_keep_alive_connection_closes_after_the_header_timeout() {
+    let (r, _) =
+        closed_after_the_header_timeout(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    assert_eq!(r.matches("HTTP/1.1 200 OK").count(), 1, "{r}");
 }
 
 #[test]
 fn slow_headers_are_cut_at_the_header_timeout() {
-    let timeout = Duration::from_millis(300);
-    let srv = Server::start(Limits {
-        header_read_timeout: timeout,
-        ..Limits::default()
-    });
-    let mut s = srv.connect();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: loc").unwrap();
-    let start = Instant::now();
-    let r = read_all(&mut s);
-    let took = start.elapsed();
+    let (r, srv) = closed_after_the_header_timeout(b"GET /metrics HTTP/1.1\r\nHost: loc");
     assert!(!r.contains("200 OK"), "{r}");
-    assert!(
-        took >= timeout && took < timeout * 10,
-        "closed after {took:?}"
-    );
     assert_eq!(srv.renders.load(Ordering::SeqCst), 0);
 }
 
@@ -351,4 +349,210 @@ fn beyond_the_cap_a_connection_is_refused_at_once_when_all_are_scraping() {
         srv.get("/metrics").starts_with("HTTP/1.1 200 OK"),
         "slots came back"
     );
+}
+
+// What `render` makes of a daemon's snapshot (no counters: the datapath is not involved).
+
+pub(crate) fn vpc(name: &str, slot: u32, ready: bool) -> VpcView {
+    VpcView {
+        name: name.into(),
+        netns: format!("vpc-{name}"),
+        host_if: format!("pd-{name}"),
+        slot,
+        ready,
+        error: None,
+        hosts: Vec::new(),
+    }
+}
+
+pub(crate) fn peering(id: &str, slot: u32, state: PeeringState) -> PeeringView {
+    PeeringView {
+        id: id.into(),
+        vpcs: ["a".into(), "b".into()],
+        state,
+        reason: None,
+        slot,
+        first_seen: None,
+        activated_at: None,
+    }
+}
+
+/// The samples of `family` in `text`: (labels as written, value).
+fn samples<'a>(text: &'a str, family: &str) -> Vec<(&'a str, &'a str)> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix(family)?.strip_prefix('{'))
+        .filter_map(|l| l.rsplit_once("} "))
+        .collect()
+}
+
+/// `peering`'s state series: state -> value.
+fn states(text: &str, id: &str) -> BTreeMap<String, String> {
+    samples(text, "peerd_peering_state")
+        .into_iter()
+        .filter(|(l, _)| l.starts_with(&format!("peering=\"{id}\",")))
+        .map(|(l, v)| {
+            let s = l.split("state=\"").nth(1).unwrap().trim_end_matches('"');
+            (s.to_owned(), v.to_owned())
+        })
+        .collect()
+}
+
+#[test]
+fn every_peering_has_a_series_for_every_state_one_of_them_1() {
+    let mut snap = Snapshot {
+        vpcs: vec![vpc("a", 1, true), vpc("b", 2, true)],
+        peerings: vec![
+            peering("pcx-1", 1, PeeringState::Active),
+            peering("pcx-2", 2, PeeringState::Failed),
+        ],
+        ..Snapshot::default()
+    };
+    let all: Vec<String> = PeeringState::ALL.iter().map(|s| s.to_string()).collect();
+    let expect = |current: &str| -> BTreeMap<String, String> {
+        all.iter()
+            .map(|s| (s.clone(), if s == current { "1" } else { "0" }.to_owned()))
+            .collect()
+    };
+    let text = render(&snap, None);
+    assert_eq!(states(&text, "pcx-1"), expect("active"), "{text}");
+    assert_eq!(states(&text, "pcx-2"), expect("failed"), "{text}");
+    assert!(text.contains(
+        "peerd_peering_state{peering=\"pcx-1\",vpc_a=\"a\",vpc_b=\"b\",state=\"disconnected\"} 0"
+    ));
+    // A state change moves the 1; the same series stay.
+    snap.peerings[0].state = PeeringState::Disconnected;
+    let text = render(&snap, None);
+    assert_eq!(states(&text, "pcx-1"), expect("disconnected"), "{text}");
+    assert_eq!(samples(&text, "peerd_peering_state").len(), 2 * all.len());
+    // A removed peering's series go with it.
+    snap.peerings.remove(1);
+    let text = render(&snap, None);
+    assert!(states(&text, "pcx-2").is_empty(), "{text}");
+}
+
+#[test]
+fn map_gauges_count_the_desired_tables_and_give_every_map_its_size() {
+    use peerd_common::{
+        maps, RouteTarget, MAX_ENDPOINTS, MAX_HOSTS, MAX_PEERINGS, MAX_PREFIXES, MAX_VPCS,
+    };
+    let net = |s: &str| s.parse::<IpNet>().unwrap();
+    let mut t = Tables::default();
+    t.ifaces.extend([(10, 1), (11, 2)]);
+    t.vpcs
+        .extend([(1, Default::default()), (2, Default::default())]);
+    t.peerings.insert(1, Default::default());
+    t.src.extend([
+        ((1, net("10.1.0.0/16")), 1),
+        ((2, net("10.2.0.0/16")), 2),
+        ((2, net("fd02::/48")), 2),
+    ]);
+    t.routes.extend([
+        ((1, net("10.2.0.0/16")), RouteTarget::default()),
+        ((2, net("10.1.0.0/16")), RouteTarget::default()),
+        ((2, net("10.1.5.0/24")), RouteTarget::default()),
+    ]);
+    // Cluster mode: two workloads on another host (slot 1), VPC 1's VNI, one allowed prefix.
+    let addr = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+    t.endpoints
+        .extend([((2, addr("10.2.0.5")), 1), ((2, addr("fd02::5")), 1)]);
+    t.hosts.insert(1, addr("192.0.2.2"));
+    t.vnis.insert(7, 1);
+    t.allowed.insert((1, net("fd02::/48")), 1);
+    let snap = Snapshot {
+        maps: map_usage(&t),
+        ..Snapshot::default()
+    };
+    let text = render(&snap, None);
+    let value = |family: &str, map: &str| -> u64 {
+        samples(&text, family)
+            .into_iter()
+            .find(|(l, _)| *l == format!("map=\"{map}\""))
+            .unwrap_or_else(|| panic!("no {family} for {map}: {text}"))
+            .1
+            .parse()
+            .unwrap()
+    };
+    for (map, entries, capacity) in [
+        (maps::IFACES, 2, MAX_VPCS),
+        (maps::VPCS, 2, MAX_VPCS),
+        (maps::PEERINGS, 1, MAX_PEERINGS),
+        (maps::SRC_V4, 2, MAX_PREFIXES),
+        (maps::SRC_V6, 1, MAX_PREFIXES),
+        (maps::ROUTES_V4, 3, MAX_PREFIXES),
+        (maps::ROUTES_V6, 0, MAX_PREFIXES),
+        (maps::ENDPOINTS, 2, MAX_ENDPOINTS),
+        (maps::HOSTS, 1, MAX_HOSTS),
+        (maps::UNDERLAY, 1, MAX_HOSTS),
+        (maps::VNIS, 1, MAX_VPCS),
+        (maps::ALLOWED_V4, 0, MAX_PREFIXES),
+        (maps::ALLOWED_V6, 1, MAX_PREFIXES),
+    ] {
+        assert_eq!(value("peerd_map_entries", map), entries, "{map}");
+        assert_eq!(
+            value("peerd_map_capacity", map),
+            u64::from(capacity),
+            "{map}"
+        );
+    }
+    assert_eq!(samples(&text, "peerd_map_entries").len(), 13);
+}
+
+#[test]
+fn the_grafana_dashboard_uses_only_metrics_peerd_exports() {
+    let dashboard: serde_json::Value = serde_json::from_str(include_str!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../contrib/grafana-peerd.json"
+    )))
+    .expect("the dashboard is JSON");
+    // Every optional family present: flow log, backstop, reconcile histogram, a VPC, a peering.
+    let snap = Snapshot {
+        vpcs: vec![vpc("a", 1, true)],
+        peerings: vec![peering("pcx-1", 1, PeeringState::Active)],
+        backstop: Some((0, 0)),
+        flow_log: Some(crate::status::FlowLogStatus {
+            path: "/var/log/peerd/flows.jsonl".into(),
+            records_written: 0,
+            rotations: 0,
+            lost_packets: 0,
+            error: None,
+        }),
+        reconcile_seconds: Some(reconcile_histogram()),
+        maps: map_usage(&Tables::default()),
+        ..Snapshot::default()
+    };
+    let text = render(&snap, None);
+    let exported: std::collections::BTreeSet<&str> = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .collect();
+    // Every `peerd_...` name in a query, an annotation or a variable.
+    let mut used = std::collections::BTreeSet::new();
+    let all = dashboard.to_string();
+    let mut rest = all.as_str();
+    while let Some(i) = rest.find("peerd_") {
+        let name: String = rest[i..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        rest = &rest[i + name.len()..];
+        used.insert(name);
+    }
+    assert!(used.len() >= 12, "{used:?}");
+    let missing: Vec<&String> = used
+        .iter()
+        .filter(|n| !exported.contains(n.as_str()))
+        .collect();
+    assert!(missing.is_empty(), "not exported: {missing:?}\n{text}");
+    for family in [
+        "peerd_peering_state",
+        "peerd_map_entries",
+        "peerd_map_capacity",
+        "peerd_dropped_packets_total",
+        "peerd_forwarded_packets_total",
+        "peerd_last_reload_success",
+        "peerd_vpc_ready",
+    ] {
+        assert!(used.contains(family), "the dashboard lacks {family}");
+    }
 }

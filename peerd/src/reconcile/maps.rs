@@ -12,28 +12,32 @@ use std::{collections::BTreeMap, fmt, net::IpAddr};
 
 use aya::maps::{lpm_trie::Key as LpmKey, MapError};
 use ipnet::IpNet;
-use peerd_common::{IfaceInfo, KeyV4, KeyV6, PeeringInfo, RouteTarget, SrcInfo, VpcInfo};
+use peerd_common::{
+    EndpointKey, IfaceInfo, KeyV4, KeyV6, PeeringInfo, RouteTarget, SrcInfo, Underlay, VpcInfo,
+    CONFIG_VXLAN_IFINDEX,
+};
 
 use crate::{datapath::Datapath, tables::Tables};
 
 /// The maps' contents as plain values: what a sync wants (from `Tables`) or what the maps hold.
+/// The tables as they are, but for the interface entries (as the program reads them) and the
+/// reverse index of the hosts (underlay address -> host slot); `t.ifaces` is unused.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Contents {
     pub ifaces: BTreeMap<u32, IfaceInfo>,
-    pub vpcs: BTreeMap<u32, VpcInfo>,
-    pub peerings: BTreeMap<u32, PeeringInfo>,
-    pub src: BTreeMap<(u32, IpNet), u32>,
-    pub routes: BTreeMap<(u32, IpNet), RouteTarget>,
+    pub underlay: BTreeMap<IpAddr, u32>,
+    pub t: Tables,
 }
 
 impl Contents {
     pub fn of(t: &Tables) -> Self {
         Contents {
             ifaces: t.iface_infos(),
-            vpcs: t.vpcs.clone(),
-            peerings: t.peerings.clone(),
-            src: t.src.clone(),
-            routes: t.routes.clone(),
+            underlay: t.hosts.iter().map(|(s, a)| (*a, *s)).collect(),
+            t: Tables {
+                ifaces: BTreeMap::new(),
+                ..t.clone()
+            },
         }
     }
 
@@ -47,38 +51,103 @@ impl Contents {
         for (i, v) in dp.vpcs.iter().enumerate() {
             let v = v?;
             if v != VpcInfo::default() {
-                c.vpcs.insert(i as u32, v);
+                c.t.vpcs.insert(i as u32, v);
             }
         }
         for (i, v) in dp.peerings.iter().enumerate() {
             let v = v?;
             if v != PeeringInfo::default() {
-                c.peerings.insert(i as u32, v);
+                c.t.peerings.insert(i as u32, v);
             }
         }
         // LPM tries: a lookup is a longest-prefix match, so values are read for the keys the
         // trie has (for a present key, the longest match is the key itself).
         for k in dp.src_v4.keys().filter_map(Result::ok) {
             if let Ok(v) = dp.src_v4.get(&k, 0) {
-                c.src.insert(from_key4(&k), v.table);
+                c.t.src.insert(from_key4(&k), v.table);
             }
         }
         for k in dp.src_v6.keys().filter_map(Result::ok) {
             if let Ok(v) = dp.src_v6.get(&k, 0) {
-                c.src.insert(from_key6(&k), v.table);
+                c.t.src.insert(from_key6(&k), v.table);
             }
         }
         for k in dp.routes_v4.keys().filter_map(Result::ok) {
             if let Ok(v) = dp.routes_v4.get(&k, 0) {
-                c.routes.insert(from_key4(&k), v);
+                c.t.routes.insert(from_key4(&k), v);
             }
         }
         for k in dp.routes_v6.keys().filter_map(Result::ok) {
             if let Ok(v) = dp.routes_v6.get(&k, 0) {
-                c.routes.insert(from_key6(&k), v);
+                c.t.routes.insert(from_key6(&k), v);
             }
         }
+        for k in dp.endpoints.keys().filter_map(Result::ok) {
+            if let (Ok(v), Some(a)) = (dp.endpoints.get(&k, 0), addr_of(k.family, &k.addr)) {
+                c.t.endpoints.insert((k.vpc, a), v);
+            }
+        }
+        for (i, v) in dp.hosts.iter().enumerate() {
+            let v = v?;
+            if let Some(a) = addr_of(v.family, &v.addr) {
+                c.t.hosts.insert(i as u32, a);
+            }
+        }
+        for k in dp.underlay.keys().filter_map(Result::ok) {
+            if let (Ok(v), Some(a)) = (dp.underlay.get(&k, 0), addr_of(k.family, &k.addr)) {
+                c.underlay.insert(a, v);
+            }
+        }
+        for k in dp.vnis.keys().filter_map(Result::ok) {
+            if let Ok(v) = dp.vnis.get(&k, 0) {
+                c.t.vnis.insert(k, v);
+            }
+        }
+        for k in dp.allowed_v4.keys().filter_map(Result::ok) {
+            if let Ok(v) = dp.allowed_v4.get(&k, 0) {
+                c.t.allowed.insert(from_key4(&k), v);
+            }
+        }
+        for k in dp.allowed_v6.keys().filter_map(Result::ok) {
+            if let Ok(v) = dp.allowed_v6.get(&k, 0) {
+                c.t.allowed.insert(from_key6(&k), v);
+            }
+        }
+        c.t.vxlan_ifindex = dp.config.get(&CONFIG_VXLAN_IFINDEX, 0).unwrap_or(0);
         Ok(c)
+    }
+}
+
+/// An address as peerd-common stores it: family 4 or 6, IPv4 in the first 4 bytes.
+pub fn underlay_of(a: IpAddr) -> Underlay {
+    let mut u = Underlay::default();
+    match a {
+        IpAddr::V4(v) => {
+            u.family = 4;
+            u.addr[..4].copy_from_slice(&v.octets());
+        }
+        IpAddr::V6(v) => {
+            u.family = 6;
+            u.addr = v.octets();
+        }
+    }
+    u
+}
+
+fn addr_of(family: u32, addr: &[u8; 16]) -> Option<IpAddr> {
+    match family {
+        4 => Some(IpAddr::from([addr[0], addr[1], addr[2], addr[3]])),
+        6 => Some(IpAddr::from(*addr)),
+        _ => None,
+    }
+}
+
+fn endpoint_key(vpc: u32, a: IpAddr) -> EndpointKey {
+    let u = underlay_of(a);
+    EndpointKey {
+        vpc,
+        family: u.family,
+        addr: u.addr,
     }
 }
 
@@ -90,6 +159,13 @@ pub enum Entry {
     Route((u32, IpNet), RouteTarget),
     Src((u32, IpNet), u32),
     Iface(u32, IfaceInfo),
+    Endpoint((u32, IpAddr), u32),
+    Host(u32, IpAddr),
+    Underlay(IpAddr, u32),
+    Vni(u32, u32),
+    Allowed((u32, IpNet), u32),
+    /// The VXLAN device's ifindex (0: none).
+    Vxlan(u32),
 }
 
 /// One map key.
@@ -100,6 +176,11 @@ pub enum Key {
     Route(u32, IpNet),
     Src(u32, IpNet),
     Iface(u32),
+    Endpoint(u32, IpAddr),
+    Host(u32),
+    Underlay(IpAddr),
+    Vni(u32),
+    Allowed(u32, IpNet),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -123,6 +204,27 @@ impl fmt::Display for Change {
             }
             Change::Write(Entry::Iface(i, info)) => {
                 write!(f, "write interface {i} -> VPC slot {}", info.vpc)
+            }
+            Change::Write(Entry::Endpoint((v, a), h)) => {
+                write!(f, "write endpoint {a} of VPC slot {v} -> host slot {h}")
+            }
+            Change::Write(Entry::Host(s, a)) => write!(f, "write host slot {s} -> {a}"),
+            Change::Write(Entry::Underlay(a, s)) => {
+                write!(f, "write underlay {a} -> host slot {s}")
+            }
+            Change::Write(Entry::Vni(n, s)) => write!(f, "write VNI {n} -> VPC slot {s}"),
+            Change::Write(Entry::Allowed((v, n), p)) => {
+                write!(f, "write allowed source {n} of VPC slot {v} -> peering {p}")
+            }
+            Change::Write(Entry::Vxlan(i)) => write!(f, "write VXLAN device {i}"),
+            Change::Remove(Key::Endpoint(v, a)) => {
+                write!(f, "remove endpoint {a} of VPC slot {v}")
+            }
+            Change::Remove(Key::Host(s)) => write!(f, "clear host slot {s}"),
+            Change::Remove(Key::Underlay(a)) => write!(f, "remove underlay {a}"),
+            Change::Remove(Key::Vni(n)) => write!(f, "remove VNI {n}"),
+            Change::Remove(Key::Allowed(v, n)) => {
+                write!(f, "remove allowed source {n} of VPC slot {v}")
             }
             Change::Remove(Key::Vpc(s)) => write!(f, "clear VPC slot {s}"),
             Change::Remove(Key::Peering(s)) => write!(f, "clear peering slot {s}"),
@@ -158,21 +260,54 @@ pub fn diff(have: &Contents, want: &Contents) -> Vec<Change> {
         }
     }
     let mut out = Vec::new();
-    writes(&have.vpcs, &want.vpcs, Entry::Vpc, &mut out);
-    writes(&have.peerings, &want.peerings, Entry::Peering, &mut out);
-    writes(&have.routes, &want.routes, Entry::Route, &mut out);
-    writes(&have.src, &want.src, Entry::Src, &mut out);
+    // Cluster mode's leaves: the device, where hosts are, which sources they may send, then
+    // the VNIs that make a VPC reachable from them.
+    if want.t.vxlan_ifindex != 0 && have.t.vxlan_ifindex != want.t.vxlan_ifindex {
+        out.push(Change::Write(Entry::Vxlan(want.t.vxlan_ifindex)));
+    }
+    writes(&have.t.hosts, &want.t.hosts, Entry::Host, &mut out);
+    writes(&have.underlay, &want.underlay, Entry::Underlay, &mut out);
+    writes(
+        &have.t.endpoints,
+        &want.t.endpoints,
+        Entry::Endpoint,
+        &mut out,
+    );
+    writes(&have.t.allowed, &want.t.allowed, Entry::Allowed, &mut out);
+    writes(&have.t.vnis, &want.t.vnis, Entry::Vni, &mut out);
+    writes(&have.t.vpcs, &want.t.vpcs, Entry::Vpc, &mut out);
+    writes(&have.t.peerings, &want.t.peerings, Entry::Peering, &mut out);
+    writes(&have.t.routes, &want.t.routes, Entry::Route, &mut out);
+    writes(&have.t.src, &want.t.src, Entry::Src, &mut out);
     writes(&have.ifaces, &want.ifaces, Entry::Iface, &mut out);
     removes(&have.ifaces, &want.ifaces, Key::Iface, &mut out);
-    removes(&have.src, &want.src, |(v, n)| Key::Src(v, n), &mut out);
+    removes(&have.t.src, &want.t.src, |(v, n)| Key::Src(v, n), &mut out);
     removes(
-        &have.routes,
-        &want.routes,
+        &have.t.routes,
+        &want.t.routes,
         |(t, n)| Key::Route(t, n),
         &mut out,
     );
-    removes(&have.peerings, &want.peerings, Key::Peering, &mut out);
-    removes(&have.vpcs, &want.vpcs, Key::Vpc, &mut out);
+    removes(&have.t.peerings, &want.t.peerings, Key::Peering, &mut out);
+    removes(&have.t.vpcs, &want.t.vpcs, Key::Vpc, &mut out);
+    removes(&have.t.vnis, &want.t.vnis, Key::Vni, &mut out);
+    removes(
+        &have.t.allowed,
+        &want.t.allowed,
+        |(v, n)| Key::Allowed(v, n),
+        &mut out,
+    );
+    removes(
+        &have.t.endpoints,
+        &want.t.endpoints,
+        |(v, a)| Key::Endpoint(v, a),
+        &mut out,
+    );
+    removes(&have.underlay, &want.underlay, Key::Underlay, &mut out);
+    removes(&have.t.hosts, &want.t.hosts, Key::Host, &mut out);
+    if want.t.vxlan_ifindex == 0 && have.t.vxlan_ifindex != 0 {
+        out.push(Change::Write(Entry::Vxlan(0)));
+    }
     out
 }
 
@@ -235,6 +370,25 @@ fn apply_one(dp: &mut Datapath, c: &Change) -> Result<(), MapError> {
             }
         }
         Change::Write(Entry::Iface(k, v)) => dp.ifaces.insert(k, v, 0),
+        Change::Write(Entry::Endpoint((v, a), h)) => {
+            dp.endpoints.insert(endpoint_key(*v, *a), h, 0)
+        }
+        Change::Write(Entry::Host(s, a)) => dp.hosts.set(*s, underlay_of(*a), 0),
+        Change::Write(Entry::Underlay(a, s)) => dp.underlay.insert(underlay_of(*a), s, 0),
+        Change::Write(Entry::Vni(n, s)) => dp.vnis.insert(n, s, 0),
+        Change::Write(Entry::Allowed((id, net), p)) => match net {
+            IpNet::V4(_) => dp.allowed_v4.insert(&key4(*id, net), p, 0),
+            IpNet::V6(_) => dp.allowed_v6.insert(&key6(*id, net), p, 0),
+        },
+        Change::Write(Entry::Vxlan(i)) => dp.config.set(CONFIG_VXLAN_IFINDEX, i, 0),
+        Change::Remove(Key::Endpoint(v, a)) => dp.endpoints.remove(&endpoint_key(*v, *a)),
+        Change::Remove(Key::Host(s)) => dp.hosts.set(*s, Underlay::default(), 0),
+        Change::Remove(Key::Underlay(a)) => dp.underlay.remove(&underlay_of(*a)),
+        Change::Remove(Key::Vni(n)) => dp.vnis.remove(n),
+        Change::Remove(Key::Allowed(id, net)) => match net {
+            IpNet::V4(_) => dp.allowed_v4.remove(&key4(*id, net)),
+            IpNet::V6(_) => dp.allowed_v6.remove(&key6(*id, net)),
+        },
         Change::Remove(Key::Iface(k)) => dp.ifaces.remove(k),
         Change::Remove(Key::Src(id, net)) => match net {
             IpNet::V4(_) => dp.src_v4.remove(&key4(*id, net)),
@@ -306,18 +460,20 @@ mod tests {
     fn writes_go_leaves_first_and_removals_roots_first() {
         let mut have = Contents::default();
         have.ifaces.insert(9, IfaceInfo::default());
-        have.vpcs.insert(3, VpcInfo::default());
-        have.src.insert((3, net("10.3.0.0/16")), 3);
-        have.routes
+        have.t.vpcs.insert(3, VpcInfo::default());
+        have.t.src.insert((3, net("10.3.0.0/16")), 3);
+        have.t
+            .routes
             .insert((3, net("10.4.0.0/16")), RouteTarget::default());
-        have.peerings.insert(2, PeeringInfo::default());
+        have.t.peerings.insert(2, PeeringInfo::default());
         let mut want = Contents::default();
         want.ifaces.insert(7, IfaceInfo::default());
-        want.vpcs.insert(1, VpcInfo::default());
-        want.src.insert((1, net("10.1.0.0/16")), 1);
-        want.routes
+        want.t.vpcs.insert(1, VpcInfo::default());
+        want.t.src.insert((1, net("10.1.0.0/16")), 1);
+        want.t
+            .routes
             .insert((1, net("10.2.0.0/16")), RouteTarget::default());
-        want.peerings.insert(1, PeeringInfo::default());
+        want.t.peerings.insert(1, PeeringInfo::default());
         let kinds: Vec<String> = diff(&have, &want)
             .iter()
             .map(|c| {

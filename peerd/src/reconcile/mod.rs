@@ -12,6 +12,7 @@
 //! | [`maps`] | the datapath's map entries (leaves first, roots last) |
 //! | [`programs`] | the program's pinned TCX/XDP link on each host-side veth |
 //! | [`backstop`] | the nftables table that drops VPC traffic reaching the host stack |
+//! | [`vxlan`] | cluster mode: the host's VXLAN device (up only with its receive program) |
 //!
 //! [`Reconciler::run`] is one pass over all of them; [`Reconciler::plan`] computes the same
 //! diffs and applies nothing (`peerd plan`).
@@ -20,6 +21,7 @@ pub mod links;
 pub mod maps;
 pub mod programs;
 pub mod routes;
+pub mod vxlan;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -30,7 +32,7 @@ use tracing::warn;
 use crate::{
     config::{Config, DatapathMode, Peering},
     datapath::Datapath,
-    desired::{self, Desired, Facts, Inputs, VpcWant},
+    desired::{self, Desired, Facts, Inputs, VpcWant, VxlanFacts},
     netlink::{self, Netlink},
     state::State,
 };
@@ -47,13 +49,33 @@ impl Report {
     fn merge(&mut self, other: Report) {
         self.actions.extend(other.actions);
         for (k, v) in other.errors {
-            self.errors
-                .entry(k)
-                .and_modify(|e| {
-                    e.push_str("; ");
-                    e.push_str(&v)
-                })
-                .or_insert(v);
+            self.error(k, v);
+        }
+    }
+
+    /// Records an error of `obj`, after those it already has.
+    fn error(&mut self, obj: String, msg: String) {
+        self.errors
+            .entry(obj)
+            .and_modify(|e| {
+                e.push_str("; ");
+                e.push_str(&msg)
+            })
+            .or_insert(msg);
+    }
+
+    /// Records the outcome of change `line` on `obj`: an action done, or an error. Returns
+    /// whether it succeeded.
+    fn outcome<E: std::fmt::Display>(&mut self, obj: &str, line: String, r: Result<(), E>) -> bool {
+        match r {
+            Ok(()) => {
+                self.actions.push(line);
+                true
+            }
+            Err(e) => {
+                self.error(obj.to_owned(), format!("{line}: {e}"));
+                false
+            }
         }
     }
 }
@@ -101,6 +123,8 @@ pub struct Reconciler {
     /// What the last clean map sync wrote.
     shadow: Option<maps::Contents>,
     backstop_table: String,
+    /// The VXLAN device's ifindex when the receive program was last seen attached to it.
+    vxlan_rx: Option<u32>,
 }
 
 /// What the pipeline needs to know beyond the configuration.
@@ -115,6 +139,10 @@ pub struct RunInputs<'a> {
     pub new_peering_slots: &'a [u32],
     /// Cluster mode: the fleet as last known.
     pub fleet: Option<desired::Fleet<'a>>,
+    /// Cluster mode: the VXLAN device's UDP port and MTU (the underlay's, less the
+    /// encapsulation). Known from the configuration, so that the device stays while the fleet
+    /// is not (etcd down at start).
+    pub vxlan: Option<(u16, u32)>,
 }
 
 impl Reconciler {
@@ -127,6 +155,7 @@ impl Reconciler {
             applied_routes: BTreeMap::new(),
             shadow: None,
             backstop_table: backstop::table_name(netns_prefix),
+            vxlan_rx: None,
         }
     }
 
@@ -144,6 +173,45 @@ impl Reconciler {
         let a = programs::attached(&mut self.dp, mode);
         self.facts.attached = a.attached;
         self.facts.xdp_links = a.xdp_links;
+        self.vxlan_rx = a.vxlan_rx;
+        if let Some(v) = &mut self.facts.vxlan {
+            v.rx_attached = a.vxlan_rx == Some(v.ifindex);
+        }
+    }
+
+    /// The VXLAN device's wanted state (`None`: not in cluster mode).
+    fn vxlan_want(&self, inp: &RunInputs<'_>) -> Option<vxlan::Want> {
+        inp.vxlan.map(|(port, mtu)| vxlan::Want {
+            port,
+            mtu,
+            up: self.facts.vxlan.is_some_and(|v| v.rx_attached),
+        })
+    }
+
+    /// One pass of the VXLAN device's reconciler; learns its ifindex.
+    async fn vxlan_pass(&mut self, inp: &RunInputs<'_>, pass: links::Pass, report: &mut Report) {
+        let want = self.vxlan_want(inp);
+        let port = want.as_ref().map_or(0, |w| w.port);
+        match vxlan::observe(&self.nl, port).await {
+            Ok(have) => {
+                let changes = vxlan::diff(&have, want.as_ref(), pass);
+                if !changes.is_empty() {
+                    report.merge(vxlan::apply(&self.nl, changes).await);
+                }
+            }
+            Err(e) => {
+                report.errors.insert(vxlan::NAME.into(), e.to_string());
+            }
+        }
+        self.facts.vxlan = match (&want, vxlan::observe(&self.nl, port).await) {
+            (Some(_), Ok(h)) if h.ours => h.ifindex.map(|ifindex| VxlanFacts {
+                ifindex,
+                rx_attached: self.vxlan_rx == Some(ifindex),
+            }),
+            // Not observable: keep the last known device, so its entries and program stay.
+            (Some(_), Err(_)) => self.facts.vxlan,
+            _ => None,
+        };
     }
 
     /// One pass of every reconciler, in dependency order.
@@ -217,6 +285,9 @@ impl Reconciler {
         self.facts
             .links
             .retain(|v, _| configured.contains(v.as_str()));
+
+        // 1b. Cluster mode: the VXLAN device (built down until its receive program is on).
+        self.vxlan_pass(inp, links::Pass::Build, &mut report).await;
 
         // 2. Routes and neighbours inside each namespace.
         let want = self.desired(inp);
@@ -297,8 +368,8 @@ impl Reconciler {
 
         // 4. Program links.
         let have = programs::observe(&mut self.dp);
-        let changes = programs::diff(&have, &want.programs, mode);
-        let (r, _) = programs::apply(&mut self.dp, mode, changes);
+        let wanted = programs::wanted(&want.programs, mode, self.facts.vxlan.map(|v| v.ifindex));
+        let r = programs::apply(&mut self.dp, programs::diff(&have, &wanted));
         let by_link: BTreeMap<&str, &str> = want
             .vpcs
             .values()
@@ -311,7 +382,9 @@ impl Reconciler {
         report.actions.extend(r.actions);
         self.refresh_program_facts(mode);
 
-        // 5. Host ends up where the program is attached (down where it is not); offloads.
+        // 5. Host ends up where the program is attached (down where it is not); offloads. The
+        // VXLAN device likewise.
+        self.vxlan_pass(inp, links::Pass::Finish, &mut report).await;
         let want = self.desired(inp);
         for w in want.vpcs.values() {
             let have = match haves.get(&w.name) {
@@ -432,8 +505,20 @@ impl Reconciler {
                 ));
             }
         }
+        let vx_want = self.vxlan_want(inp);
+        let port = vx_want.as_ref().map_or(0, |w| w.port);
+        if let Ok(have) = vxlan::observe(&self.nl, port).await {
+            for c in vxlan::diff(&have, vx_want.as_ref(), links::Pass::Build) {
+                lines.push(c.to_string());
+            }
+        }
         let pins = programs::observe(&mut self.dp);
-        for c in programs::diff(&pins, &want.programs, inp.config.daemon.datapath) {
+        let wanted = programs::wanted(
+            &want.programs,
+            inp.config.daemon.datapath,
+            self.facts.vxlan.map(|v| v.ifindex),
+        );
+        for c in programs::diff(&pins, &wanted) {
             lines.push(format!("program: {c}"));
         }
         lines

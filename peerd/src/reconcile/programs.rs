@@ -1,5 +1,6 @@
 //! Reconciler for the datapath program on each VPC's host-side link: a TCX (or XDP) link pinned
-//! under `pin_dir/links`, so the program outlives the daemon.
+//! under `pin_dir/links`, so the program outlives the daemon. In cluster mode, likewise the
+//! receive program on the VXLAN device's ingress.
 //!
 //! An existing pinned link that runs other code is updated in place (atomic program
 //! replacement, no gap); one that someone detached is replaced. Pins are removed only for links
@@ -21,11 +22,48 @@ use aya::programs::{
 use super::Report;
 use crate::{config::DatapathMode, datapath::Datapath};
 
+/// Which program a link runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Kind {
+    /// TCX ingress of a VPC's host-side link.
+    Tc,
+    /// XDP on a VPC's host-side link.
+    Xdp,
+    /// Cluster mode: TCX ingress of the VXLAN device.
+    VxlanRx,
+}
+
+impl Kind {
+    /// The kind for VPC links in datapath mode `mode`.
+    pub fn of(mode: DatapathMode) -> Kind {
+        match mode {
+            DatapathMode::Tc => Kind::Tc,
+            DatapathMode::Xdp => Kind::Xdp,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Tc => "tc",
+            Kind::Xdp => "xdp",
+            Kind::VxlanRx => "vxlan receive",
+        }
+    }
+
+    fn prefix(self) -> &'static str {
+        match self {
+            Kind::Tc => "",
+            Kind::Xdp => "xdp-",
+            Kind::VxlanRx => "vx-",
+        }
+    }
+}
+
 /// One pinned link as found.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Pin {
     pub path: PathBuf,
-    pub mode: DatapathMode,
+    pub kind: Kind,
     pub ifname: String,
     pub ifindex: u32,
     /// The program is still attached to the link's device.
@@ -35,20 +73,34 @@ pub struct Pin {
 }
 
 /// The pin file name of a link.
-pub fn pin_name(mode: DatapathMode, ifname: &str, ifindex: u32) -> String {
-    match mode {
-        DatapathMode::Tc => format!("{ifname}-{ifindex}"),
-        DatapathMode::Xdp => format!("xdp-{ifname}-{ifindex}"),
-    }
+pub fn pin_name(kind: Kind, ifname: &str, ifindex: u32) -> String {
+    format!("{}{ifname}-{ifindex}", kind.prefix())
 }
 
-fn parse_pin_name(name: &str) -> Option<(DatapathMode, String, u32)> {
-    let (mode, rest) = match name.strip_prefix("xdp-") {
-        Some(r) => (DatapathMode::Xdp, r),
-        None => (DatapathMode::Tc, name),
-    };
+fn parse_pin_name(name: &str) -> Option<(Kind, String, u32)> {
+    let (kind, rest) = [Kind::Xdp, Kind::VxlanRx]
+        .into_iter()
+        .find_map(|k| name.strip_prefix(k.prefix()).map(|r| (k, r)))
+        .unwrap_or((Kind::Tc, name));
     let (ifname, idx) = rest.rsplit_once('-')?;
-    Some((mode, ifname.to_owned(), idx.parse().ok()?))
+    Some((kind, ifname.to_owned(), idx.parse().ok()?))
+}
+
+/// The links that must run a program: the VPC links (`links`, name -> ifindex) with this
+/// mode's, and in cluster mode the VXLAN device (`vxlan`: its ifindex) with the receive one.
+pub fn wanted(
+    links: &BTreeMap<String, u32>,
+    mode: DatapathMode,
+    vxlan: Option<u32>,
+) -> BTreeMap<String, (u32, Kind)> {
+    let mut w: BTreeMap<String, (u32, Kind)> = links
+        .iter()
+        .map(|(n, i)| (n.clone(), (*i, Kind::of(mode))))
+        .collect();
+    if let Some(i) = vxlan {
+        w.insert(super::vxlan::NAME.to_owned(), (i, Kind::VxlanRx));
+    }
+    w
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -56,7 +108,7 @@ pub enum Change {
     Attach {
         ifname: String,
         ifindex: u32,
-        mode: DatapathMode,
+        kind: Kind,
     },
     /// Someone detached it: a new link replaces the pin.
     Repair(Pin),
@@ -68,32 +120,32 @@ pub enum Change {
 
 impl fmt::Display for Change {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mode = |m: &DatapathMode| match m {
-            DatapathMode::Tc => "tc",
-            DatapathMode::Xdp => "xdp",
-        };
         match self {
             Change::Attach {
                 ifname,
                 ifindex,
-                mode: m,
-            } => write!(f, "attached datapath ({}) to {ifname} ({ifindex})", mode(m)),
+                kind,
+            } => write!(
+                f,
+                "attached datapath ({}) to {ifname} ({ifindex})",
+                kind.name()
+            ),
             Change::Repair(p) => write!(
                 f,
                 "re-attached datapath ({}) to {} (it had been detached)",
-                mode(&p.mode),
+                p.kind.name(),
                 p.ifname
             ),
             Change::Replace(p) => write!(
                 f,
                 "replaced datapath program ({}) on {}",
-                mode(&p.mode),
+                p.kind.name(),
                 p.ifname
             ),
             Change::Unpin(p) => write!(
                 f,
                 "removed datapath link ({}) of {} ({})",
-                mode(&p.mode),
+                p.kind.name(),
                 p.ifname,
                 p.ifindex
             ),
@@ -111,21 +163,21 @@ pub fn observe(dp: &mut Datapath) -> Vec<Pin> {
         .filter_map(Result::ok)
         .map(|p| (p.id(), p.tag()))
         .collect();
-    let mine = |dp: &mut Datapath, mode| -> Option<u64> {
-        let info = match mode {
-            DatapathMode::Tc => dp.tc_program().info(),
-            DatapathMode::Xdp => dp.xdp_program().info(),
-        };
-        info.ok().map(|i| i.tag())
-    };
-    let my_tags = [
-        (DatapathMode::Tc, mine(dp, DatapathMode::Tc)),
-        (DatapathMode::Xdp, mine(dp, DatapathMode::Xdp)),
-    ];
+    let my_tags: Vec<(Kind, Option<u64>)> = [Kind::Tc, Kind::Xdp, Kind::VxlanRx]
+        .into_iter()
+        .map(|k| {
+            let info = match k {
+                Kind::Tc => dp.tc_program().info(),
+                Kind::Xdp => dp.xdp_program().info(),
+                Kind::VxlanRx => dp.vxlan_rx_program().info(),
+            };
+            (k, info.ok().map(|i| i.tag()))
+        })
+        .collect();
     let mut out = Vec::new();
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        let Some((mode, ifname, ifindex)) = parse_pin_name(&name) else {
+        let Some((kind, ifname, ifindex)) = parse_pin_name(&name) else {
             continue;
         };
         let prog_id = PinnedLink::from_pin(e.path())
@@ -134,27 +186,27 @@ pub fn observe(dp: &mut Datapath) -> Vec<Pin> {
             .and_then(|fd| fd.info().ok())
             .map(|i| i.program_id());
         let alive = nix::net::if_::if_nametoindex(ifname.as_str()).ok() == Some(ifindex);
-        let attached = match (mode, prog_id) {
+        let attached = match (kind, prog_id) {
             (_, None) => false,
-            (DatapathMode::Tc, Some(id)) => {
+            (Kind::Tc | Kind::VxlanRx, Some(id)) => {
                 alive
                     && SchedClassifier::query_tcx(ifname.as_str(), TcAttachType::Ingress)
                         .map(|(_, progs)| progs.iter().any(|p| p.id() == id))
                         .unwrap_or(false)
             }
             // An XDP link can only be detached through its pin (then gone) or with its device.
-            (DatapathMode::Xdp, Some(_)) => alive,
+            (Kind::Xdp, Some(_)) => alive,
         };
         let my_tag = my_tags
             .iter()
-            .find(|(m, _)| *m == mode)
+            .find(|(k, _)| *k == kind)
             .and_then(|(_, t)| *t);
         let current = prog_id
             .and_then(|id| tags.get(&id))
             .is_some_and(|t| Some(*t) == my_tag);
         out.push(Pin {
             path: e.path(),
-            mode,
+            kind,
             ifname,
             ifindex,
             attached,
@@ -166,116 +218,133 @@ pub fn observe(dp: &mut Datapath) -> Vec<Pin> {
 }
 
 /// Attaches and repairs first; pins to remove last, and a pin of the other mode only when this
-/// mode's program is (or is about to be) on the same link.
-pub fn diff(have: &[Pin], want: &BTreeMap<String, u32>, mode: DatapathMode) -> Vec<Change> {
+/// mode's program is (or is about to be) on the same link. `want`: link name -> (ifindex,
+/// program), from [`wanted`].
+pub fn diff(have: &[Pin], want: &BTreeMap<String, (u32, Kind)>) -> Vec<Change> {
     let mut out = Vec::new();
-    let mut covered: BTreeSet<(String, u32)> = BTreeSet::new();
-    for (ifname, ifindex) in want {
+    for (ifname, &(ifindex, kind)) in want {
         let pin = have
             .iter()
-            .find(|p| p.mode == mode && &p.ifname == ifname && p.ifindex == *ifindex);
+            .find(|p| p.kind == kind && &p.ifname == ifname && p.ifindex == ifindex);
         match pin {
             None => out.push(Change::Attach {
                 ifname: ifname.clone(),
-                ifindex: *ifindex,
-                mode,
+                ifindex,
+                kind,
             }),
             Some(p) if !p.attached => out.push(Change::Repair(p.clone())),
             Some(p) if !p.current => out.push(Change::Replace(p.clone())),
             Some(_) => {}
         }
-        covered.insert((ifname.clone(), *ifindex));
     }
     for p in have {
-        let wanted = p.mode == mode && want.get(&p.ifname) == Some(&p.ifindex);
-        if !wanted {
+        if want.get(&p.ifname) != Some(&(p.ifindex, p.kind)) {
             out.push(Change::Unpin(p.clone()));
         }
     }
     out
 }
 
-/// What the program links are after an apply: (name, ifindex) with this mode's program, and
-/// the names that still have an XDP pin.
+/// What the program links are after an apply: (name, ifindex) with this mode's program, the
+/// names that still have an XDP pin, and the VXLAN device's ifindex when its receive program is
+/// attached.
 #[derive(Debug, Default)]
 pub struct Attached {
     pub attached: BTreeSet<(String, u32)>,
     pub xdp_links: BTreeSet<String>,
+    pub vxlan_rx: Option<u32>,
 }
 
-/// Applies `changes`; an unpin of the other mode's link is skipped when this mode's attach on
-/// the same link failed.
-pub fn apply(dp: &mut Datapath, mode: DatapathMode, changes: Vec<Change>) -> (Report, Vec<String>) {
+/// Applies `changes`; the unpin of a link whose replacement (the other mode's program on the
+/// same link) failed to attach is skipped: a configured link never loses its filter.
+pub fn apply(dp: &mut Datapath, changes: Vec<Change>) -> Report {
     let mut report = Report::default();
     let mut failed_links: BTreeSet<(String, u32)> = BTreeSet::new();
-    let mut failed_ifnames = Vec::new();
     for c in changes {
         let line = c.to_string();
         let r = match &c {
             Change::Attach {
-                ifname, ifindex, ..
-            } => attach(dp, mode, ifname, *ifindex),
+                ifname,
+                ifindex,
+                kind,
+            } => attach(dp, *kind, ifname, *ifindex),
             Change::Repair(p) => {
                 let _ = fs::remove_file(&p.path);
-                attach(dp, mode, &p.ifname, p.ifindex)
+                attach(dp, p.kind, &p.ifname, p.ifindex)
             }
             Change::Replace(p) => replace(dp, p),
             Change::Unpin(p) => {
-                if p.mode != mode && failed_links.contains(&(p.ifname.clone(), p.ifindex)) {
-                    // The new mode's program is not on it: keep the old filter.
+                if failed_links.contains(&(p.ifname.clone(), p.ifindex)) {
                     continue;
                 }
                 fs::remove_file(&p.path).map_err(|e| format!("unpinning {}: {e}", p.path.display()))
             }
         };
-        match r {
-            Ok(()) => report.actions.push(line),
-            Err(e) => {
-                if let Change::Attach {
+        if let Err(e) = r {
+            let (ifname, ifindex) = match &c {
+                Change::Attach {
                     ifname, ifindex, ..
-                } = &c
-                {
-                    failed_links.insert((ifname.clone(), *ifindex));
-                    failed_ifnames.push(ifname.clone());
+                } => (ifname.clone(), *ifindex),
+                Change::Repair(p) | Change::Replace(p) | Change::Unpin(p) => {
+                    (p.ifname.clone(), p.ifindex)
                 }
-                if let Change::Repair(p) | Change::Replace(p) = &c {
-                    failed_links.insert((p.ifname.clone(), p.ifindex));
-                    failed_ifnames.push(p.ifname.clone());
-                }
-                report.errors.insert(
-                    match &c {
-                        Change::Attach { ifname, .. } => ifname.clone(),
-                        Change::Repair(p) | Change::Replace(p) | Change::Unpin(p) => {
-                            p.ifname.clone()
-                        }
-                    },
-                    format!("{line}: {e}"),
-                );
+            };
+            if !matches!(c, Change::Unpin(_)) {
+                failed_links.insert((ifname.clone(), ifindex));
             }
+            report.errors.insert(ifname, format!("{line}: {e}"));
+        } else {
+            report.actions.push(line);
         }
     }
-    (report, failed_ifnames)
+    report
 }
 
 /// The program links as they are now.
 pub fn attached(dp: &mut Datapath, mode: DatapathMode) -> Attached {
     let mut out = Attached::default();
     for p in observe(dp) {
-        if p.mode == DatapathMode::Xdp {
-            out.xdp_links.insert(p.ifname.clone());
-        }
-        if p.mode == mode && p.attached {
-            out.attached.insert((p.ifname, p.ifindex));
+        match p.kind {
+            Kind::VxlanRx if p.attached => out.vxlan_rx = Some(p.ifindex),
+            Kind::VxlanRx => {}
+            Kind::Xdp | Kind::Tc => {
+                if p.kind == Kind::Xdp {
+                    out.xdp_links.insert(p.ifname.clone());
+                }
+                if p.kind == Kind::of(mode) && p.attached {
+                    out.attached.insert((p.ifname, p.ifindex));
+                }
+            }
         }
     }
     out
 }
 
-fn attach(dp: &mut Datapath, mode: DatapathMode, ifname: &str, ifindex: u32) -> Result<(), String> {
-    let pin = dp.link_dir().join(pin_name(mode, ifname, ifindex));
-    let fd: FdLink = match mode {
-        DatapathMode::Tc => {
-            let prog = dp.tc_program();
+/// The TC program of `kind` (`Tc` or `VxlanRx`).
+fn classifier(dp: &mut Datapath, kind: Kind) -> &mut SchedClassifier {
+    match kind {
+        Kind::VxlanRx => dp.vxlan_rx_program(),
+        _ => dp.tc_program(),
+    }
+}
+
+/// A program's link taken out of aya's bookkeeping, as a plain link fd (dropping it does not
+/// detach).
+fn into_fd<L>(link: Result<L, aya::programs::ProgramError>) -> Result<FdLink, String>
+where
+    L: TryInto<FdLink>,
+    L::Error: fmt::Display,
+{
+    link.map_err(|e| format!("take link: {e}"))?
+        .try_into()
+        .map_err(|e| format!("link: {e}"))
+}
+
+fn attach(dp: &mut Datapath, kind: Kind, ifname: &str, ifindex: u32) -> Result<(), String> {
+    let pin = dp.link_dir().join(pin_name(kind, ifname, ifindex));
+    let fd: FdLink = match kind {
+        Kind::Tc | Kind::VxlanRx => {
+            let prog = classifier(dp, kind);
             let id = prog
                 .attach_with_options(
                     ifname,
@@ -283,20 +352,14 @@ fn attach(dp: &mut Datapath, mode: DatapathMode, ifname: &str, ifindex: u32) -> 
                     TcAttachOptions::TcxOrder(LinkOrder::default()),
                 )
                 .map_err(|e| format!("attach: {e}"))?;
-            prog.take_link(id)
-                .map_err(|e| format!("take link: {e}"))?
-                .try_into()
-                .map_err(|e| format!("link: {e}"))?
+            into_fd(prog.take_link(id))?
         }
-        DatapathMode::Xdp => {
+        Kind::Xdp => {
             let prog = dp.xdp_program();
             let id = prog
                 .attach_to_if_index(ifindex, XdpMode::Driver)
                 .map_err(|e| format!("attach XDP: {e}"))?;
-            prog.take_link(id)
-                .map_err(|e| format!("take link: {e}"))?
-                .try_into()
-                .map_err(|e| format!("link: {e}"))?
+            into_fd(prog.take_link(id))?
         }
     };
     fd.pin(&pin)
@@ -308,28 +371,22 @@ fn replace(dp: &mut Datapath, p: &Pin) -> Result<(), String> {
     let pinned = PinnedLink::from_pin(&p.path).map_err(|e| format!("opening pin: {e}"))?;
     let fd: FdLink = pinned.into();
     // The returned link is dropped without detaching (an FdLink only closes its fd).
-    let _fd: FdLink = match p.mode {
-        DatapathMode::Tc => {
+    let _fd: FdLink = match p.kind {
+        Kind::Tc | Kind::VxlanRx => {
             let link = SchedClassifierLink::try_from(fd).map_err(|e| format!("link: {e}"))?;
-            let prog = dp.tc_program();
+            let prog = classifier(dp, p.kind);
             let id = prog
                 .attach_to_link(link)
                 .map_err(|e| format!("replace on link: {e}"))?;
-            prog.take_link(id)
-                .map_err(|e| format!("take link: {e}"))?
-                .try_into()
-                .map_err(|e| format!("link: {e}"))?
+            into_fd(prog.take_link(id))?
         }
-        DatapathMode::Xdp => {
+        Kind::Xdp => {
             let link = XdpLink::try_from(fd).map_err(|e| format!("link: {e}"))?;
             let prog = dp.xdp_program();
             let id = prog
                 .attach_to_link(link)
                 .map_err(|e| format!("replace on link: {e}"))?;
-            prog.take_link(id)
-                .map_err(|e| format!("take link: {e}"))?
-                .try_into()
-                .map_err(|e| format!("link: {e}"))?
+            into_fd(prog.take_link(id))?
         }
     };
     Ok(())
@@ -351,10 +408,10 @@ pub fn own_pins(link_dir: &Path) -> Vec<PathBuf> {
 mod tests {
     use super::*;
 
-    fn pin(mode: DatapathMode, ifname: &str, ifindex: u32, attached: bool, current: bool) -> Pin {
+    fn pin(kind: Kind, ifname: &str, ifindex: u32, attached: bool, current: bool) -> Pin {
         Pin {
-            path: PathBuf::from(pin_name(mode, ifname, ifindex)),
-            mode,
+            path: PathBuf::from(pin_name(kind, ifname, ifindex)),
+            kind,
             ifname: ifname.into(),
             ifindex,
             attached,
@@ -364,20 +421,22 @@ mod tests {
 
     #[test]
     fn pin_names_round_trip() {
-        assert_eq!(
-            parse_pin_name(&pin_name(DatapathMode::Xdp, "pd12ab", 7)),
-            Some((DatapathMode::Xdp, "pd12ab".into(), 7))
-        );
-        assert_eq!(
-            parse_pin_name(&pin_name(DatapathMode::Tc, "pd12ab", 7)),
-            Some((DatapathMode::Tc, "pd12ab".into(), 7))
-        );
+        for (kind, ifname) in [
+            (Kind::Xdp, "pd12ab"),
+            (Kind::Tc, "pd12ab"),
+            (Kind::VxlanRx, "peerd-vx"),
+        ] {
+            assert_eq!(
+                parse_pin_name(&pin_name(kind, ifname, 7)),
+                Some((kind, ifname.into(), 7))
+            );
+        }
         assert_eq!(parse_pin_name("junk"), None);
     }
 
     #[test]
     fn attaches_repairs_replaces_and_unpins_only_what_is_not_wanted() {
-        use DatapathMode::*;
+        use Kind::*;
         let have = vec![
             pin(Tc, "pda", 1, true, true),
             pin(Tc, "pdb", 2, false, true),
@@ -385,17 +444,15 @@ mod tests {
             pin(Tc, "pdgone", 4, true, true),
             pin(Tc, "pdd", 5, true, true), // pdd was recreated as ifindex 6
         ];
-        let want: BTreeMap<String, u32> = [
+        let links: BTreeMap<String, u32> = [
             ("pda".into(), 1),
             ("pdb".into(), 2),
             ("pdc".into(), 3),
             ("pdd".into(), 6),
         ]
         .into();
-        let c: Vec<String> = diff(&have, &want, Tc)
-            .iter()
-            .map(|c| c.to_string())
-            .collect();
+        let want = wanted(&links, DatapathMode::Tc, None);
+        let c: Vec<String> = diff(&have, &want).iter().map(|c| c.to_string()).collect();
         assert_eq!(
             c,
             [
@@ -410,11 +467,38 @@ mod tests {
 
     #[test]
     fn switching_modes_attaches_the_new_one_before_removing_the_old() {
-        use DatapathMode::*;
-        let have = vec![pin(Tc, "pda", 1, true, true)];
-        let want: BTreeMap<String, u32> = [("pda".into(), 1)].into();
-        let c = diff(&have, &want, Xdp);
-        assert!(matches!(c[0], Change::Attach { mode: Xdp, .. }));
-        assert!(matches!(&c[1], Change::Unpin(p) if p.mode == Tc));
+        let have = vec![pin(Kind::Tc, "pda", 1, true, true)];
+        let links: BTreeMap<String, u32> = [("pda".into(), 1)].into();
+        let c = diff(&have, &wanted(&links, DatapathMode::Xdp, None));
+        assert!(matches!(
+            c[0],
+            Change::Attach {
+                kind: Kind::Xdp,
+                ..
+            }
+        ));
+        assert!(matches!(&c[1], Change::Unpin(p) if p.kind == Kind::Tc));
+    }
+
+    #[test]
+    fn the_vxlan_device_gets_the_receive_program_and_loses_it_with_cluster_mode() {
+        let links: BTreeMap<String, u32> = [("pda".into(), 1)].into();
+        let have = vec![pin(Kind::Tc, "pda", 1, true, true)];
+        let c = diff(&have, &wanted(&links, DatapathMode::Tc, Some(9)));
+        assert_eq!(
+            c,
+            [Change::Attach {
+                ifname: "peerd-vx".into(),
+                ifindex: 9,
+                kind: Kind::VxlanRx
+            }]
+        );
+        let have = vec![
+            pin(Kind::Tc, "pda", 1, true, true),
+            pin(Kind::VxlanRx, "peerd-vx", 9, true, true),
+        ];
+        assert!(diff(&have, &wanted(&links, DatapathMode::Tc, Some(9))).is_empty());
+        let c = diff(&have, &wanted(&links, DatapathMode::Tc, None));
+        assert!(matches!(&c[..], [Change::Unpin(p)] if p.kind == Kind::VxlanRx));
     }
 }

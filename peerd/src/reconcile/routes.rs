@@ -148,21 +148,8 @@ pub fn diff(have: &Have, want: &Want) -> Vec<Change> {
 pub async fn apply(nl: &Netlink, changes: Vec<Change>) -> Report {
     let mut report = Report::default();
     for c in changes {
-        let line = c.to_string();
-        match apply_one(nl, &c).await {
-            Ok(()) => report.actions.push(line),
-            Err(e) => {
-                let msg = format!("{line}: {e}");
-                report
-                    .errors
-                    .entry(c.vpc().to_owned())
-                    .and_modify(|m| {
-                        m.push_str("; ");
-                        m.push_str(&msg)
-                    })
-                    .or_insert(msg);
-            }
-        }
+        let r = apply_one(nl, &c).await;
+        report.outcome(c.vpc(), c.to_string(), r);
     }
     report
 }

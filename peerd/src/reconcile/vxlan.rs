@@ -34,8 +34,15 @@ pub struct Have {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Change {
     /// (Re)creates the device, down; a device of that name that is something else is replaced.
-    Create { port: u16, mtu: u32, replace: bool },
-    SetMtu { from: u32, to: u32 },
+    Create {
+        port: u16,
+        mtu: u32,
+        replace: bool,
+    },
+    SetMtu {
+        from: u32,
+        to: u32,
+    },
     SetUp(bool),
     Delete,
 }
@@ -125,13 +132,9 @@ pub fn diff(have: &Have, want: Option<&Want>, pass: Pass) -> Vec<Change> {
 pub async fn apply(nl: &Netlink, changes: Vec<Change>) -> Report {
     let mut report = Report::default();
     for c in changes {
-        let line = c.to_string();
-        match apply_one(nl, &c).await {
-            Ok(()) => report.actions.push(line),
-            Err(e) => {
-                report.errors.insert(NAME.into(), format!("{line}: {e}"));
-                break;
-            }
+        let r = apply_one(nl, &c).await;
+        if !report.outcome(NAME, c.to_string(), r) {
+            break;
         }
     }
     report
@@ -170,7 +173,9 @@ async fn apply_one(nl: &Netlink, c: &Change) -> Result<(), netlink::Error> {
                 .map_err(netlink::failed("creating", NAME))
         }
         Change::SetMtu { to, .. } => {
-            let Some(i) = index().await? else { return Ok(()) };
+            let Some(i) = index().await? else {
+                return Ok(());
+            };
             h.link()
                 .set(LinkUnspec::new_with_index(i).mtu(*to).build())
                 .execute()
@@ -178,7 +183,9 @@ async fn apply_one(nl: &Netlink, c: &Change) -> Result<(), netlink::Error> {
                 .map_err(netlink::failed("setting mtu of", NAME))
         }
         Change::SetUp(up) => {
-            let Some(i) = index().await? else { return Ok(()) };
+            let Some(i) = index().await? else {
+                return Ok(());
+            };
             let m = LinkUnspec::new_with_index(i);
             let m = if *up { m.up() } else { m.down() };
             h.link()
@@ -188,7 +195,9 @@ async fn apply_one(nl: &Netlink, c: &Change) -> Result<(), netlink::Error> {
                 .map_err(netlink::failed("setting up/down", NAME))
         }
         Change::Delete => {
-            let Some(i) = index().await? else { return Ok(()) };
+            let Some(i) = index().await? else {
+                return Ok(());
+            };
             h.link()
                 .del(i)
                 .execute()
@@ -220,14 +229,26 @@ mod tests {
             up: false,
         };
         assert!(diff(&mine, Some(&want), Pass::Finish).is_empty());
-        let attached = Want { up: true, ..want.clone() };
-        assert_eq!(diff(&mine, Some(&attached), Pass::Finish), [Change::SetUp(true)]);
-        let foreign = Have { ours: false, ..mine.clone() };
+        let attached = Want {
+            up: true,
+            ..want.clone()
+        };
+        assert_eq!(
+            diff(&mine, Some(&attached), Pass::Finish),
+            [Change::SetUp(true)]
+        );
+        let foreign = Have {
+            ours: false,
+            ..mine.clone()
+        };
         assert!(matches!(
             diff(&foreign, Some(&want), Pass::Build)[..],
             [Change::Create { replace: true, .. }]
         ));
-        assert!(diff(&foreign, None, Pass::Build).is_empty(), "not ours: left alone");
+        assert!(
+            diff(&foreign, None, Pass::Build).is_empty(),
+            "not ours: left alone"
+        );
         assert_eq!(diff(&mine, None, Pass::Build), [Change::Delete]);
     }
 }
