@@ -3,7 +3,8 @@
 //! - the hooks' ceilings: an unconditional redirect per hook (MACs set, no decision), and an
 //!   empty program per hook;
 //! - the cross-host ceiling: the tunnel key and a redirect to a VXLAN device (sending host);
-//!   the receiving host runs the TC redirect ceiling on its VXLAN device;
+//!   the receiving host's VXLAN device runs `bench_vxlan_rx_tc` (the TC redirect ceiling, plus
+//!   the packet type peerd's receive program sets too);
 //! - cost wrappers that restore the headers from a template, then tail-call either the empty
 //!   program (the baseline) or peerd's own entry point, which userspace places in the program
 //!   arrays from peerd's loaded object.
@@ -22,7 +23,7 @@ use aya_ebpf::{
         xdp_action::{XDP_DROP, XDP_PASS},
         TC_ACT_OK, TC_ACT_SHOT,
     },
-    helpers::{bpf_redirect, bpf_redirect_peer, bpf_skb_set_tunnel_key},
+    helpers::{bpf_redirect, bpf_redirect_peer, bpf_skb_change_type, bpf_skb_set_tunnel_key},
     macros::{classifier, map, xdp},
     maps::{Array, HashMap, PerCpuArray, ProgramArray},
     programs::{TcContext, XdpContext},
@@ -168,11 +169,23 @@ fn target(data: usize, data_end: usize, ifindex: u32) -> Option<u32> {
 
 #[classifier]
 pub fn bench_redirect_tc(ctx: TcContext) -> i32 {
+    redirect_peer_tc(&ctx, false)
+}
+
+/// The TC ceiling: MACs set for the ingress link's target, `bpf_redirect_peer` there; with
+/// `host`, the frame is also marked for this host first.
+#[inline(always)]
+fn redirect_peer_tc(ctx: &TcContext, host: bool) -> i32 {
     // SAFETY: the context pointer is valid for the program's run.
     let ifindex = unsafe { (*ctx.skb.skb).ingress_ifindex };
     match target(ctx.data(), ctx.data_end(), ifindex) {
-        // SAFETY: plain helper call.
-        Some(out) => unsafe { bpf_redirect_peer(out, 0) as i32 },
+        // SAFETY: plain helper calls on this program's skb.
+        Some(out) => unsafe {
+            if host {
+                bpf_skb_change_type(ctx.skb.skb, PACKET_HOST);
+            }
+            bpf_redirect_peer(out, 0) as i32
+        },
         None => TC_ACT_SHOT,
     }
 }
@@ -220,6 +233,18 @@ pub fn bench_tunnel_tc(ctx: TcContext) -> i32 {
         }
         bpf_redirect(t.ifindex, 0) as i32
     }
+}
+
+/// `PACKET_HOST` (linux/if_packet.h).
+const PACKET_HOST: u32 = 0;
+
+/// The cross-host ceiling on the receiving host, on the VXLAN device's ingress: the TC
+/// redirect ceiling (MACs set, `bpf_redirect_peer`), and the frame marked for this host as
+/// peerd's receive program does (the kernel marked it for another host: its destination MAC
+/// is the sending side's gateway, so the VPC's stack would drop it).
+#[classifier]
+pub fn bench_vxlan_rx_tc(ctx: TcContext) -> i32 {
+    redirect_peer_tc(&ctx, true)
 }
 
 #[cfg(not(test))]
