@@ -286,7 +286,7 @@ fn cluster_report(c: &ClusterResults) -> String {
             );
         }
     }
-    md += "\nThe endpoint time starts before `ip addr` runs (its process start included) and ends when the last host's status (control socket, polled every 2 ms per host) shows the change. The apply time includes `peerd apply` itself (a process, validation against etcd, one transaction).\n";
+    md += "\nThe endpoint time starts before `ip addr` runs (its process start included) and ends when the last host's status (control socket, polled every 5 ms per host) shows the change. The apply time includes `peerd apply` itself (a process, validation against etcd, one transaction).\n";
     if !c.etcd.is_empty() {
         md += "\n### etcd usage\n\n`etcdctl get --prefix /peerd/`: keys, and bytes of keys and values.\n\n| measurement | value |\n| --- | --- |\n";
         for (k, v) in &c.etcd {
