@@ -152,16 +152,7 @@ impl Fleet {
         let ul = f.underlay.clone();
         new_ns(&ul)?;
         sh(&["ip", "-n", &ul, "link", "add", "br0", "type", "bridge"])?;
-        sh(&[
-            "ip",
-            "-n",
-            &ul,
-            "addr",
-            "add",
-            &format!("{ETCD_ADDR}/24"),
-            "dev",
-            "br0",
-        ])?;
+        addr_add(&ul, &format!("{ETCD_ADDR}/24"), "br0")?;
         sh(&["ip", "-n", &ul, "link", "set", "br0", "up"])?;
         let log = fs::File::create(f.dir.join("etcd.log")).map_err(|e| e.to_string())?;
         let peer = format!("http://{ETCD_ADDR}:2380");
@@ -232,16 +223,7 @@ impl Fleet {
             "br0",
             "up",
         ])?;
-        sh(&[
-            "ip",
-            "-n",
-            &ns,
-            "addr",
-            "add",
-            &format!("{}/24", underlay(n)),
-            "dev",
-            "ul0",
-        ])?;
+        addr_add(&ns, &format!("{}/24", underlay(n)), "ul0")?;
         sh(&["ip", "-n", &ns, "link", "set", "ul0", "up"])?;
         Ok(n)
     }
@@ -378,6 +360,11 @@ impl Drop for Fleet {
     }
 }
 
+/// `ip addr add CIDR dev DEV` in namespace `ns`.
+fn addr_add(ns: &str, cidr: &str, dev: &str) -> Res<()> {
+    sh(&["ip", "-n", ns, "addr", "add", cidr, "dev", dev]).map(drop)
+}
+
 fn new_ns(ns: &str) -> Res<()> {
     sh(&["ip", "netns", "add", ns])?;
     sh(&["ip", "-n", ns, "link", "set", "lo", "up"]).map(drop)
@@ -418,26 +405,8 @@ fn vpc_ns(
         host_if, "netns", host,
     ])?;
     let third = gw.split('.').nth(1).unwrap_or("0");
-    sh(&[
-        "ip",
-        "-n",
-        ns,
-        "addr",
-        "add",
-        &format!("10.{third}.255.2/24"),
-        "dev",
-        "eth0",
-    ])?;
-    sh(&[
-        "ip",
-        "-n",
-        host,
-        "addr",
-        "add",
-        &format!("{gw}/24"),
-        "dev",
-        host_if,
-    ])?;
+    addr_add(ns, &format!("10.{third}.255.2/24"), "eth0")?;
+    addr_add(host, &format!("{gw}/24"), host_if)?;
     sh(&["ip", "-n", ns, "link", "set", "eth0", "up"])?;
     sh(&["ip", "-n", host, "link", "set", host_if, "up"])?;
     topo::add_lo_addr(ns, addr)?;
@@ -520,6 +489,18 @@ fn vpc_pair(f: &mut Fleet, tag: &str, h1: usize, h2: usize) -> Res<(String, Stri
     Ok((a, b, sa, sb))
 }
 
+/// A VXLAN device `vx0` in host namespace `ns` on port 4789, MTU 1450 (what a VPC's side
+/// gets), without learning, with `args` (VNI and remote, or `external`), up.
+fn vxlan(ns: &str, args: &[&str]) -> Res<()> {
+    let mut cmd = vec![
+        "ip", "-n", ns, "link", "add", "vx0", "mtu", VPC_MTU, "type", "vxlan",
+    ];
+    cmd.extend_from_slice(args);
+    cmd.extend_from_slice(&["dstport", "4789", "nolearning"]);
+    sh(&cmd)?;
+    sh(&["ip", "-n", ns, "link", "set", "vx0", "up"]).map(drop)
+}
+
 /// `xhost-kernel`: IP forwarding, a VXLAN device with a static remote as the route to the
 /// other host's VPC, nftables accepting exactly the peered pairs (conntrack), on both hosts.
 fn kernel_path(f: &mut Fleet) -> Res<Path2> {
@@ -530,38 +511,18 @@ fn kernel_path(f: &mut Fleet) -> Res<Path2> {
         (h2, h1, 2, "10.2.0.0/16", "10.1.0.0/16"),
     ] {
         let ns = f.hosts[me - 1].clone();
-        sh(&[
-            "ip",
-            "-n",
+        let (id, local_ul, remote_ul) = (
+            VNI.to_string(),
+            underlay(me).to_string(),
+            underlay(other).to_string(),
+        );
+        vxlan(
             &ns,
-            "link",
-            "add",
-            "vx0",
-            "type",
-            "vxlan",
-            "id",
-            &VNI.to_string(),
-            "local",
-            &underlay(me).to_string(),
-            "remote",
-            &underlay(other).to_string(),
-            "dstport",
-            "4789",
-            "nolearning",
-            "dev",
-            "ul0",
-        ])?;
-        sh(&[
-            "ip",
-            "-n",
-            &ns,
-            "addr",
-            "add",
-            &format!("10.255.0.{i}/24"),
-            "dev",
-            "vx0",
-        ])?;
-        sh(&["ip", "-n", &ns, "link", "set", "vx0", "up"])?;
+            &[
+                "id", &id, "local", &local_ul, "remote", &remote_ul, "dev", "ul0",
+            ],
+        )?;
+        addr_add(&ns, &format!("10.255.0.{i}/24"), "vx0")?;
         let via = format!("10.255.0.{}", 3 - i);
         sh(&["ip", "-n", &ns, "route", "add", remote, "via", &via])?;
         let gw = format!("10.{i}.255.2");
@@ -589,23 +550,7 @@ fn ceiling_path(f: &mut Fleet) -> Res<(Path2, Vec<BenchObj>)> {
     let mut objs = Vec::new();
     for (me, other, mine, host_if) in [(h1, h2, sa, "ra"), (h2, h1, sb, "rb")] {
         let ns = f.hosts[me - 1].clone();
-        sh(&[
-            "ip",
-            "-n",
-            &ns,
-            "link",
-            "add",
-            "vx0",
-            "mtu",
-            VPC_MTU,
-            "type",
-            "vxlan",
-            "external",
-            "dstport",
-            "4789",
-            "nolearning",
-        ])?;
-        sh(&["ip", "-n", &ns, "link", "set", "vx0", "up"])?;
+        vxlan(&ns, &["external"])?;
         let (vx, _) = topo::link_info(&ns, "vx0")?;
         let mut obj = BenchObj::load()?;
         obj.set_tunnel(
@@ -829,30 +774,28 @@ pub fn convergence(prefix: &str, hosts: usize, quick: bool, res: &mut Results) -
     let (k2, b2) = f.etcd_usage()?;
     let c = &mut res.cluster.etcd;
     c.insert("hosts".into(), hosts as f64);
-    c.insert(
-        "keys, fleet of 2 VPCs and one endpoint per host".into(),
-        k0 as f64,
-    );
-    c.insert(
-        "bytes, fleet of 2 VPCs and one endpoint per host".into(),
-        b0 as f64,
-    );
-    c.insert(
-        format!("keys per VPC (declared, {k} added)"),
-        (k1 - k0) as f64 / k as f64,
-    );
-    c.insert(
-        format!("bytes per VPC (declared, {k} added)"),
-        (b1 - b0) as f64 / k as f64,
-    );
-    c.insert(
-        format!("keys per endpoint ({e} added)"),
-        (k2 - k1) as f64 / e as f64,
-    );
-    c.insert(
-        format!("bytes per endpoint ({e} added)"),
-        (b2 - b1) as f64 / e as f64,
-    );
+    let base = "fleet of 2 VPCs and one endpoint per host";
+    let rows = [
+        (format!("keys, {base}"), k0 as f64),
+        (format!("bytes, {base}"), b0 as f64),
+        (
+            format!("keys per VPC (declared, {k} added)"),
+            (k1 - k0) as f64 / k as f64,
+        ),
+        (
+            format!("bytes per VPC (declared, {k} added)"),
+            (b1 - b0) as f64 / k as f64,
+        ),
+        (
+            format!("keys per endpoint ({e} added)"),
+            (k2 - k1) as f64 / e as f64,
+        ),
+        (
+            format!("bytes per endpoint ({e} added)"),
+            (b2 - b1) as f64 / e as f64,
+        ),
+    ];
+    c.extend(rows);
     Ok(())
 }
 

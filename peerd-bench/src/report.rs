@@ -67,6 +67,17 @@ pub struct Results {
     pub notes: Vec<String>,
 }
 
+/// "median (min–max)" with `digits` decimals.
+fn cell(s: Option<&Stat>, digits: usize) -> String {
+    match s {
+        Some(s) => format!(
+            "{:.*} ({:.*}–{:.*})",
+            digits, s.median, digits, s.min, digits, s.max
+        ),
+        None => "n/a".into(),
+    }
+}
+
 fn ratio(res: &Results, a: &str, b: &str, m: &str) -> Option<f64> {
     let x = res.forwarding.get(a)?.get(m)?.median;
     let y = res.forwarding.get(b)?.get(m)?.median;
@@ -85,13 +96,6 @@ pub fn write_results(out: &Path, res: &Results) -> Res<()> {
         res.rounds
     );
     md += "![forwarding](chart.svg)\n\n## Forwarding\n\n64 B pps: 64-byte frames injected by BPF_PROG_TEST_RUN in live-frames mode (headers restored on every repetition) on CPU 0, counted by a TC sink program on the destination VPC's link, which drops them. UDP sink: the same frames received by a UDP socket in the destination namespace (CPU 1), so the destination's stack is included. Socket sender: sendmmsg from the source namespace instead of the generator (the sender is then the bottleneck).\n\n| scenario | 64 B pps | 64 B pps (UDP sink) | 64 B pps (socket sender) | TCP 1 stream Gbit/s | TCP 4 streams Gbit/s | latency p50 µs | latency p99 µs |\n| --- | --- | --- | --- | --- | --- | --- | --- |\n";
-    let cell = |s: Option<&Stat>, digits: usize| match s {
-        Some(s) => format!(
-            "{:.*} ({:.*}–{:.*})",
-            digits, s.median, digits, s.min, digits, s.max
-        ),
-        None => "n/a".into(),
-    };
     for (name, m) in &res.forwarding {
         md += &format!(
             "| {name} | {} | {} | {} | {} | {} | {} | {} |\n",
@@ -235,13 +239,6 @@ fn cluster_report(c: &ClusterResults) -> String {
         return String::new();
     }
     let mut md = String::from("\n## Cluster mode\n\nHosts are network namespaces on one underlay bridge (IPv4), which also runs etcd; each peerd host runs the release `peerd run` with a host file of its own, the fleet written with `peerd apply`.\n\n### Cross-host forwarding\n\nSource VPC a on host 1, destination VPC b on host 2; 64 B pps: the generator on a's host-side link on host 1, the counting sink on b's link on host 2 (as in Forwarding). `xhost-ceiling`: only the tunnel key and a redirect to an `external` VXLAN device on the sending host, only the MACs, the packet type and `bpf_redirect_peer` on the receiving host's VXLAN device. `xhost-kernel`: IP forwarding, a VXLAN device with a static remote as the route to the other VPC, nftables forward rules accepting exactly the peered pairs (conntrack), on both hosts. The VPC side's MTU is 1450 in every scenario.\n\n| scenario | 64 B pps | TCP 1 stream Gbit/s |\n| --- | --- | --- |\n");
-    let cell = |s: Option<&Stat>, digits: usize| match s {
-        Some(s) => format!(
-            "{:.*} ({:.*}–{:.*})",
-            digits, s.median, digits, s.min, digits, s.max
-        ),
-        None => "n/a".into(),
-    };
     for (name, m) in &c.forwarding {
         md += &format!(
             "| {name} | {} | {} |\n",
