@@ -319,9 +319,12 @@ fn test(args: &[String]) -> Result<ExitCode> {
 fn bench(quick: bool, rounds: Option<u32>, out: &Path) -> Result<()> {
     setup()?;
     let root = root();
+    // peerd itself too: the cluster section runs `target/release/peerd` on every host.
     run(Command::new("cargo").current_dir(&root).args([
         "build",
         "--release",
+        "-p",
+        "peerd",
         "-p",
         "peerd-bench",
     ]))?;
