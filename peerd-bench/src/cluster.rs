@@ -722,7 +722,7 @@ pub fn convergence(prefix: &str, hosts: usize, quick: bool, res: &mut Results) -
     })?;
 
     // 1. An endpoint added (removed) on host 1 until every other host counts it (or not).
-    let changes = if quick { 10 } else { 40 };
+    let changes = if quick { 10 } else { 100 };
     let a1 = f.daemon(1).vpc_ns("a");
     let mut ms = Vec::new();
     for i in 0..changes {

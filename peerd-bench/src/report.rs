@@ -285,7 +285,7 @@ fn cluster_report(c: &ClusterResults) -> String {
     }
     md += "\nThe endpoint time starts before `ip addr` runs (its process start included) and ends when the last host's status (control socket, polled every 5 ms per host) shows the change. The apply time includes `peerd apply` itself (a process, validation against etcd, one transaction).\n";
     if !c.etcd.is_empty() {
-        md += "\n### etcd usage\n\n`etcdctl get --prefix /peerd/`: keys, and bytes of keys and values.\n\n| measurement | value |\n| --- | --- |\n";
+        md += "\n### etcd usage\n\n`etcdctl get --prefix /peerd/`: keys, and bytes of keys and values. A declared VPC (one CIDR, no peering) is its `vpcs/` key (its TOML) and its `vnis/` key; an endpoint is one `endpoints/<vpc>/<addr>/<host>` key (docs/cluster.md).\n\n| measurement | value |\n| --- | --- |\n";
         for (k, v) in &c.etcd {
             md += &format!("| {k} | {v:.1} |\n");
         }
