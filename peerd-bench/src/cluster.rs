@@ -386,7 +386,7 @@ fn underlay(n: usize) -> Ipv4Addr {
 // ---------------------------------------------------------------------------------------------
 // Cross-host forwarding
 
-/// A VPC-like namespace `ns` (address `addr` on lo, `cidr` its own /16) joined to host
+/// A VPC-like namespace `ns` (address `addr` on lo) joined to host
 /// namespace `host` by a veth (`eth0` inside, `host_if` on the host), gateway `gw` on the
 /// host's end, a route to `remote` through it and the gateway's MAC set statically (the
 /// ceiling forwards everything, ARP too). Returns the host end's ifindex and MAC, and the VPC
@@ -398,7 +398,7 @@ fn vpc_ns(
     gw: &str,
     addr: Ipv4Addr,
     remote: &str,
-) -> Res<(u32, [u8; 6], [u8; 6])> {
+) -> Res<Side> {
     new_ns(ns)?;
     sh(&[
         "ip", "-n", ns, "link", "add", "eth0", "mtu", VPC_MTU, "type", "veth", "peer", "name",
@@ -462,10 +462,12 @@ fn xpath(
     })
 }
 
-/// The kernel and ceiling scenarios' VPCs: a (10.1.0.1) on host `h1` behind `ra` (gateway
-/// 10.1.255.1), b (10.2.0.1) on host `h2` behind `rb` (gateway 10.2.255.1). Returns, per
-/// side, (host-side ifindex, host-side MAC, VPC-side MAC).
+/// One VPC's veth: host-side ifindex, host-side MAC, VPC-side MAC.
 type Side = (u32, [u8; 6], [u8; 6]);
+
+/// The kernel and ceiling scenarios' VPCs: a (10.1.0.1) on host `h1` behind `ra` (gateway
+/// 10.1.255.1), b (10.2.0.1) on host `h2` behind `rb` (gateway 10.2.255.1): their namespaces
+/// and veths.
 fn vpc_pair(f: &mut Fleet, tag: &str, h1: usize, h2: usize) -> Res<(String, String, Side, Side)> {
     let (a, b) = (format!("{}{tag}a", f.prefix), format!("{}{tag}b", f.prefix));
     f.netns.push(a.clone());
