@@ -1,6 +1,11 @@
-//! The command line without a daemon and without root: exit codes (0 ok, 1 invalid, 2 usage,
-//! 3 not running), `check --json` and `plan --json` on an invalid configuration, `--version`.
+//! The command line: without a daemon and without root, exit codes (0 ok, 1 invalid, 2 usage,
+//! 3 not running), `check --json` and `plan --json` on an invalid configuration, `--version`;
+//! with a daemon (root), `plan --json` per resource.
+mod common;
+
 use std::{os::unix::net::UnixListener, path::Path, process::Command};
+
+use common::env::Env;
 
 use serde_json::Value;
 
@@ -217,4 +222,47 @@ fn help_documents_the_exit_codes_and_the_readme_the_same() {
             "README's exit code table lacks {code}"
         );
     }
+}
+
+#[test]
+#[ignore = "needs root"]
+fn plan_json_lists_each_change_with_its_action_resource_and_name() {
+    common::can_run();
+    let ab = GOOD.split_once("\n\n").unwrap().1; // the VPCs, without the test's [daemon]
+    let mut env = Env::new();
+    env.write_config(ab);
+    env.start();
+    let socket = env.socket.to_str().unwrap().to_owned();
+    let plan = |config: &str| {
+        let (code, out, err) = peerd(&["plan", "--json", "--config", config, "--socket", &socket]);
+        assert_eq!(code, 0, "{err}");
+        serde_json::from_str::<Value>(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+    };
+    let v = plan(env.config.to_str().unwrap());
+    assert_eq!(v, serde_json::json!({"ok": true, "changes": []}));
+    // Staged (not *.toml: the daemon's watcher ignores it): b accepts the peering, c is new.
+    let staged = env.config.with_extension("toml.new");
+    let text = std::fs::read_to_string(&env.config).unwrap().replace(
+        "cidrs = [\"10.2.0.0/16\"]\n",
+        "cidrs = [\"10.2.0.0/16\"]\n  [[vpc.peering]]\n  id = \"pcx-ab\"\n  peer = \"a\"\n\n[[vpc]]\nname = \"c\"\ncidrs = [\"10.3.0.0/16\"]\n",
+    );
+    std::fs::write(&staged, text).unwrap();
+    let v = plan(staged.to_str().unwrap());
+    let changes = v["changes"].as_array().unwrap();
+    let has = |action: &str, resource: &str, name: &str| {
+        changes
+            .iter()
+            .any(|c| c["action"] == action && c["resource"] == resource && c["name"] == name)
+    };
+    assert!(has("create", "vpc", "c"), "{v:#}");
+    assert!(has("update", "peering", "pcx-ab"), "{v:#}");
+    let p = changes.iter().find(|c| c["name"] == "pcx-ab").unwrap();
+    assert_eq!(p["detail"], "pending-acceptance -> active", "{v:#}");
+    assert!(changes
+        .iter()
+        .all(|c| c["line"].as_str().is_some_and(|l| !l.is_empty())));
+    assert!(
+        !common::env::netns_ok(&env.netns("c")),
+        "plan applied something"
+    );
 }

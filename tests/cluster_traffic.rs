@@ -66,10 +66,16 @@ fn vpc<'a>(st: &'a Value, name: &str) -> Option<&'a Value> {
 /// Starts the fleet and waits until every host has every VPC it places ready and knows
 /// `endpoints` remote endpoints at least.
 fn fleet(v6: bool) -> Fleet {
-    let mut f = Fleet::new(
+    fleet_with(v6, "")
+}
+
+/// `fleet`, with `daemon` in every host's `[daemon]` (`{DIR}`: the host's directory).
+fn fleet_with(v6: bool, daemon: &str) -> Fleet {
+    let mut f = Fleet::with_daemon(
         &[&["a", "s"], &["a", "c"], &["b", "h"]],
         v6,
         "lease_ttl = \"3s\"",
+        daemon,
     );
     f.apply("fleet.toml", FLEET);
     f.start_all();
@@ -514,4 +520,45 @@ fn an_endpoint_moved_to_another_host_is_reachable_there_within_a_second() {
         "took {:?}",
         moved.elapsed()
     );
+}
+
+#[test]
+#[ignore = "needs root and etcd"]
+fn cross_host_flows_are_logged_by_the_sending_and_the_receiving_host() {
+    let f = fleet_with(
+        false,
+        "flow_log = \"{DIR}/flows/flows.jsonl\"\nflow_log_interval = \"1s\"",
+    );
+    assert_eq!(
+        udp(
+            &ns(&f, 1, "a"),
+            "10.91.1.1",
+            &ns(&f, 3, "b"),
+            "10.92.3.1",
+            5,
+            Duration::from_secs(3)
+        ),
+        5
+    );
+    let accepted = |n: usize| -> u64 {
+        common::flow_records(&f.host(n).dir.join("flows"))
+            .iter()
+            .filter(|r| {
+                r["src"] == "10.91.1.1"
+                    && r["dst"] == "10.92.3.1"
+                    && r["protocol"] == 17
+                    && r["action"] == "ACCEPT"
+                    && r["src_vpc"] == "a"
+                    && r["dst_vpc"] == "b"
+                    && r["peering"] == "pcx-ab"
+            })
+            .map(|r| r["packets"].as_u64().unwrap())
+            .sum()
+    };
+    for n in [1, 3] {
+        wait_for(BOUND, &format!("the flow logged on h{n}"), || {
+            (accepted(n) >= 5).then_some(())
+        });
+    }
+    assert_eq!(accepted(2), 0, "h2 saw none of it");
 }

@@ -240,21 +240,6 @@ fn known_traffic_moves_counters_exactly_in_status_and_metrics_and_survives_resta
     );
 }
 
-fn flow_records(dir: &std::path::Path) -> Vec<serde_json::Value> {
-    let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return out;
-    };
-    for e in entries.flatten() {
-        if e.file_name().to_string_lossy().starts_with("flows.jsonl") {
-            for l in std::fs::read_to_string(e.path()).unwrap().lines() {
-                out.push(serde_json::from_str(l).expect("a flow log line is JSON"));
-            }
-        }
-    }
-    out
-}
-
 #[test]
 #[ignore = "needs root"]
 fn flow_log_records_accepts_and_rejects_with_counts_and_rotates() {
@@ -305,7 +290,7 @@ fn flow_log_records_accepts_and_rejects_with_counts_and_rotates() {
     };
     let frame = 14 + 20 + 8 + "peerd-test 0".len() as u64;
     let recs = common::env::wait_for(Duration::from_secs(15), "flow records", || {
-        let r = flow_records(&flows);
+        let r = common::flow_records(&flows);
         (sum(&r, "10.0.0.1", "ACCEPT").0 == 6 && sum(&r, "10.2.0.99", "REJECT").0 == 4).then_some(r)
     });
     assert_eq!(sum(&recs, "10.0.0.1", "ACCEPT"), (6, 6 * frame));

@@ -8,7 +8,6 @@ mod common;
 use std::{
     os::unix::net::UnixDatagram,
     path::Path,
-    process::Command,
     time::{Duration, Instant},
 };
 
@@ -64,31 +63,11 @@ fn the_unit_declares_a_watchdog_limits_and_a_stop_timeout() {
 #[ignore = "needs root"]
 fn the_unit_file_is_valid_for_systemd() {
     common::can_run();
-    let dir = tempfile::tempdir().unwrap();
-    let unit = dir.path().join("peerd-test.service");
-    let mut text = std::fs::read_to_string(UNIT)
-        .unwrap()
-        .replace("/usr/local/sbin/peerd", common::env::PEERD);
-    // Type=notify-reload is systemd 253's; an older systemd-analyze checks the rest of the unit
-    // with the type the unit's comment gives for it.
-    let version = sh(&["systemctl", "--version"]);
-    let major: u32 = version
-        .split_whitespace()
-        .nth(1)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("systemd version in {version:?}"));
-    if major < 253 {
-        eprintln!("systemd {major} < 253: verifying the unit with Type=notify");
-        text = text.replace("Type=notify-reload", "Type=notify");
-    }
-    std::fs::write(&unit, text).unwrap();
-    let out = Command::new("systemd-analyze")
-        .args(["verify", "--man=no"])
-        .arg(&unit)
-        .output()
-        .expect("systemd-analyze");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success() && stderr.trim().is_empty(), "{stderr}");
+    common::verify_unit(
+        &std::fs::read_to_string(UNIT)
+            .unwrap()
+            .replace("/usr/local/sbin/peerd", common::env::PEERD),
+    );
 }
 
 #[test]

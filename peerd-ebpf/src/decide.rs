@@ -457,27 +457,18 @@ fn ipv4_route(
     }
     let locate = |v: u32| maps::endpoint(v, 4, addr16(dst));
     let src_table = src_table_v4(iface, src);
-    let host = if src_table.is_some() {
-        match same_vpc(iface, || src_table_v4(iface, dst).is_some(), locate, len) {
-            Ok(h) => h,
-            Err(v) => return v,
-        }
-    } else {
-        0
-    };
-    let (fwd_slot, dst_vpc) = if host != 0 {
-        (0, vpc)
-    } else {
-        match choose(
-            vpc,
-            src_table,
-            |table| maps::route_v4(table, dst),
-            |dst_vpc| maps::src_v4(dst_vpc, dst).is_some(),
-            len,
-        ) {
-            Ok((peering, dir, dst_vpc)) => (fwd_index(peering, dir), dst_vpc),
-            Err(v) => return v,
-        }
+    let target = target(
+        iface,
+        src_table,
+        || src_table_v4(iface, dst).is_some(),
+        locate,
+        |table| maps::route_v4(table, dst),
+        |dst_vpc| maps::src_v4(dst_vpc, dst).is_some(),
+        len,
+    );
+    let (host, fwd_slot, dst_vpc) = match target {
+        Ok(t) => t,
+        Err(v) => return v,
     };
     if h.ttl <= 1 {
         return drop(vpc, DropReason::TtlExceeded, len);
@@ -491,6 +482,31 @@ fn ipv4_route(
         return same_vpc_tunnel(vpc, host, len);
     }
     deliver(data as *mut EthHdr, vpc, dst_vpc, fwd_slot, len, locate)
+}
+
+/// Where a packet from `iface`'s VPC goes: (host slot, forward counter slot, destination
+/// VPC). Cluster mode first: an address of the sending VPC itself on another host goes
+/// there (host slot non-zero, counted in slot 0). Otherwise the SPEC §5 decision (host 0).
+#[inline(always)]
+fn target(
+    iface: &IfaceInfo,
+    src_table: Option<u32>,
+    in_own: impl FnOnce() -> bool,
+    locate: impl FnOnce(u32) -> Option<u32>,
+    route: impl FnOnce(u32) -> Option<&'static RouteTarget>,
+    dst_in: impl FnOnce(u32) -> bool,
+    len: u32,
+) -> Result<(u32, u32, u32), Verdict> {
+    let vpc = iface.vpc;
+    let host = match src_table {
+        Some(_) => same_vpc(iface, in_own, locate, len)?,
+        None => 0,
+    };
+    if host != 0 {
+        return Ok((host, 0, vpc));
+    }
+    let (peering, dir, dst_vpc) = choose(vpc, src_table, route, dst_in, len)?;
+    Ok((0, fwd_index(peering, dir), dst_vpc))
 }
 
 /// The tunnel to another host's part of the sending VPC (forwards counted in `PEERD_FWD`
@@ -566,27 +582,18 @@ fn ipv6_route(
     }
     let locate = |v: u32| maps::endpoint(v, 6, dst);
     let src_table = src_table_v6(iface, &src);
-    let host = if src_table.is_some() {
-        match same_vpc(iface, || src_table_v6(iface, &dst).is_some(), locate, len) {
-            Ok(h) => h,
-            Err(v) => return v,
-        }
-    } else {
-        0
-    };
-    let (fwd_slot, dst_vpc) = if host != 0 {
-        (0, vpc)
-    } else {
-        match choose(
-            vpc,
-            src_table,
-            |table| maps::route_v6(table, dst),
-            |dst_vpc| maps::src_v6(dst_vpc, dst).is_some(),
-            len,
-        ) {
-            Ok((peering, dir, dst_vpc)) => (fwd_index(peering, dir), dst_vpc),
-            Err(v) => return v,
-        }
+    let target = target(
+        iface,
+        src_table,
+        || src_table_v6(iface, &dst).is_some(),
+        locate,
+        |table| maps::route_v6(table, dst),
+        |dst_vpc| maps::src_v6(dst_vpc, dst).is_some(),
+        len,
+    );
+    let (host, fwd_slot, dst_vpc) = match target {
+        Ok(t) => t,
+        Err(v) => return v,
     };
     if h.hop_limit <= 1 {
         return drop(vpc, DropReason::TtlExceeded, len);

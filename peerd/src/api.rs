@@ -66,6 +66,17 @@ impl Handler for Api {
                     let lines = api.ask(|tx| Msg::Plan(config, tx)).await??;
                     serde_json::to_value(lines).map_err(|e| e.to_string())
                 }
+                Request::Attach { attachment, check } => {
+                    let op = match check {
+                        false => crate::attach::Op::Attach(attachment),
+                        true => crate::attach::Op::Check(attachment),
+                    };
+                    api.ask(|tx| Msg::Attach(op, tx)).await?
+                }
+                Request::Detach { vpc, workload, id } => {
+                    let op = crate::attach::Op::Detach { vpc, workload, id };
+                    api.ask(|tx| Msg::Attach(op, tx)).await?
+                }
                 Request::Explain { from, src, dst } => {
                     let snap = api.snapshot.borrow().clone();
                     let e = status::explain(&snap, &from, src, dst)?;

@@ -46,11 +46,11 @@ macro_rules! exit_codes_text {
 const TOP_HELP: &str = concat!(
     "\
 Examples:
-  peerd check --config /etc/peerd/peerd.toml     validate a configuration
+  peerd check --config /etc/peerd/peerd.toml      validate a configuration
   peerd run                                       the daemon (systemd: contrib/peerd.service)
   peerd status                                    VPCs, peerings, drops by reason
   peerd explain --from web --src 10.10.0.5 --dst 10.20.0.7
-  peerd plan --config /etc/peerd/peerd.toml.new  what a reload with that file would change
+  peerd plan --config /etc/peerd/peerd.toml.new   what a reload with that file would change
   peerd reload                                    same as systemctl reload peerd
 
 ",
@@ -58,7 +58,10 @@ Examples:
     "
 
 Logs: PEERD_LOG sets the level (error, warn, info, debug, trace; or a tracing filter such as
-peerd=debug). Under systemd peerd logs to the journal with structured fields."
+peerd=debug); --log-format json for one JSON object per line. Under systemd peerd logs to the
+journal with structured fields (journalctl -u peerd VPC=web).
+
+Troubleshooting: docs/troubleshooting.md (symptom, command, what to look for)."
 );
 
 /// VPC peering for Linux hypervisor hosts.
@@ -238,6 +241,24 @@ Examples:
         #[command(flatten)]
         socket: SocketArg,
     },
+    /// Attach a workload to a VPC: a container's network namespace (--netns, gets a veth
+    /// --ifname) or a VM's tap (--tap, moved into the VPC's namespace), with its addresses.
+    ///
+    /// Running it again with other addresses updates them; the same request twice changes
+    /// nothing. Addresses outside the VPC's CIDRs are refused. Kept across daemon restarts;
+    /// removed with the VPC.
+    #[command(after_help = "\
+Examples:
+  peerd attach --vpc web --netns c1 --address 10.1.0.5/24
+  peerd attach --vpc web --netns /proc/4242/ns/net --ifname eth1 --address 10.1.0.6/24
+  peerd attach --vpc web --tap vm7-tap0 --address 10.1.0.7/24 --address fd00:1::7/64")]
+    Attach(crate::attach::AttachArgs),
+    /// Detach a workload from a VPC: its veth goes, a tap goes back to the host namespace.
+    #[command(after_help = "\
+Examples:
+  peerd detach --vpc web --netns c1
+  peerd detach --vpc web --tap vm7-tap0")]
+    Detach(crate::attach::AttachArgs),
     /// Remove everything peerd created: namespaces, links, pins, state.
     ///
     /// Refuses while the daemon runs (stop it first). Needs a readable --config to know the
@@ -248,6 +269,27 @@ Examples:
     Teardown {
         #[command(flatten)]
         socket: SocketArg,
+    },
+    /// Print a shell completion script (bash, zsh or fish) to stdout.
+    ///
+    /// The package installs all three; this is for a source install or a user's own shell.
+    #[command(after_help = crate::gen::COMPLETIONS_HELP)]
+    Completions {
+        /// The shell to write the script for.
+        ///
+        /// Example: bash
+        shell: crate::gen::Shell,
+    },
+    /// Write the man pages, one per command, into DIR (used to build the package).
+    #[command(
+        hide = true,
+        after_help = "Example:\n  peerd generate-man target/package-assets/man"
+    )]
+    GenerateMan {
+        /// Directory for peerd.8, peerd-run.8, ... (created if missing).
+        ///
+        /// Example: target/package-assets/man
+        dir: PathBuf,
     },
 }
 

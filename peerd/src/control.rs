@@ -98,6 +98,21 @@ pub enum Request {
         src: std::net::IpAddr,
         dst: std::net::IpAddr,
     },
+    /// Attach a workload to a VPC, or change its addresses (`peerd attach`, the CNI plugin);
+    /// with `check`, only verify that it is attached so (CNI CHECK).
+    Attach {
+        attachment: crate::attach::Attachment,
+        #[serde(default)]
+        check: bool,
+    },
+    /// Detach a workload (nothing to do when it is not attached); `id` (the CNI plugin's
+    /// container id) finds it when its namespace is gone.
+    Detach {
+        vpc: String,
+        workload: crate::attach::Workload,
+        #[serde(default)]
+        id: Option<String>,
+    },
 }
 
 /// Answer envelope, one JSON object on one line.

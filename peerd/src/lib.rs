@@ -5,8 +5,10 @@
 //! reconciler per resource) — driven by [`daemon`], the one task that owns mutable state.
 pub mod agent;
 pub mod api;
+pub mod attach;
 pub mod cli;
 pub mod cluster;
+pub mod cni;
 pub mod config;
 pub mod control;
 pub mod daemon;
@@ -15,6 +17,7 @@ pub mod desired;
 pub mod endpoints;
 pub mod ethtool;
 pub mod flowlog;
+pub mod gen;
 pub mod lifecycle;
 pub mod metrics;
 pub mod netlink;
@@ -25,4 +28,6 @@ pub mod state;
 pub mod status;
 pub mod tables;
 pub mod teardown;
+#[cfg(test)]
+pub(crate) mod testing;
 pub mod watch;

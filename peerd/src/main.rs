@@ -5,7 +5,7 @@ use std::{
     sync::Arc,
 };
 
-use clap::Parser as _;
+use clap::{CommandFactory as _, Parser as _};
 use peerd::{
     api::Api,
     cli::{exit, init_logging, Cli, Cmd, FleetArgs, DEFAULT_SOCKET},
@@ -97,6 +97,20 @@ fn main() -> ExitCode {
             socket,
         } => explain(&sock(socket), Request::Explain { from, src, dst }, json),
         Cmd::Teardown { socket } => teardown(&cli.config, socket.socket).map_err(Failure::from),
+        Cmd::Attach(a) => {
+            let socket = socket_for(&cli.config, a.socket.clone());
+            peerd::attach::command(&socket, a, false).map_err(Failure::from)
+        }
+        Cmd::Detach(a) => {
+            let socket = socket_for(&cli.config, a.socket.clone());
+            peerd::attach::command(&socket, a, true).map_err(Failure::from)
+        }
+        Cmd::Completions { shell } => {
+            peerd::gen::completions(shell, Cli::command()).map_err(Failure::from)
+        }
+        Cmd::GenerateMan { dir } => peerd::gen::man_pages(Cli::command(), &dir)
+            .map(|_| ())
+            .map_err(Failure::from),
     };
     match result {
         Ok(()) => ExitCode::from(exit::OK),

@@ -44,7 +44,7 @@ use crate::{
     config::PeeringState,
     control::{AcceptBackoff, Admit, Slot, Slots},
     datapath::Counters,
-    status::{MapUsage, Snapshot, Status},
+    status::{CounterJson, MapUsage, Snapshot, Status},
     tables::Tables,
 };
 
@@ -67,9 +67,34 @@ pub fn render(snap: &Snapshot, counters: Option<&Counters>) -> String {
     config_and_reconciles(&mut reg, snap, &st);
     maps(&mut reg, &snap.maps);
     backstop_and_flow_log(&mut reg, &st);
+    cluster(&mut reg, &st);
     let mut out = String::new();
     encode(&mut out, &reg).expect("encoding to a String cannot fail");
     out
+}
+
+/// Two counter families under the same labels: packets and bytes.
+#[derive(Default)]
+struct Traffic {
+    packets: Family<Labels, Counter>,
+    bytes: Family<Labels, Counter>,
+}
+
+impl Traffic {
+    fn add(&self, l: &Labels, c: &CounterJson) {
+        self.packets.get_or_create(l).inc_by(c.packets);
+        self.bytes.get_or_create(l).inc_by(c.bytes);
+    }
+
+    /// Registers `{name}_packets` and `{name}_bytes`; `help` goes after "Packets"/"Bytes".
+    fn register(self, reg: &mut Registry, name: &str, help: &str) {
+        reg.register(
+            format!("{name}_packets"),
+            format!("Packets {help}"),
+            self.packets,
+        );
+        reg.register(format!("{name}_bytes"), format!("Bytes {help}"), self.bytes);
+    }
 }
 
 /// A counter family with no labels, set to `value`.
@@ -100,8 +125,7 @@ fn build(reg: &mut Registry) {
 /// Peering state as a state set (every state of the lifecycle, 1 for the current one, so no
 /// series vanishes while the peering exists) and forwarded traffic per direction.
 fn peerings(reg: &mut Registry, st: &Status) {
-    let fwd_pkts = Family::<Labels, Counter>::default();
-    let fwd_bytes = Family::<Labels, Counter>::default();
+    let fwd = Traffic::default();
     let state = Family::<Labels, Gauge>::default();
     for p in &st.peerings {
         for s in PeeringState::ALL {
@@ -119,8 +143,7 @@ fn peerings(reg: &mut Registry, st: &Status) {
             .enumerate()
         {
             let l = labels(&[("peering", &p.id), ("src_vpc", from), ("dst_vpc", to)]);
-            fwd_pkts.get_or_create(&l).inc_by(p.forwarded[dir].packets);
-            fwd_bytes.get_or_create(&l).inc_by(p.forwarded[dir].bytes);
+            fwd.add(&l, &p.forwarded[dir]);
         }
     }
     reg.register(
@@ -128,22 +151,16 @@ fn peerings(reg: &mut Registry, st: &Status) {
         "Peering state set: one series per peering and lifecycle state, 1 for its current state, 0 for the others",
         state,
     );
-    reg.register(
-        "peerd_forwarded_packets",
-        "Packets forwarded over a peering, by direction",
-        fwd_pkts,
-    );
-    reg.register(
-        "peerd_forwarded_bytes",
-        "Bytes forwarded over a peering, by direction",
-        fwd_bytes,
+    fwd.register(
+        reg,
+        "peerd_forwarded",
+        "forwarded over a peering, by direction",
     );
 }
 
 /// Readiness and drops by reason, per VPC (every reason, so rates work from the first drop).
 fn vpcs(reg: &mut Registry, st: &Status) {
-    let drop_pkts = Family::<Labels, Counter>::default();
-    let drop_bytes = Family::<Labels, Counter>::default();
+    let drops = Traffic::default();
     let ready = Family::<Labels, Gauge>::default();
     for v in &st.vpcs {
         ready
@@ -152,19 +169,13 @@ fn vpcs(reg: &mut Registry, st: &Status) {
         for reason in peerd_common::DropReason::ALL {
             let c = v.drops.get(reason.name()).cloned().unwrap_or_default();
             let l = labels(&[("vpc", &v.name), ("reason", reason.name())]);
-            drop_pkts.get_or_create(&l).inc_by(c.packets);
-            drop_bytes.get_or_create(&l).inc_by(c.bytes);
+            drops.add(&l, &c);
         }
     }
-    reg.register(
-        "peerd_dropped_packets",
-        "Packets from a VPC dropped by the datapath, by reason",
-        drop_pkts,
-    );
-    reg.register(
-        "peerd_dropped_bytes",
-        "Bytes from a VPC dropped by the datapath, by reason",
-        drop_bytes,
+    drops.register(
+        reg,
+        "peerd_dropped",
+        "from a VPC dropped by the datapath, by reason",
     );
     reg.register(
         "peerd_vpc_ready",
@@ -251,6 +262,51 @@ fn backstop_and_flow_log(reg: &mut Registry, st: &Status) {
             f.records_written,
         );
     }
+}
+
+/// Cluster mode: the etcd connection, the remote endpoints known, and the tunnel traffic per
+/// host of the fleet. Nothing on a single host.
+fn cluster(reg: &mut Registry, st: &Status) {
+    let Some(c) = &st.cluster else {
+        return;
+    };
+    gauge(
+        reg,
+        "peerd_cluster_connected",
+        "1 when etcd answers (the fleet view is current); 0: forwarding goes on as last known",
+        c.connected as i64,
+    );
+    gauge(
+        reg,
+        "peerd_cluster_registered",
+        "1 when this host's lease is alive (its record and endpoints are in etcd)",
+        c.registered as i64,
+    );
+    gauge(
+        reg,
+        "peerd_remote_endpoints",
+        "Workload addresses on other hosts this host knows",
+        c.remote_endpoints as i64,
+    );
+    gauge(
+        reg,
+        "peerd_local_endpoints",
+        "Workload addresses found on this host and published",
+        c.local_endpoints as i64,
+    );
+    let tunnel = Traffic::default();
+    for h in &c.hosts {
+        let Some(t) = &h.tunnel else { continue };
+        for (dir, n) in [("tx", &t.tx), ("rx", &t.rx)] {
+            let l = labels(&[("host", &h.name), ("direction", dir)]);
+            tunnel.add(&l, n);
+        }
+    }
+    tunnel.register(
+        reg,
+        "peerd_tunnel",
+        "sent to (tx) and received from (rx) another host through the VXLAN tunnel",
+    );
 }
 
 /// What the datapath maps hold for `t` (the desired tables the last reconcile wrote), with

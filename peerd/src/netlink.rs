@@ -9,13 +9,13 @@ use std::{collections::HashMap, net::IpAddr, os::fd::IntoRawFd as _};
 
 use futures::TryStreamExt as _;
 use netlink_packet_route::{
-    link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage},
+    link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage},
     neighbour::{NeighbourAddress, NeighbourAttribute},
     route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol},
     AddressFamily,
 };
 use netlink_sys::{protocols::NETLINK_ROUTE, TokioSocket};
-use rtnetlink::{Handle, RouteMessageBuilder};
+use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
 use crate::netns;
 
@@ -55,10 +55,19 @@ pub struct Netlink {
 /// A route netlink socket bound in namespace `name` (created on a short thread that entered
 /// it), joined to multicast `groups`.
 async fn ns_socket(name: &str, groups: &[u32]) -> Result<TokioSocket, Error> {
-    let label = name.to_owned();
+    socket_at(&netns::path(name), name, groups).await
+}
+
+/// The same in the namespace whose file is `path` (`/run/netns/NAME`, `/proc/PID/ns/net`).
+async fn socket_at(
+    path: &std::path::Path,
+    name: &str,
+    groups: &[u32],
+) -> Result<TokioSocket, Error> {
+    let path = path.to_owned();
     let groups = groups.to_vec();
     let fd = tokio::task::spawn_blocking(move || {
-        netns::run_in(&label, || -> std::io::Result<i32> {
+        netns::run_at(&path, || -> std::io::Result<i32> {
             let mut s = netlink_sys::Socket::new(NETLINK_ROUTE)?;
             s.bind_auto()?;
             for g in groups {
@@ -405,4 +414,112 @@ pub async fn mtu_of_address(h: &Handle, addr: IpAddr) -> Result<Option<u32>, Err
         .await
         .map_err(failed("looking up link", index.to_string()))?
         .map(|l| mtu_of(&l)))
+}
+
+/// A handle of the namespace whose file is `path` (a `/run/netns/NAME` or `/proc/PID/ns/net`),
+/// not cached: dropped with the last clone.
+pub async fn open_at(path: &std::path::Path) -> Result<Handle, Error> {
+    let label = path.display().to_string();
+    Ok(connect(socket_at(path, &label, &[]).await?))
+}
+
+/// Every address of link `ifindex` (address and prefix length).
+pub async fn addresses_of(h: &Handle, ifindex: u32, ns: &str) -> Result<Vec<ipnet::IpNet>, Error> {
+    Ok(address_messages_of(h, ifindex, ns)
+        .await?
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect())
+}
+
+/// Every address of link `ifindex`, with its message (to delete it).
+pub async fn address_messages_of(
+    h: &Handle,
+    ifindex: u32,
+    ns: &str,
+) -> Result<Vec<(ipnet::IpNet, netlink_packet_route::address::AddressMessage)>, Error> {
+    use netlink_packet_route::address::AddressAttribute;
+    let mut out = Vec::new();
+    let mut s = h.address().get().set_link_index_filter(ifindex).execute();
+    while let Some(a) = s
+        .try_next()
+        .await
+        .map_err(failed("listing addresses in", ns))?
+    {
+        if a.header.index != ifindex {
+            continue;
+        }
+        let ip = a.attributes.iter().find_map(|x| match x {
+            AddressAttribute::Address(ip) => Some(*ip),
+            _ => None,
+        });
+        if let Some(net) = ip.and_then(|ip| ipnet::IpNet::new(ip, a.header.prefix_len).ok()) {
+            out.push((net, a));
+        }
+    }
+    Ok(out)
+}
+
+/// Deletes the routes of protocol `proto` to `net` in the main table.
+pub async fn del_routes_of_proto(
+    h: &Handle,
+    proto: u8,
+    net: ipnet::IpNet,
+    ns: &str,
+) -> Result<(), Error> {
+    for (n, r) in routes_of_proto(h, proto, ns).await? {
+        if n == net {
+            h.route()
+                .del(r)
+                .execute()
+                .await
+                .map_err(failed("removing route in", ns))?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether `l` is a tun/tap device.
+pub fn is_tun(l: &LinkMessage) -> bool {
+    l.attributes.iter().any(|a| match a {
+        LinkAttribute::LinkInfo(infos) => infos
+            .iter()
+            .any(|i| matches!(i, LinkInfo::Kind(InfoKind::Tun))),
+        _ => false,
+    })
+}
+
+/// Creates veth `name` (with `alias`) in the namespace of `h`, its peer `peer` made directly
+/// inside the namespace whose file is `peer_ns` (no move between namespaces); both ends of
+/// MTU `mtu`, down.
+pub async fn add_veth(
+    h: &Handle,
+    name: &str,
+    alias: Option<&str>,
+    peer: &str,
+    peer_ns: &std::fs::File,
+    mtu: u32,
+) -> Result<(), Error> {
+    use std::os::fd::AsRawFd as _;
+    let peer = LinkMessageBuilder::<LinkUnspec>::new()
+        .name(peer.to_owned())
+        .mtu(mtu)
+        .setns_by_fd(peer_ns.as_raw_fd())
+        .build();
+    let mut b = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
+        .name(name.to_owned())
+        .mtu(mtu)
+        .down();
+    if let Some(a) = alias {
+        b = b.alias(a);
+    }
+    h.link()
+        .add(
+            b.set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
+                .build(),
+        )
+        .execute()
+        .await
+        .map_err(failed("creating veth", name))?;
+    Ok(())
 }

@@ -84,8 +84,17 @@ pub fn run_in<T: Send + 'static>(
     name: &str,
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, Error> {
-    let p = path(name);
-    let label = name.to_owned();
+    run_at(&path(name), f)
+}
+
+/// Runs `f` on a new thread inside the namespace whose file is `p` (a `/run/netns/NAME` or a
+/// `/proc/PID/ns/net`) and returns its result.
+pub fn run_at<T: Send + 'static>(
+    p: &Path,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, Error> {
+    let p = p.to_owned();
+    let label = p.display().to_string();
     std::thread::spawn(move || -> Result<T, Error> {
         let file = fs::File::open(&p).map_err(io("opening", &p))?;
         setns(file.as_fd(), CloneFlags::CLONE_NEWNET)

@@ -110,6 +110,9 @@ pub struct State {
     /// Other hosts of the fleet (cluster mode) -> slot.
     #[serde(default)]
     pub hosts: BTreeMap<String, u32>,
+    /// Attached workloads (`peerd attach`), by "VPC/link"; they go with their VPC.
+    #[serde(default)]
+    pub attachments: BTreeMap<String, crate::attach::Attachment>,
 }
 
 /// Host slots (cluster mode). Slot 0 is this host.
@@ -333,6 +336,12 @@ impl State {
                 },
             );
         }
+        next.attachments = self
+            .attachments
+            .iter()
+            .filter(|(_, a)| want.placed.contains(a.vpc.as_str()))
+            .map(|(k, a)| (k.clone(), a.clone()))
+            .collect();
         for (name, slot) in &self.hosts {
             if want.hosts.contains(name.as_str()) {
                 next.hosts.insert(name.clone(), *slot);

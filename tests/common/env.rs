@@ -67,6 +67,9 @@ pub struct Env {
     pub socket: PathBuf,
     /// The network namespace peerd runs in (a "host" of a fleet test), or the test's own.
     pub host_netns: Option<String>,
+    /// The peerd binary this environment runs: the one cargo built, unless the test chose
+    /// another (`with_peerd`, the packaged binary).
+    pub bin: String,
     daemon: Option<Child>,
 }
 
@@ -83,8 +86,16 @@ impl Env {
             prefix,
             dir,
             host_netns: None,
+            bin: PEERD.to_owned(),
             daemon: None,
         }
+    }
+
+    /// An environment that runs `bin` instead of the binary cargo built.
+    pub fn with_peerd(bin: &str) -> Self {
+        let mut env = Self::new();
+        env.bin = bin.to_owned();
+        env
     }
 
     pub fn netns(&self, vpc: &str) -> String {
@@ -154,10 +165,10 @@ impl Env {
         let mut cmd = match wrapper.split_first() {
             Some((first, rest)) => {
                 let mut c = Command::new(first);
-                c.args(rest).arg(PEERD);
+                c.args(rest).arg(&self.bin);
                 c
             }
-            None => Command::new(PEERD),
+            None => Command::new(&self.bin),
         };
         let child = cmd
             .args(["run", "--config"])
@@ -234,7 +245,7 @@ impl Env {
     }
 
     pub fn peerd(&self, args: &[&str]) -> std::process::Output {
-        self.command(PEERD)
+        self.command(&self.bin)
             .args(args)
             .arg("--config")
             .arg(&self.config)
@@ -405,7 +416,7 @@ impl Drop for Env {
         }
         // peerd's own teardown first; then make sure, whatever state the test left.
         let _ = self
-            .command(PEERD)
+            .command(&self.bin)
             .args(["teardown", "--config"])
             .arg(&self.config)
             .stdout(Stdio::null())
@@ -419,6 +430,12 @@ impl Drop for Env {
                 }
             }
         }
+        // The backstop table, when teardown could not run (a test left a config it refuses).
+        let _ = Command::new("nft")
+            .args(["delete", "table", "inet"])
+            .arg(peerd::reconcile::backstop::table_name(&self.prefix))
+            .stderr(Stdio::null())
+            .status();
         let _ = fs::remove_dir_all(&self.pin_dir);
         let _ = fs::remove_dir_all(&self.dir);
     }

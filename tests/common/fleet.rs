@@ -39,6 +39,12 @@ impl Fleet {
     /// A fleet of `placements.len()` hosts; host `i` places the VPCs `placements[i]`.
     /// `extra` goes into every host's `[cluster]` (e.g. `lease_ttl = "3s"`).
     pub fn new(placements: &[&[&str]], v6: bool, extra: &str) -> Fleet {
+        Fleet::with_daemon(placements, v6, extra, "")
+    }
+
+    /// Like `new`; `daemon` goes into every host's `[daemon]`, with `{DIR}` replaced by the
+    /// host's own directory.
+    pub fn with_daemon(placements: &[&[&str]], v6: bool, extra: &str, daemon: &str) -> Fleet {
         super::can_run();
         let underlay = Netns::new("ul");
         let ul = underlay.0.clone();
@@ -111,8 +117,9 @@ impl Fleet {
             env.host_netns = Some(hns.0.clone());
             let underlay_addr = if v6 { underlay_v6(n) } else { underlay_v4(n) };
             let list: Vec<String> = vpcs.iter().map(|v| format!("\"{v}\"")).collect();
+            let daemon = daemon.replace("{DIR}", &env.dir.display().to_string());
             env.write_config_with(
-                "datapath = \"tc\"",
+                &format!("datapath = \"tc\"\n{daemon}"),
                 &format!(
                     "[cluster]\netcd = [\"{}\"]\nhost = \"h{n}\"\nunderlay = \"{underlay_addr}\"\nvpcs = [{}]\n{extra}\n",
                     fleet.etcd.url,

@@ -46,7 +46,52 @@ impl Drop for PinDir {
     }
 }
 
+/// `systemd-analyze verify` on a unit's text (its binary paths already the binary under
+/// test); panics with what systemd says. Type=notify-reload is systemd 253's: an older
+/// systemd-analyze checks the rest of the unit with Type=notify.
+pub fn verify_unit(text: &str) {
+    let version = env::sh(&["systemctl", "--version"]);
+    let major: u32 = version
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("systemd version in {version:?}"));
+    let text = if major < 253 {
+        eprintln!("systemd {major} < 253: verifying the unit with Type=notify");
+        text.replace("Type=notify-reload", "Type=notify")
+    } else {
+        text.to_owned()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let unit = dir.path().join(format!("{}.service", unique("unit")));
+    std::fs::write(&unit, text).unwrap();
+    let out = std::process::Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(&unit)
+        .output()
+        .expect("systemd-analyze");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && stderr.trim().is_empty(), "{stderr}");
+}
+
 pub mod env;
 pub mod etcd;
 pub mod fleet;
 pub mod stream;
+pub mod tap;
+
+/// Every record of the flow log files (`flows.jsonl` and its rotations) in `dir`.
+pub fn flow_records(dir: &std::path::Path) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in entries.flatten() {
+        if e.file_name().to_string_lossy().starts_with("flows.jsonl") {
+            for l in std::fs::read_to_string(e.path()).unwrap().lines() {
+                out.push(serde_json::from_str(l).expect("a flow log line is JSON"));
+            }
+        }
+    }
+    out
+}

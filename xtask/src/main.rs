@@ -1,4 +1,5 @@
-//! `cargo xtask`: set up a fresh machine, run the whole test suite, run the demo.
+//! `cargo xtask`: set up a fresh machine, run the whole test suite, run the demo, build the
+//! .deb.
 use std::{
     path::{Path, PathBuf},
     process::{Command, ExitCode},
@@ -7,6 +8,7 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 
 mod cluster_demo;
+mod package;
 use clap::{Parser, Subcommand};
 
 /// Debian packages peerd's build, tests and benchmarks need.
@@ -27,6 +29,8 @@ const APT_PACKAGES: &[&str] = &[
     "etcd-client",
     "protobuf-compiler",
     "libprotobuf-dev",
+    // `cargo xtask package`: cargo-deb's $auto dependencies (dpkg-shlibdeps).
+    "dpkg-dev",
 ];
 /// Marker in every name the tests create (namespaces, links, pin dirs).
 const TEST_MARKER: &str = "pdt";
@@ -52,6 +56,9 @@ enum Cmd {
     /// Setup, build, and run a fleet of three hosts (network namespaces, each with its own
     /// peerd) on one etcd: cluster mode (configs/cluster/).
     ClusterDemo,
+    /// Setup, then build the .deb (release binary with the eBPF object embedded, unit, sample
+    /// configuration, man pages, completions) into target/debian/.
+    Package,
     /// Benchmarks: peerd against the kernel and the hooks' ceilings, and at scale; writes
     /// bench/results.json, bench/REPORT.md and bench/chart.svg.
     Bench {
@@ -80,6 +87,13 @@ fn run(cmd: &mut Command) -> Result<()> {
         bail!("{cmd:?} failed: {status}");
     }
     Ok(())
+}
+
+/// `cargo build --release -p package` in the workspace.
+fn build_release(package: &str) -> Result<()> {
+    run(Command::new("cargo")
+        .current_dir(root())
+        .args(["build", "--release", "-p", package]))
 }
 
 fn output(cmd: &mut Command) -> Option<String> {
@@ -179,7 +193,7 @@ fn setup() -> Result<()> {
         println!("mounting bpffs at /sys/fs/bpf");
         run(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))?;
     }
-    Ok(())
+    package::setup_cargo_deb()
 }
 
 /// Names with the test marker that are still around after the suite.
@@ -266,6 +280,12 @@ fn test(args: &[String]) -> Result<ExitCode> {
         );
         sweep(&before);
     }
+    // The package test (tests/package.rs) installs this .deb into a scratch root. A failed
+    // package build fails that test, not the rest of the suite.
+    let deb = package::package().unwrap_or_else(|e| {
+        println!("cargo xtask package failed: {e:#}");
+        PathBuf::from("(cargo xtask package failed: see the top of this run)")
+    });
     // Everything on the TC datapath, then the namespace tests again on the XDP datapath: both
     // datapaths must pass the same integration suite. Each pass ends with nextest's summary.
     let nextest = |env: Option<(&str, &str)>, filter: Option<&str>| {
@@ -286,7 +306,8 @@ fn test(args: &[String]) -> Result<ExitCode> {
                 "all",
             ])
             .args(args)
-            .env("RUST_BACKTRACE", "1");
+            .env("RUST_BACKTRACE", "1")
+            .env("PEERD_TEST_DEB", &deb);
         if let Some(f) = filter {
             cmd.args(["-E", f]);
         }
@@ -320,14 +341,8 @@ fn bench(quick: bool, rounds: Option<u32>, out: &Path) -> Result<()> {
     setup()?;
     let root = root();
     // peerd itself too: the cluster section runs `target/release/peerd` on every host.
-    run(Command::new("cargo").current_dir(&root).args([
-        "build",
-        "--release",
-        "-p",
-        "peerd",
-        "-p",
-        "peerd-bench",
-    ]))?;
+    build_release("peerd")?;
+    build_release("peerd-bench")?;
     let mut cmd = Command::new(root.join("target/release/peerd-bench"));
     cmd.current_dir(&root).arg("--out").arg(out);
     if quick {
@@ -344,9 +359,7 @@ fn bench(quick: bool, rounds: Option<u32>, out: &Path) -> Result<()> {
 fn demo() -> Result<()> {
     setup()?;
     let root = root();
-    run(Command::new("cargo")
-        .current_dir(&root)
-        .args(["build", "--release", "-p", "peerd"]))?;
+    build_release("peerd")?;
     let peerd = root.join("target/release/peerd");
     let config = root.join("configs/demo.toml");
     println!(
@@ -405,6 +418,9 @@ fn main() -> Result<ExitCode> {
         Cmd::Setup => setup().map(|_| ExitCode::SUCCESS),
         Cmd::Test { args } => test(&args),
         Cmd::Demo => demo().map(|_| ExitCode::SUCCESS),
+        Cmd::Package => setup()
+            .and_then(|_| package::package())
+            .map(|_| ExitCode::SUCCESS),
         Cmd::ClusterDemo => cluster_demo::cluster_demo().map(|_| ExitCode::SUCCESS),
         Cmd::Bench { quick, rounds, out } => bench(quick, rounds, &out).map(|_| ExitCode::SUCCESS),
     }

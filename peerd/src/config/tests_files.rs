@@ -38,14 +38,15 @@ impl Dir {
         fs::remove_file(self.path(rel)).unwrap();
     }
 
-    /// Strict load of the main file: the error text (it must fail, within 1 s).
+    /// Strict load of the main file: the error text (it must fail, and not hang: within a
+    /// bound far above what it takes, so a loaded machine does not fail it).
     fn err(&self) -> String {
         let t = Instant::now();
         let e = Config::load(&self.main())
             .expect_err("config should be rejected")
             .to_string();
         assert!(
-            t.elapsed() < Duration::from_secs(1),
+            t.elapsed() < Duration::from_secs(20),
             "took {:?}",
             t.elapsed()
         );

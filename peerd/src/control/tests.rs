@@ -10,6 +10,7 @@ use std::{
 use tokio::{runtime::Runtime, sync::Semaphore};
 
 use super::*;
+use crate::testing::{raise_fd_limit, wait_until};
 
 /// Answers every request with the request itself, counting calls.
 #[derive(Default)]
@@ -93,18 +94,6 @@ fn policy() -> Policy {
     Policy::default()
 }
 
-/// Waits (bounded) until `f` holds.
-fn wait_until(what: &str, limit: Duration, f: impl Fn() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(
-            start.elapsed() < limit,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
 /// Runs `f` on a thread of its own whose credentials are dropped to `uid`/`gid` (no
 /// supplementary groups). The raw syscalls change only the calling thread (glibc's wrappers
 /// would change every thread of the process); the thread ends with `f`.
@@ -135,26 +124,6 @@ fn raw_exchange(path: &Path, raw: &[u8]) -> String {
     let mut out = String::new();
     s.read_to_string(&mut out).expect("reply then close");
     out
-}
-
-fn raise_fd_limit(need: u64) {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit with a valid struct.
-    unsafe {
-        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0);
-        assert!(
-            lim.rlim_max >= need,
-            "this test needs {need} file descriptors; the hard limit is {}",
-            lim.rlim_max
-        );
-        if lim.rlim_cur < need {
-            lim.rlim_cur = need;
-            assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lim), 0);
-        }
-    }
 }
 
 #[test]

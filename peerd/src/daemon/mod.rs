@@ -60,6 +60,12 @@ pub enum Msg {
         Option<PathBuf>,
         oneshot::Sender<Result<Vec<String>, String>>,
     ),
+    /// Attach, check or detach a workload (`peerd attach`/`detach`, the CNI plugin); the
+    /// answer says what changed.
+    Attach(
+        crate::attach::Op,
+        oneshot::Sender<Result<serde_json::Value, String>>,
+    ),
     /// Something peerd made may have been changed by someone else: look at everything.
     Drift,
     /// Stop (the datapath keeps forwarding).
@@ -96,6 +102,8 @@ pub struct Daemon {
     desired: desired::Desired,
     /// Cluster mode.
     cluster: Option<fleet::Cluster>,
+    /// Attached workloads that the last reconcile could not finish (attachment key -> why).
+    attach_errors: BTreeMap<String, String>,
     _lock: state::Lock,
 }
 
@@ -147,6 +155,7 @@ impl Daemon {
             retry: None,
             desired: desired::Desired::default(),
             cluster: None,
+            attach_errors: BTreeMap::new(),
             _lock: lock,
         };
         if let Some(c) = &d.cfg.daemon.cluster {
@@ -378,6 +387,7 @@ impl Daemon {
         }
         self.state.save(&self.cfg.daemon.state_dir)?;
         self.taken_links = out.taken_links;
+        self.attach_errors = out.attach_errors;
         self.peerings = peerings;
         self.vpc_errors = out.vpc_errors;
         for (v, e) in &self.vpc_errors {
@@ -710,6 +720,9 @@ impl Daemon {
                         let _ = reply.send(self.plan(path.as_deref()).await);
                     }
                     Some(Msg::Drift) => self.resync().await,
+                    Some(Msg::Attach(op, reply)) => {
+                        let _ = reply.send(self.attach(op).await);
+                    }
                 },
                 Some(ev) = events.recv() => {
                     // Debounce: editors write several events per save.
@@ -782,6 +795,72 @@ impl Daemon {
                 self.publish();
             }
         }
+    }
+
+    /// Attaches, checks or detaches a workload and reconciles; a refused or failed attach
+    /// leaves the state as it was.
+    async fn attach(&mut self, op: crate::attach::Op) -> Result<serde_json::Value, String> {
+        use crate::attach::Op;
+        let (vpc, key) = op.key(&self.state.attachments);
+        let before = self.state.attachments.get(&key).cloned();
+        let next = match &op {
+            Op::Attach(a) | Op::Check(a) => {
+                let placed = self.state.links.contains_key(&vpc);
+                let a = crate::attach::check(&self.cfg, placed, &self.state.attachments, a)?;
+                if before.is_none() {
+                    crate::attach::check_tap(&self.rec.nl, &a.workload).await?;
+                }
+                Some(a)
+            }
+            Op::Detach { .. } => None,
+        };
+        let failed = |d: &Daemon| {
+            [
+                key.clone(),
+                format!("{vpc}/forwarding"),
+                format!("{vpc}/workloads"),
+            ]
+            .iter()
+            .find_map(|k| d.attach_errors.get(k))
+            .cloned()
+        };
+        let link = key.split_once('/').map_or("", |(_, l)| l).to_owned();
+        let reply =
+            |changed: bool| serde_json::json!({ "changed": changed, "link": link, "key": key });
+        if let Op::Check(_) = op {
+            return match (before, failed(self)) {
+                (None, _) => Err(format!("{key} is not attached")),
+                (Some(b), _) if Some(&b) != next.as_ref() => Err(format!(
+                    "{key} is attached with other addresses ({})",
+                    crate::attach::list(&b.addresses)
+                )),
+                (Some(_), Some(e)) => Err(e),
+                (Some(_), None) => Ok(reply(false)),
+            };
+        }
+        if next == before {
+            return Ok(reply(false));
+        }
+        match &next {
+            Some(n) => self.state.attachments.insert(key.clone(), n.clone()),
+            None => self.state.attachments.remove(&key),
+        };
+        let err = match self.reconcile(Scope::Changed).await {
+            Err(e) => Some(e.to_string()),
+            Ok(()) => failed(self),
+        };
+        let Some(err) = err else {
+            return Ok(reply(true));
+        };
+        if next.is_some() {
+            // Undo what was made of it.
+            match before {
+                Some(b) => self.state.attachments.insert(key.clone(), b),
+                None => self.state.attachments.remove(&key),
+            };
+            let _ = self.reconcile(Scope::Changed).await;
+        }
+        Err(err)
     }
 
     async fn resync(&mut self) {

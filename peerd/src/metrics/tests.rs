@@ -12,6 +12,7 @@ use tokio::{runtime::Runtime, sync::Semaphore};
 
 use super::*;
 use crate::status::{PeeringView, VpcView};
+use crate::testing::{raise_fd_limit, wait_until};
 
 const TEXT: &str = "# TYPE peerd_test counter\npeerd_test_total 7\n# EOF\n";
 
@@ -107,17 +108,6 @@ fn header<'a>(resp: &'a str, name: &str) -> Option<&'a str> {
 
 fn body(resp: &str) -> &str {
     resp.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("")
-}
-
-fn wait_until(what: &str, limit: Duration, f: impl Fn() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(
-            start.elapsed() < limit,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
 }
 
 #[test]
@@ -242,21 +232,7 @@ fn a_request_body_is_never_waited_for() {
 
 #[test]
 fn a_thousand_idle_connections_do_not_prevent_a_scrape() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit with a valid struct.
-    unsafe {
-        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0);
-        assert!(
-            lim.rlim_max >= 2300,
-            "needs 2300 descriptors, hard limit {}",
-            lim.rlim_max
-        );
-        lim.rlim_cur = lim.rlim_cur.max(2300);
-        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lim), 0);
-    }
+    raise_fd_limit(2300);
     let max = 64;
     let srv = Server::start(Limits {
         max_connections: max,
@@ -504,7 +480,7 @@ fn the_grafana_dashboard_uses_only_metrics_peerd_exports() {
         "/../contrib/grafana-peerd.json"
     )))
     .expect("the dashboard is JSON");
-    // Every optional family present: flow log, backstop, reconcile histogram, a VPC, a peering.
+    // Every optional family declared: flow log, backstop, reconcile histogram, cluster mode.
     let snap = Snapshot {
         vpcs: vec![vpc("a", 1, true)],
         peerings: vec![peering("pcx-1", 1, PeeringState::Active)],
@@ -518,14 +494,41 @@ fn the_grafana_dashboard_uses_only_metrics_peerd_exports() {
         }),
         reconcile_seconds: Some(reconcile_histogram()),
         maps: map_usage(&Tables::default()),
+        cluster: Some(crate::status::ClusterStatus {
+            host: "hv1".into(),
+            connected: true,
+            registered: true,
+            revision: 1,
+            error: None,
+            // A host with tunnel counters (slot 0: `status` leaves them as they are).
+            hosts: vec![crate::status::HostView {
+                name: "hv2".into(),
+                underlay: "192.0.2.2".parse().unwrap(),
+                vpcs: vec!["a".into()],
+                slot: 0,
+                tunnel: Some(Default::default()),
+            }],
+            remote_endpoints: 0,
+            local_endpoints: 0,
+            notes: Vec::new(),
+        }),
         ..Snapshot::default()
     };
     let text = render(&snap, None);
-    let exported: std::collections::BTreeSet<&str> = text
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| l.split(['{', ' ']).next())
-        .collect();
+    // The names a query can use, from each family's TYPE.
+    let mut exported = std::collections::BTreeSet::new();
+    for l in text.lines() {
+        let Some((name, kind)) = l.strip_prefix("# TYPE ").and_then(|t| t.split_once(' ')) else {
+            continue;
+        };
+        let suffixes: &[&str] = match kind {
+            "counter" => &["_total"],
+            "info" => &["_info"],
+            "histogram" => &["_bucket", "_sum", "_count"],
+            _ => &[""],
+        };
+        exported.extend(suffixes.iter().map(|s| format!("{name}{s}")));
+    }
     // Every `peerd_...` name in a query, an annotation or a variable.
     let mut used = std::collections::BTreeSet::new();
     let all = dashboard.to_string();
@@ -539,10 +542,7 @@ fn the_grafana_dashboard_uses_only_metrics_peerd_exports() {
         used.insert(name);
     }
     assert!(used.len() >= 12, "{used:?}");
-    let missing: Vec<&String> = used
-        .iter()
-        .filter(|n| !exported.contains(n.as_str()))
-        .collect();
+    let missing: Vec<&String> = used.iter().filter(|n| !exported.contains(*n)).collect();
     assert!(missing.is_empty(), "not exported: {missing:?}\n{text}");
     for family in [
         "peerd_peering_state",
@@ -552,7 +552,66 @@ fn the_grafana_dashboard_uses_only_metrics_peerd_exports() {
         "peerd_forwarded_packets_total",
         "peerd_last_reload_success",
         "peerd_vpc_ready",
+        "peerd_cluster_connected",
+        "peerd_tunnel_packets_total",
     ] {
         assert!(used.contains(family), "the dashboard lacks {family}");
     }
+}
+
+#[test]
+fn cluster_mode_exports_connection_endpoints_and_tunnel_traffic_per_host() {
+    use crate::status::{ClusterStatus, CounterJson, HostView, TunnelCounters};
+    let snap = Snapshot {
+        vpcs: vec![vpc("a", 1, true)],
+        cluster: Some(ClusterStatus {
+            host: "h1".into(),
+            connected: false,
+            registered: true,
+            revision: 7,
+            error: None,
+            hosts: vec![HostView {
+                name: "h2".into(),
+                underlay: "192.0.2.2".parse().unwrap(),
+                vpcs: vec!["a".into()],
+                slot: 1,
+                tunnel: None,
+            }],
+            remote_endpoints: 4,
+            local_endpoints: 2,
+            notes: Vec::new(),
+        }),
+        ..Snapshot::default()
+    };
+    // The counters come from the pinned maps when status is read: set them as it would.
+    let mut st = crate::status::status(&snap, None);
+    st.cluster.as_mut().unwrap().hosts[0].tunnel = Some(TunnelCounters {
+        tx: CounterJson {
+            packets: 5,
+            bytes: 500,
+        },
+        rx: CounterJson {
+            packets: 3,
+            bytes: 300,
+        },
+    });
+    let mut reg = Registry::default();
+    cluster(&mut reg, &st);
+    let mut text = String::new();
+    encode(&mut text, &reg).unwrap();
+    for line in [
+        "peerd_cluster_connected 0",
+        "peerd_cluster_registered 1",
+        "peerd_remote_endpoints 4",
+        "peerd_local_endpoints 2",
+        "peerd_tunnel_packets_total{host=\"h2\",direction=\"tx\"} 5",
+        "peerd_tunnel_packets_total{host=\"h2\",direction=\"rx\"} 3",
+        "peerd_tunnel_bytes_total{host=\"h2\",direction=\"tx\"} 500",
+        "peerd_tunnel_bytes_total{host=\"h2\",direction=\"rx\"} 300",
+    ] {
+        assert!(text.lines().any(|l| l == line), "missing {line}:\n{text}");
+    }
+    // A single host exports none of them.
+    let text = render(&Snapshot::default(), None);
+    assert!(!text.contains("peerd_cluster_connected"), "{text}");
 }

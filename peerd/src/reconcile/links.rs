@@ -6,10 +6,10 @@
 //! the program reconciler ran) when the datapath program is attached to it; a host end found
 //! up without its program is set down. A link with the right name that peerd did not create is
 //! never touched: the VPC is reported and the next slot assignment picks another name.
-use std::{collections::HashMap, fmt, os::fd::AsRawFd as _};
+use std::{collections::HashMap, fmt};
 
-use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth, LinkMessage};
-use rtnetlink::{LinkMessageBuilder, LinkUnspec, LinkVeth};
+use netlink_packet_route::link::LinkMessage;
+use rtnetlink::LinkUnspec;
 
 use super::Report;
 use crate::{
@@ -449,23 +449,7 @@ async fn apply_one(nl: &Netlink, c: &Change) -> Result<bool, Error> {
             // The VPC end is created inside the namespace with its final name: moving a link
             // between namespaces waits for an RCU grace period under the RTNL lock, which would
             // serialise every VPC's setup behind it. Both ends start down.
-            let peer = LinkMessageBuilder::<LinkUnspec>::new()
-                .name(NS_IFNAME.to_owned())
-                .mtu(*mtu)
-                .setns_by_fd(nsfile.as_raw_fd())
-                .build();
-            host.link()
-                .add(
-                    LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
-                        .name(host_if.clone())
-                        .mtu(*mtu)
-                        .down()
-                        .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
-                        .build(),
-                )
-                .execute()
-                .await
-                .map_err(netlink::failed("creating veth", host_if))?;
+            netlink::add_veth(&host, host_if, None, NS_IFNAME, &nsfile, *mtu).await?;
             drop(nsfile);
             set_alias(nl, host_if, netns).await?;
         }

@@ -11,11 +11,13 @@
 //! | [`routes`] | gateway neighbours and routes inside each namespace |
 //! | [`maps`] | the datapath's map entries (leaves first, roots last) |
 //! | [`programs`] | the program's pinned TCX/XDP link on each host-side veth |
+//! | [`attach`] | attached workloads' links and routes (`peerd attach`, the CNI plugin) |
 //! | [`backstop`] | the nftables table that drops VPC traffic reaching the host stack |
 //! | [`vxlan`] | cluster mode: the host's VXLAN device (up only with its receive program) |
 //!
 //! [`Reconciler::run`] is one pass over all of them; [`Reconciler::plan`] computes the same
 //! diffs and applies nothing (`peerd plan`).
+pub mod attach;
 pub mod backstop;
 pub mod links;
 pub mod maps;
@@ -110,6 +112,8 @@ pub struct Outcome {
     pub backstop: Option<(u64, u64)>,
     /// The desired state this run converged to.
     pub desired: Desired,
+    /// Attachment key ("VPC/link"), or "VPC/what" -> why it failed.
+    pub attach_errors: BTreeMap<String, String>,
 }
 
 /// The reconcilers' handles and what the last run learned.
@@ -125,6 +129,8 @@ pub struct Reconciler {
     backstop_table: String,
     /// The VXLAN device's ifindex when the receive program was last seen attached to it.
     vxlan_rx: Option<u32>,
+    /// VPCs the attach reconciler has to look at on a `Scope::Changed` run.
+    attach_vpcs: BTreeSet<String>,
 }
 
 /// What the pipeline needs to know beyond the configuration.
@@ -156,6 +162,7 @@ impl Reconciler {
             shadow: None,
             backstop_table: backstop::table_name(netns_prefix),
             vxlan_rx: None,
+            attach_vpcs: BTreeSet::new(),
         }
     }
 
@@ -319,6 +326,27 @@ impl Reconciler {
                 }
             }
         }
+
+        // 2b. Attached workloads: VPCs that have some or had some (a detach), every VPC on a
+        // full run (what a lost state left behind goes).
+        let mut aw = attach::Want::of(&inp.state.attachments, &want.vpcs);
+        for w in want.vpcs.values() {
+            if scope == Scope::Full || self.attach_vpcs.contains(&w.name) {
+                aw.entry(w.name.clone())
+                    .or_insert_with(|| attach::Want::empty(w));
+            }
+        }
+        aw.retain(|v, _| self.facts.links.contains_key(v));
+        let r = attach::run(&self.nl, host_links, &aw).await;
+        self.attach_vpcs = aw
+            .iter()
+            .filter(|(v, w)| {
+                !w.links.is_empty() || r.errors.keys().any(|k| k.starts_with(&format!("{v}/")))
+            })
+            .map(|(v, _)| v.clone())
+            .collect();
+        out.attach_errors = r.errors.clone();
+        report.merge(r);
 
         // 3. Map entries: counters of reused slots zeroed first, then the entries.
         for s in inp.new_vpc_slots {
