@@ -17,6 +17,7 @@
 use std::{
     collections::BTreeMap,
     fs,
+    io::{BufRead as _, BufReader},
     net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -302,6 +303,35 @@ impl Fleet {
         Ok(())
     }
 
+    /// `etcdctl watch` of the keys under `prefix`, from the next revision on.
+    fn watch(&self, prefix: &str) -> Res<Watch> {
+        let out = self.etcdctl(&["get", "/", "--limit=1", "-w", "json"])?;
+        let v: Value = serde_json::from_str(&out).map_err(|e| format!("etcdctl json: {e}"))?;
+        let rev = v["header"]["revision"]
+            .as_i64()
+            .ok_or_else(|| format!("no revision in {out}"))?;
+        let mut c = ns_cmd(&self.underlay, Path::new("etcdctl"));
+        c.env("ETCDCTL_API", "3")
+            .args(["--endpoints", &self.url, "watch", "--prefix"])
+            .arg(format!("--rev={}", rev + 1))
+            .arg(prefix)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        let mut child = c.spawn().map_err(|e| format!("etcdctl watch: {e}"))?;
+        let stdout = child.stdout.take().ok_or("etcdctl watch: no stdout")?;
+        let (tx, events) = std::sync::mpsc::channel();
+        // Ends when the watch process is killed (end of its output).
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if (line == "PUT" || line == "DELETE") && tx.send(Instant::now()).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Watch { child, events })
+    }
+
     /// Keys and bytes (keys and values) under peerd's key prefix.
     fn etcd_usage(&self) -> Res<(u64, u64)> {
         let out = self.etcdctl(&["get", "--prefix", "/peerd/", "-w", "json"])?;
@@ -312,6 +342,19 @@ impl Fleet {
             .map(|kv| b64_len(&kv["key"]) + b64_len(&kv["value"]))
             .sum();
         Ok((kvs.len() as u64, bytes))
+    }
+}
+
+/// A running `etcdctl watch`: when each event (a put or a delete) reached this process.
+struct Watch {
+    child: Child,
+    events: std::sync::mpsc::Receiver<Instant>,
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -723,21 +766,34 @@ pub fn convergence(prefix: &str, hosts: usize, quick: bool, res: &mut Results) -
         remote_endpoints(st) == others
     })?;
 
-    // 1. An endpoint added (removed) on host 1 until every other host counts it (or not).
+    // 1. An endpoint added (removed) on host 1 until every other host counts it (or not), and
+    // until its key is written (removed) in etcd. The first two changes are not counted: they
+    // make sure the watch runs.
     let changes = if quick { 10 } else { 100 };
     let a1 = f.daemon(1).vpc_ns("a");
-    let mut ms = Vec::new();
-    for i in 0..changes {
+    let watch = f.watch(&format!("/peerd/v1/endpoints/a/{MOVING}/"))?;
+    let (mut ms, mut published) = (Vec::new(), Vec::new());
+    for i in 0..changes + 2 {
         let add = i % 2 == 0;
         let want = if add { others + 1 } else { others };
         let cidr = format!("{MOVING}/32");
         let verb = if add { "add" } else { "del" };
+        while watch.events.try_recv().is_ok() {}
         let start = Instant::now();
         sh(&["ip", "-n", &a1, "addr", verb, &cidr, "dev", "lo"])?;
         let seen = all_see(&f, start, |st| remote_endpoints(st) == want)?;
-        ms.push(seen.as_secs_f64() * 1e3);
+        let put = watch
+            .events
+            .recv_timeout(Duration::from_secs(10))
+            .map_err(|_| "the endpoint's key did not change in etcd within 10 s")?;
+        if i >= 2 {
+            ms.push(seen.as_secs_f64() * 1e3);
+            published.push(put.duration_since(start).as_secs_f64() * 1e3);
+        }
     }
+    drop(watch);
     res.cluster.endpoint_change_ms = Some(stat(ms));
+    res.cluster.endpoint_published_ms = Some(stat(published));
 
     // 2. apply of a peering -> traffic both ways between a (host 1) and b on every other host;
     // then the peering removed again, until no host has it active.

@@ -43,6 +43,8 @@ pub struct ClusterResults {
     pub forwarding: BTreeMap<String, BTreeMap<String, Stat>>,
     /// An endpoint added or removed on one host until every other host's status shows it.
     pub endpoint_change_ms: Option<Stat>,
+    /// The same change until its key is written (removed) in etcd (`etcdctl watch`).
+    pub endpoint_published_ms: Option<Stat>,
     /// `peerd apply` of one peering until traffic passes on every pair, both ways.
     pub apply_to_forwarding_ms: Option<Stat>,
     /// What peerd keeps in etcd: keys and bytes (keys and values).
@@ -266,6 +268,11 @@ fn cluster_report(c: &ClusterResults) -> String {
             "an endpoint added or removed on host 1, until every other host's status counts it",
             &c.endpoint_change_ms,
             "p99 ≤ 200",
+        ),
+        (
+            "the same change, until its key is written or removed in etcd (`etcdctl watch`)",
+            &c.endpoint_published_ms,
+            "",
         ),
         (
             "`peerd apply` of one peering, until UDP probes pass both ways between a on host 1 and b on every other host",
