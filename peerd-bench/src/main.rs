@@ -397,6 +397,11 @@ fn run() -> Res<()> {
 
     // 4. Cluster mode: cross-host forwarding, convergence on 10 hosts, etcd usage.
     if section("cluster") {
+        // As between the control plane's sizes: started once its namespaces are freed.
+        if !control::netns_freed(baseline) {
+            res.notes
+                .push("cluster: started while the kernel was still freeing namespaces".to_owned());
+        }
         eprintln!("cluster: cross-host forwarding ...");
         if let Err(e) = cluster::forwarding(&format!("{prefix}-"), rounds, quick, &mut res) {
             res.notes.push(format!("cluster forwarding: {e}"));
