@@ -2,6 +2,9 @@
 //! - a generator run with BPF_PROG_TEST_RUN in live-frames mode, and a counting sink;
 //! - the hooks' ceilings: an unconditional redirect per hook (MACs set, no decision), and an
 //!   empty program per hook;
+//! - the cross-host ceiling: the tunnel key and a redirect to a VXLAN device (sending host);
+//!   the receiving host's VXLAN device runs `bench_vxlan_rx_tc` (the TC redirect ceiling, plus
+//!   the packet type peerd's receive program sets too);
 //! - cost wrappers that restore the headers from a template, then tail-call either the empty
 //!   program (the baseline) or peerd's own entry point, which userspace places in the program
 //!   arrays from peerd's loaded object.
@@ -16,15 +19,16 @@ mod shared;
 
 use aya_ebpf::{
     bindings::{
+        bpf_tunnel_key,
         xdp_action::{XDP_DROP, XDP_PASS},
         TC_ACT_OK, TC_ACT_SHOT,
     },
-    helpers::{bpf_redirect, bpf_redirect_peer},
+    helpers::{bpf_redirect, bpf_redirect_peer, bpf_skb_change_type, bpf_skb_set_tunnel_key},
     macros::{classifier, map, xdp},
     maps::{Array, HashMap, PerCpuArray, ProgramArray},
     programs::{TcContext, XdpContext},
 };
-use shared::{BenchGen, BenchTarget, NEXT_EMPTY, NEXT_PEERD, NOT_RUN};
+use shared::{BenchGen, BenchTarget, BenchTunnel, NEXT_EMPTY, NEXT_PEERD, NOT_RUN};
 
 /// A pointer to a `T` at `offset`, if the packet holds all of it.
 #[inline(always)]
@@ -165,11 +169,23 @@ fn target(data: usize, data_end: usize, ifindex: u32) -> Option<u32> {
 
 #[classifier]
 pub fn bench_redirect_tc(ctx: TcContext) -> i32 {
+    redirect_peer_tc(&ctx, false)
+}
+
+/// The TC ceiling: MACs set for the ingress link's target, `bpf_redirect_peer` there; with
+/// `host`, the frame is also marked for this host first.
+#[inline(always)]
+fn redirect_peer_tc(ctx: &TcContext, host: bool) -> i32 {
     // SAFETY: the context pointer is valid for the program's run.
     let ifindex = unsafe { (*ctx.skb.skb).ingress_ifindex };
     match target(ctx.data(), ctx.data_end(), ifindex) {
-        // SAFETY: plain helper call.
-        Some(out) => unsafe { bpf_redirect_peer(out, 0) as i32 },
+        // SAFETY: plain helper calls on this program's skb.
+        Some(out) => unsafe {
+            if host {
+                bpf_skb_change_type(ctx.skb.skb, PACKET_HOST);
+            }
+            bpf_redirect_peer(out, 0) as i32
+        },
         None => TC_ACT_SHOT,
     }
 }
@@ -183,6 +199,52 @@ pub fn bench_redirect_xdp(ctx: XdpContext) -> u32 {
         Some(out) => unsafe { bpf_redirect(out, 0) as u32 },
         None => XDP_DROP,
     }
+}
+
+/// Ingress ifindex -> the tunnel the cross-host ceiling sends everything into.
+#[map(name = "BENCH_TUNNELS")]
+static TUNNELS: HashMap<u32, BenchTunnel> = HashMap::with_max_entries(64, 0);
+
+/// The cross-host ceiling on the sending host: the tunnel key (fixed VNI, remote host) and a
+/// redirect to the `external` VXLAN device, nothing else (no decision, no header rewrite).
+#[classifier]
+pub fn bench_tunnel_tc(ctx: TcContext) -> i32 {
+    // SAFETY: the context pointer is valid for the program's run.
+    let ifindex = unsafe { (*ctx.skb.skb).ingress_ifindex };
+    // SAFETY: map lookup result is valid for the program's run.
+    let Some(t) = (unsafe { TUNNELS.get(&ifindex) }) else {
+        return TC_ACT_SHOT;
+    };
+    // SAFETY: all-zero is a valid bpf_tunnel_key (integers and unions of integers).
+    let mut key: bpf_tunnel_key = unsafe { core::mem::zeroed() };
+    key.tunnel_id = t.vni;
+    key.__bindgen_anon_1.remote_ipv4 = t.remote_ipv4;
+    key.tunnel_ttl = 64;
+    // SAFETY: plain helper calls on this program's skb and a key on the stack.
+    unsafe {
+        if bpf_skb_set_tunnel_key(
+            ctx.skb.skb,
+            &mut key,
+            core::mem::size_of::<bpf_tunnel_key>() as u32,
+            0,
+        ) != 0
+        {
+            return TC_ACT_SHOT;
+        }
+        bpf_redirect(t.ifindex, 0) as i32
+    }
+}
+
+/// `PACKET_HOST` (linux/if_packet.h).
+const PACKET_HOST: u32 = 0;
+
+/// The cross-host ceiling on the receiving host, on the VXLAN device's ingress: the TC
+/// redirect ceiling (MACs set, `bpf_redirect_peer`), and the frame marked for this host as
+/// peerd's receive program does (the kernel marked it for another host: its destination MAC
+/// is the sending side's gateway, so the VPC's stack would drop it).
+#[classifier]
+pub fn bench_vxlan_rx_tc(ctx: TcContext) -> i32 {
+    redirect_peer_tc(&ctx, true)
 }
 
 #[cfg(not(test))]

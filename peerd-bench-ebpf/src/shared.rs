@@ -25,6 +25,17 @@ pub struct BenchTarget {
     pub src_mac: [u8; 6],
 }
 
+/// What the cross-host ceiling (`bench_tunnel_tc`) does with what arrives on an ifindex
+/// (`BENCH_TUNNELS` value): sets the tunnel key (VNI `vni`, remote `remote_ipv4` in host byte
+/// order, as `bpf_tunnel_key` takes it) and redirects to the `external` VXLAN device `ifindex`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct BenchTunnel {
+    pub ifindex: u32,
+    pub vni: u32,
+    pub remote_ipv4: u32,
+}
+
 /// Map names, so userspace finds what the programs declare.
 pub mod maps {
     pub const GEN: &str = "BENCH_GEN";
@@ -32,6 +43,7 @@ pub mod maps {
     pub const TARGETS: &str = "BENCH_TARGETS";
     pub const TC_NEXT: &str = "BENCH_TC_NEXT";
     pub const XDP_NEXT: &str = "BENCH_XDP_NEXT";
+    pub const TUNNELS: &str = "BENCH_TUNNELS";
 }
 
 /// Slots of `BENCH_TC_NEXT` / `BENCH_XDP_NEXT`, the programs the cost wrappers tail-call after
@@ -47,3 +59,5 @@ const _: () = assert!(core::mem::size_of::<BenchGen>() == 48);
 const _: () = assert!(core::mem::align_of::<BenchGen>() == 4);
 const _: () = assert!(core::mem::size_of::<BenchTarget>() == 16);
 const _: () = assert!(core::mem::align_of::<BenchTarget>() == 4);
+const _: () = assert!(core::mem::size_of::<BenchTunnel>() == 12);
+const _: () = assert!(core::mem::align_of::<BenchTunnel>() == 4);

@@ -8,9 +8,13 @@
 //! - `ceiling-tc` / `ceiling-xdp`: an unconditional redirect (MACs set, no decision) per hook;
 //! - `peerd-tc` / `peerd-xdp`: the real datapath, set up by the real daemon code.
 //!
+//! The `cluster` section (see `cluster`) measures cluster mode: cross-host forwarding against
+//! a tunnel ceiling and the kernel, convergence on 10 hosts, and etcd usage.
+//!
 //! The generator, sink, ceilings and cost wrappers are this crate's own eBPF object
 //! (`peerd-bench-ebpf`, see `object`); peerd's daemon and datapath are reached only through
 //! `peerd_api`.
+mod cluster;
 mod control;
 mod measure;
 mod object;
@@ -151,7 +155,7 @@ fn run() -> Res<()> {
         }
     }
 
-    let only = arg("--only").unwrap_or_else(|| "cost,forwarding,control".into());
+    let only = arg("--only").unwrap_or_else(|| "cost,forwarding,control,cluster".into());
     let section = |name: &str| only.split(',').any(|s| s == name);
 
     // 1. Program cost, and the forwarding rate of one hot pair as the tables grow.
@@ -388,6 +392,23 @@ fn run() -> Res<()> {
         match control::control_plane(&format!("{prefix}-"), n, &mut res) {
             Ok(()) => {}
             Err(e) => res.notes.push(format!("control plane at {n} VPCs: {e}")),
+        }
+    }
+
+    // 4. Cluster mode: cross-host forwarding, convergence on 10 hosts, etcd usage.
+    if section("cluster") {
+        // As between the control plane's sizes: started once its namespaces are freed.
+        if !control::netns_freed(baseline) {
+            res.notes
+                .push("cluster: started while the kernel was still freeing namespaces".to_owned());
+        }
+        eprintln!("cluster: cross-host forwarding ...");
+        if let Err(e) = cluster::forwarding(&format!("{prefix}-"), rounds, quick, &mut res) {
+            res.notes.push(format!("cluster forwarding: {e}"));
+        }
+        eprintln!("cluster: convergence on 10 hosts, etcd usage ...");
+        if let Err(e) = cluster::convergence(&format!("{prefix}-"), 10, quick, &mut res) {
+            res.notes.push(format!("cluster convergence: {e}"));
         }
     }
     drop(c);

@@ -11,7 +11,7 @@ use aya::{
 
 use crate::{
     peerd_api::Datapath,
-    shared::{maps, BenchGen, BenchTarget, NEXT_EMPTY, NEXT_PEERD},
+    shared::{maps, BenchGen, BenchTarget, BenchTunnel, NEXT_EMPTY, NEXT_PEERD},
     Res,
 };
 
@@ -21,6 +21,8 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/pe
 unsafe impl aya::Pod for BenchGen {}
 // SAFETY: as above.
 unsafe impl aya::Pod for BenchTarget {}
+// SAFETY: as above.
+unsafe impl aya::Pod for BenchTunnel {}
 
 /// One loaded copy of the object. Programs are loaded on first use; links made through
 /// [`attach_tcx`] or `Xdp::attach` belong to it and are detached when it is dropped.
@@ -29,6 +31,7 @@ pub struct BenchObj {
     gen: Array<MapData, BenchGen>,
     sink: PerCpuArray<MapData, u64>,
     targets: HashMap<MapData, u32, BenchTarget>,
+    tunnels: HashMap<MapData, u32, BenchTunnel>,
     tc_next: ProgramArray<MapData>,
     xdp_next: ProgramArray<MapData>,
 }
@@ -55,6 +58,7 @@ impl BenchObj {
             gen: take(&mut ebpf, maps::GEN)?,
             sink: take(&mut ebpf, maps::SINK)?,
             targets: take(&mut ebpf, maps::TARGETS)?,
+            tunnels: take(&mut ebpf, maps::TUNNELS)?,
             tc_next: take(&mut ebpf, maps::TC_NEXT)?,
             xdp_next: take(&mut ebpf, maps::XDP_NEXT)?,
             ebpf,
@@ -114,6 +118,13 @@ impl BenchObj {
         self.targets
             .insert(from, to, 0)
             .map_err(|e| format!("{}: {e}", maps::TARGETS))
+    }
+
+    /// The cross-host ceiling sends what arrives on ifindex `from` into tunnel `to`.
+    pub fn set_tunnel(&mut self, from: u32, to: BenchTunnel) -> Res<()> {
+        self.tunnels
+            .insert(from, to, 0)
+            .map_err(|e| format!("{}: {e}", maps::TUNNELS))
     }
 
     /// Fills the cost wrappers' program arrays: the empty programs (the baseline) and `dp`'s

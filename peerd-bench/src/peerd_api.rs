@@ -4,7 +4,8 @@
 //!
 //! peerd items used here, and nowhere else in the benchmark:
 //! - `peerd::daemon::Daemon::{start, reload}` and `peerd::status` (only for
-//!   `PEERD_BENCH_DEBUG`);
+//!   `PEERD_BENCH_DEBUG`); `peerd::control::request` (the cluster section's daemons run as
+//!   processes: their status through the control socket);
 //! - `peerd::datapath::{ensure_bpffs, Datapath::{load, sync, tc_program, xdp_program}}`;
 //! - `peerd::reconcile::links` (build a VPC's namespace and pair, remove it),
 //!   `peerd::reconcile::routes`, `peerd::netlink::Netlink`, `peerd::desired::{VpcWant,
@@ -112,6 +113,11 @@ pub fn vpc_link(netns: &str, route: &str, xdp: bool) -> Res<VpcLink> {
         }
         Ok(facts)
     })
+}
+
+/// The status (`peerd status --json`) of the daemon answering on control socket `socket`.
+pub fn status(socket: &Path) -> Res<serde_json::Value> {
+    peerd::control::request(socket, &peerd::control::Request::Status).map_err(|e| e.to_string())
 }
 
 /// A daemon run in-process by peerd's own code (`Daemon::start` on a config file), on a

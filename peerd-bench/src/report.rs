@@ -36,6 +36,21 @@ pub struct ScaleRow {
     pub sync_s: f64,
 }
 
+/// The cluster section (cluster mode: hosts are network namespaces, one etcd).
+#[derive(Serialize, Default)]
+pub struct ClusterResults {
+    /// scenario (`xhost-ceiling`, `xhost-kernel`, `xhost-peerd`) -> metric -> stat
+    pub forwarding: BTreeMap<String, BTreeMap<String, Stat>>,
+    /// An endpoint added or removed on one host until every other host's status shows it.
+    pub endpoint_change_ms: Option<Stat>,
+    /// The same change until its key is written (removed) in etcd (`etcdctl watch`).
+    pub endpoint_published_ms: Option<Stat>,
+    /// `peerd apply` of one peering until traffic passes on every pair, both ways.
+    pub apply_to_forwarding_ms: Option<Stat>,
+    /// What peerd keeps in etcd: keys and bytes (keys and values).
+    pub etcd: BTreeMap<String, f64>,
+}
+
 #[derive(Serialize, Default)]
 pub struct Results {
     pub machine: BTreeMap<String, String>,
@@ -50,7 +65,19 @@ pub struct Results {
     pub scale: Vec<ScaleRow>,
     pub map_bytes_per_route: Option<f64>,
     pub control_plane: BTreeMap<String, f64>,
+    pub cluster: ClusterResults,
     pub notes: Vec<String>,
+}
+
+/// "median (min–max)" with `digits` decimals.
+fn cell(s: Option<&Stat>, digits: usize) -> String {
+    match s {
+        Some(s) => format!(
+            "{:.*} ({:.*}–{:.*})",
+            digits, s.median, digits, s.min, digits, s.max
+        ),
+        None => "n/a".into(),
+    }
 }
 
 fn ratio(res: &Results, a: &str, b: &str, m: &str) -> Option<f64> {
@@ -71,13 +98,6 @@ pub fn write_results(out: &Path, res: &Results) -> Res<()> {
         res.rounds
     );
     md += "![forwarding](chart.svg)\n\n## Forwarding\n\n64 B pps: 64-byte frames injected by BPF_PROG_TEST_RUN in live-frames mode (headers restored on every repetition) on CPU 0, counted by a TC sink program on the destination VPC's link, which drops them. UDP sink: the same frames received by a UDP socket in the destination namespace (CPU 1), so the destination's stack is included. Socket sender: sendmmsg from the source namespace instead of the generator (the sender is then the bottleneck).\n\n| scenario | 64 B pps | 64 B pps (UDP sink) | 64 B pps (socket sender) | TCP 1 stream Gbit/s | TCP 4 streams Gbit/s | latency p50 µs | latency p99 µs |\n| --- | --- | --- | --- | --- | --- | --- | --- |\n";
-    let cell = |s: Option<&Stat>, digits: usize| match s {
-        Some(s) => format!(
-            "{:.*} ({:.*}–{:.*})",
-            digits, s.median, digits, s.min, digits, s.max
-        ),
-        None => "n/a".into(),
-    };
     for (name, m) in &res.forwarding {
         md += &format!(
             "| {name} | {} | {} | {} | {} | {} | {} | {} |\n",
@@ -194,6 +214,7 @@ pub fn write_results(out: &Path, res: &Results) -> Res<()> {
     for (k, v) in &res.control_plane {
         md += &format!("| {k} | {v:.3} |\n");
     }
+    md += &cluster_report(&res.cluster);
     if !res.notes.is_empty() {
         md += "\n## Notes\n\n";
         for n in &res.notes {
@@ -204,6 +225,79 @@ pub fn write_results(out: &Path, res: &Results) -> Res<()> {
     fs::write(out.join("chart.svg"), chart(res)).map_err(|e| e.to_string())?;
     eprintln!("wrote {}/results.json, REPORT.md, chart.svg", out.display());
     Ok(())
+}
+
+/// The `q` quantile of a sorted sample (nearest rank).
+fn quantile(s: &Stat, q: f64) -> f64 {
+    let n = s.samples.len();
+    if n == 0 {
+        return f64::NAN;
+    }
+    s.samples[((n as f64 * q).ceil() as usize).clamp(1, n) - 1]
+}
+
+fn cluster_report(c: &ClusterResults) -> String {
+    if c.forwarding.is_empty() && c.endpoint_change_ms.is_none() && c.etcd.is_empty() {
+        return String::new();
+    }
+    let mut md = String::from("\n## Cluster mode\n\nHosts are network namespaces on one underlay bridge (IPv4), which also runs etcd; each peerd host runs the release `peerd run` with a host file of its own, the fleet written with `peerd apply`.\n\n### Cross-host forwarding\n\nSource VPC a on host 1, destination VPC b on host 2; 64 B pps: the generator on a's host-side link on host 1, the counting sink on b's link on host 2 (as in Forwarding). `xhost-ceiling`: only the tunnel key and a redirect to an `external` VXLAN device on the sending host, only the MACs, the packet type and `bpf_redirect_peer` on the receiving host's VXLAN device. `xhost-kernel`: IP forwarding, a VXLAN device with a static remote as the route to the other VPC, nftables forward rules accepting exactly the peered pairs (conntrack), on both hosts. The VPC side's MTU is 1450 in every scenario.\n\n| scenario | 64 B pps | TCP 1 stream Gbit/s |\n| --- | --- | --- |\n");
+    for (name, m) in &c.forwarding {
+        md += &format!(
+            "| {name} | {} | {} |\n",
+            cell(m.get("pps_64B"), 0),
+            cell(m.get("tcp_1_stream_gbps"), 2)
+        );
+    }
+    let ratio = |a: &str, b: &str, m: &str| -> String {
+        let x = c.forwarding.get(a).and_then(|s| s.get(m)).map(|s| s.median);
+        let y = c.forwarding.get(b).and_then(|s| s.get(m)).map(|s| s.median);
+        match (x, y) {
+            (Some(x), Some(y)) => format!("{:.2}", x / y),
+            _ => "n/a".into(),
+        }
+    };
+    md += &format!(
+        "\n- xhost-peerd / xhost-ceiling, 64 B pps (target ≥ 0.90): {}\n- xhost-peerd / xhost-kernel, 64 B pps (target ≥ 1.5): {}\n- xhost-peerd / xhost-kernel, TCP 1 stream (target ≥ 1): {}\n",
+        ratio("xhost-peerd", "xhost-ceiling", "pps_64B"),
+        ratio("xhost-peerd", "xhost-kernel", "pps_64B"),
+        ratio("xhost-peerd", "xhost-kernel", "tcp_1_stream_gbps"),
+    );
+    md += "\n### Convergence\n\n| measurement | samples | median ms | p99 ms | max ms | target |\n| --- | --- | --- | --- | --- | --- |\n";
+    for (name, s, target) in [
+        (
+            "an endpoint added or removed on host 1, until every other host's status counts it",
+            &c.endpoint_change_ms,
+            "p99 ≤ 200",
+        ),
+        (
+            "the same change, until its key is written or removed in etcd (`etcdctl watch`)",
+            &c.endpoint_published_ms,
+            "",
+        ),
+        (
+            "`peerd apply` of one peering, until UDP probes pass both ways between a on host 1 and b on every other host",
+            &c.apply_to_forwarding_ms,
+            "≤ 500",
+        ),
+    ] {
+        if let Some(s) = s {
+            md += &format!(
+                "| {name} | {} | {:.1} | {:.1} | {:.1} | {target} |\n",
+                s.samples.len(),
+                s.median,
+                quantile(s, 0.99),
+                s.max
+            );
+        }
+    }
+    md += "\nThe endpoint time starts before `ip addr` runs (its process start included) and ends when the last host's status (control socket, polled every 5 ms per host) shows the change. The apply time includes `peerd apply` itself (a process, validation against etcd, one transaction).\n";
+    if !c.etcd.is_empty() {
+        md += "\n### etcd usage\n\n`etcdctl get --prefix /peerd/`: keys, and bytes of keys and values. A declared VPC (one CIDR, no peering) is its `vpcs/` key (its TOML) and its `vnis/` key; an endpoint is one `endpoints/<vpc>/<addr>/<host>` key (docs/cluster.md).\n\n| measurement | value |\n| --- | --- |\n";
+        for (k, v) in &c.etcd {
+            md += &format!("| {k} | {v:.1} |\n");
+        }
+    }
+    md
 }
 
 /// A bar chart of the 64-byte pps medians (min–max whiskers).

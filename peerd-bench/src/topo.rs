@@ -144,32 +144,7 @@ pub fn kernel_fwd(prefix: &str, conntrack: bool, c: &mut Cleanup) -> Res<Path2> 
         "-qw",
         "net.ipv4.ip_forward=1",
     ])?;
-    let track = if conntrack {
-        "ct state established,related accept\n"
-    } else {
-        ""
-    };
-    let raw = if conntrack {
-        String::new()
-    } else {
-        "chain raw {\n type filter hook prerouting priority raw;\n notrack\n }\n".to_owned()
-    };
-    let rules = format!(
-        "table inet peering {{\n set a4 {{ type ipv4_addr; flags interval; elements = {{ 10.1.0.0/16 }} }}\n set b4 {{ type ipv4_addr; flags interval; elements = {{ 10.2.0.0/16 }} }}\n {raw} chain forward {{ type filter hook forward priority filter; policy drop;\n {track} ip saddr @a4 ip daddr @b4 accept\n ip saddr @b4 ip daddr @a4 accept\n }}\n}}\n"
-    );
-    let mut nft = Command::new("ip")
-        .args(["netns", "exec", &r, "nft", "-f", "-"])
-        .stdin(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("nft: {e}"))?;
-    nft.stdin
-        .take()
-        .unwrap()
-        .write_all(rules.as_bytes())
-        .map_err(|e| e.to_string())?;
-    if !nft.wait().map_err(|e| e.to_string())?.success() {
-        return Err(format!("nft rejected:\n{rules}"));
-    }
+    load_nft(&r, &peering_rules(conntrack))?;
     let (sa, da) = (Ipv4Addr::new(10, 1, 0, 1), Ipv4Addr::new(10, 2, 0, 1));
     add_lo_addr(&a, sa)?;
     add_lo_addr(&b, da)?;
@@ -219,7 +194,7 @@ fn parse_link(out: &str) -> Res<(u32, [u8; 6])> {
 }
 
 /// ifindex and MAC of `dev` in namespace `ns`.
-fn link_info(ns: &str, dev: &str) -> Res<(u32, [u8; 6])> {
+pub fn link_info(ns: &str, dev: &str) -> Res<(u32, [u8; 6])> {
     let out = sh(&["ip", "-n", ns, "-o", "link", "show", "dev", dev])?;
     parse_link(&out)
 }
@@ -373,4 +348,40 @@ pub fn scale_path(prefix: &str, dp: &mut Datapath, c: &mut Cleanup) -> Res<HotPa
         },
         links,
     })
+}
+
+/// nftables rules for a router between VPC a (10.1.0.0/16) and VPC b (10.2.0.0/16): the
+/// forward chain accepts exactly the peered pairs (with conntrack, or with notrack).
+pub fn peering_rules(conntrack: bool) -> String {
+    let track = if conntrack {
+        "ct state established,related accept\n"
+    } else {
+        ""
+    };
+    let raw = if conntrack {
+        String::new()
+    } else {
+        "chain raw {\n type filter hook prerouting priority raw;\n notrack\n }\n".to_owned()
+    };
+    format!(
+        "table inet peering {{\n set a4 {{ type ipv4_addr; flags interval; elements = {{ 10.1.0.0/16 }} }}\n set b4 {{ type ipv4_addr; flags interval; elements = {{ 10.2.0.0/16 }} }}\n {raw} chain forward {{ type filter hook forward priority filter; policy drop;\n {track} ip saddr @a4 ip daddr @b4 accept\n ip saddr @b4 ip daddr @a4 accept\n }}\n}}\n"
+    )
+}
+
+/// Loads `rules` with `nft -f -` in namespace `ns`.
+pub fn load_nft(ns: &str, rules: &str) -> Res<()> {
+    let mut nft = Command::new("ip")
+        .args(["netns", "exec", ns, "nft", "-f", "-"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("nft: {e}"))?;
+    nft.stdin
+        .take()
+        .unwrap()
+        .write_all(rules.as_bytes())
+        .map_err(|e| e.to_string())?;
+    if !nft.wait().map_err(|e| e.to_string())?.success() {
+        return Err(format!("nft rejected:\n{rules}"));
+    }
+    Ok(())
 }

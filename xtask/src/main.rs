@@ -340,6 +340,8 @@ fn test(args: &[String]) -> Result<ExitCode> {
 fn bench(quick: bool, rounds: Option<u32>, out: &Path) -> Result<()> {
     setup()?;
     let root = root();
+    // peerd itself too: the cluster section runs `target/release/peerd` on every host.
+    build_release("peerd")?;
     build_release("peerd-bench")?;
     let mut cmd = Command::new(root.join("target/release/peerd-bench"));
     cmd.current_dir(&root).arg("--out").arg(out);
