@@ -849,3 +849,53 @@ fn the_harness_runs_etcd_inside_a_network_namespace_and_restarts_it() {
     e.stop();
     assert!(!e.running() && !e.answers());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs etcd"]
+async fn an_apply_beyond_etcds_transaction_limit_says_so_and_writes_nothing() {
+    let e = Etcd::start();
+    let f = Files::new();
+    apply(&e, &[f.write("a.toml", A)], &[]).await.unwrap();
+    let before = snapshot(&e).await;
+    // 100 VPCs are 200 puts (declaration and VNI each): beyond etcd's default 128.
+    let many: String = (0..100)
+        .map(|i| {
+            format!(
+                "[[vpc]]\nname = \"m{i}\"\ncidrs = [\"10.{}.{}.0/24\"]\n",
+                100 + i / 100,
+                i % 100
+            )
+        })
+        .collect();
+    let err = apply(&e, &[f.write("many.toml", &many)], &[])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ApplyError::TooLarge { ops } if ops > 128),
+        "{err}"
+    );
+    assert!(err.to_string().contains("smaller groups"), "{err}");
+    assert_eq!(
+        snapshot(&e).await.revision,
+        before.revision,
+        "nothing written"
+    );
+    // In groups it goes in.
+    let half = |r: std::ops::Range<usize>| -> String {
+        r.map(|i| {
+            format!(
+                "[[vpc]]\nname = \"m{i}\"\ncidrs = [\"10.{}.{}.0/24\"]\n",
+                100 + i / 100,
+                i % 100
+            )
+        })
+        .collect()
+    };
+    apply(&e, &[f.write("m1.toml", &half(0..50))], &[])
+        .await
+        .unwrap();
+    apply(&e, &[f.write("m2.toml", &half(50..100))], &[])
+        .await
+        .unwrap();
+    assert_eq!(snapshot(&e).await.vpcs.len(), 101);
+}

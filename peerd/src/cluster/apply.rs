@@ -39,6 +39,12 @@ pub enum ApplyError {
          nothing was written; retry"
     )]
     Conflict { revision: i64 },
+    #[error(
+        "this apply is {ops} etcd operations, more than etcd takes in one transaction (its \
+         --max-txn-ops, 128 unless raised): nothing was written; apply the files in smaller \
+         groups (each VPC is 2 operations), or raise etcd's --max-txn-ops"
+    )]
+    TooLarge { ops: usize },
     #[error(transparent)]
     Store(#[from] Error),
 }
@@ -206,7 +212,14 @@ impl Prepared {
                 || format!("apply transaction ({n} operations, guarded by {serial})"),
                 kv.txn(txn),
             )
-            .await?;
+            .await
+            .map_err(|e| {
+                if e.to_string().contains("too many operations in txn request") {
+                    ApplyError::TooLarge { ops: n }
+                } else {
+                    ApplyError::Store(e)
+                }
+            })?;
         if !resp.succeeded() {
             return Err(ApplyError::Conflict {
                 revision: view.revision,
