@@ -412,6 +412,28 @@ fn run() -> Res<()> {
         }
     }
     drop(c);
+    remove_backstops(&prefix);
 
     report::write_results(&out, &res)
+}
+
+/// The backstop tables the daemons of this run made in the host's namespace (peerd's
+/// `teardown` is not run for them: their namespaces go with the topologies).
+fn remove_backstops(prefix: &str) {
+    let own = format!("peerd_{prefix}_");
+    let Ok(out) = std::process::Command::new("nft")
+        .args(["list", "tables"])
+        .output()
+    else {
+        return;
+    };
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        if let Some(name) = line.strip_prefix("table inet ") {
+            if name.starts_with(&own) {
+                let _ = std::process::Command::new("nft")
+                    .args(["delete", "table", "inet", name])
+                    .status();
+            }
+        }
+    }
 }
