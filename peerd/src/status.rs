@@ -133,8 +133,6 @@ pub struct Snapshot {
     pub tables: Tables,
     pub names: Names,
     pub cluster: Option<ClusterStatus>,
-    /// Cluster mode: (VPC slot, address) -> host slot of remote workloads, for explain.
-    pub remote: BTreeMap<(u32, IpAddr), u32>,
     /// Entries the datapath maps hold (as the last reconcile wrote them) and their sizes.
     pub maps: Vec<MapUsage>,
 }

@@ -253,9 +253,9 @@ fn tunnel(t: &Tables, dst_vpc: u32, peering: u32, host: u32, vni: u32) -> Decisi
 /// through the tunnel from underlay address `outer` with VNI `vni`. A delivery's `peering` is 0
 /// for the VPC's own traffic from another host; `table` and `route` are unused (0, default).
 pub fn receive(t: &Tables, outer: IpAddr, vni: u32, src: IpAddr, dst: IpAddr) -> Decision {
-    let Some(_host) = t.hosts.iter().find(|(_, a)| **a == outer).map(|(s, _)| *s) else {
+    if !t.hosts.values().any(|a| *a == outer) {
         return Decision::Drop(DropReason::UnknownHost);
-    };
+    }
     let Some(&vpc) = t.vnis.get(&vni) else {
         return Decision::Drop(DropReason::UnknownVni);
     };

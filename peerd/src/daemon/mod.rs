@@ -561,18 +561,6 @@ impl Daemon {
             tables: self.desired.tables.clone(),
             names: self.desired.names.clone(),
             cluster: self.cluster.as_ref().map(|c| self.cluster_status(c)),
-            remote: self
-                .desired
-                .cluster
-                .as_ref()
-                .map(|w| {
-                    w.endpoints
-                        .iter()
-                        .filter(|(_, h)| **h != 0)
-                        .map(|(k, h)| (*k, *h))
-                        .collect()
-                })
-                .unwrap_or_default(),
             maps: crate::metrics::map_usage(&self.desired.tables),
         };
         self.status_line.send(&snap, self.reload_error.as_deref());

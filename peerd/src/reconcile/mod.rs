@@ -199,18 +199,21 @@ impl Reconciler {
     async fn vxlan_pass(&mut self, inp: &RunInputs<'_>, pass: links::Pass, report: &mut Report) {
         let want = self.vxlan_want(inp);
         let port = want.as_ref().map_or(0, |w| w.port);
-        match vxlan::observe(&self.nl, port).await {
+        let mut seen = vxlan::observe(&self.nl, port).await;
+        match &seen {
             Ok(have) => {
-                let changes = vxlan::diff(&have, want.as_ref(), pass);
+                let changes = vxlan::diff(have, want.as_ref(), pass);
                 if !changes.is_empty() {
                     report.merge(vxlan::apply(&self.nl, changes).await);
+                    // Its ifindex, if it was (re)created.
+                    seen = vxlan::observe(&self.nl, port).await;
                 }
             }
             Err(e) => {
                 report.errors.insert(vxlan::NAME.into(), e.to_string());
             }
         }
-        self.facts.vxlan = match (&want, vxlan::observe(&self.nl, port).await) {
+        self.facts.vxlan = match (&want, seen) {
             (Some(_), Ok(h)) if h.ours => h.ifindex.map(|ifindex| VxlanFacts {
                 ifindex,
                 rx_attached: self.vxlan_rx == Some(ifindex),
