@@ -178,6 +178,10 @@ impl Reconciler {
 
     fn refresh_program_facts(&mut self, mode: DatapathMode) {
         let a = programs::attached(&mut self.dp, mode);
+        self.set_program_facts(a);
+    }
+
+    fn set_program_facts(&mut self, a: programs::Attached) {
         self.facts.attached = a.attached;
         self.facts.xdp_links = a.xdp_links;
         self.vxlan_rx = a.vxlan_rx;
@@ -400,7 +404,9 @@ impl Reconciler {
         // 4. Program links.
         let have = programs::observe(&mut self.dp);
         let wanted = programs::wanted(&want.programs, mode, self.facts.vxlan.map(|v| v.ifindex));
-        let r = programs::apply(&mut self.dp, programs::diff(&have, &wanted));
+        let changes = programs::diff(&have, &wanted);
+        let unchanged = changes.is_empty();
+        let r = programs::apply(&mut self.dp, changes);
         let by_link: BTreeMap<&str, &str> = want
             .vpcs
             .values()
@@ -411,7 +417,12 @@ impl Reconciler {
             report.errors.insert(vpc.to_owned(), e.clone());
         }
         report.actions.extend(r.actions);
-        self.refresh_program_facts(mode);
+        // Nothing applied: the pins are as just read (reading 1,000 of them takes ~27 ms).
+        if unchanged {
+            self.set_program_facts(programs::attached_of(have, mode));
+        } else {
+            self.refresh_program_facts(mode);
+        }
 
         // 5. Host ends up where the program is attached (down where it is not); offloads. The
         // VXLAN device likewise.

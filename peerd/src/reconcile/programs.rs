@@ -302,8 +302,13 @@ pub fn apply(dp: &mut Datapath, changes: Vec<Change>) -> Report {
 
 /// The program links as they are now.
 pub fn attached(dp: &mut Datapath, mode: DatapathMode) -> Attached {
+    attached_of(observe(dp), mode)
+}
+
+/// What `pins` (as `observe` found them) say is attached.
+pub fn attached_of(pins: Vec<Pin>, mode: DatapathMode) -> Attached {
     let mut out = Attached::default();
-    for p in observe(dp) {
+    for p in pins {
         match p.kind {
             Kind::VxlanRx if p.attached => out.vxlan_rx = Some(p.ifindex),
             Kind::VxlanRx => {}
